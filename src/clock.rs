@@ -1,0 +1,128 @@
+//! The one clock every time-dependent part of viewgate reads.
+//!
+//! Rate limiters, cache freshness, budget periods and response timestamps all
+//! ask this clock, never `Instant::now()` directly, so tests can swap in a
+//! [`Clock::fake`] and cross a rate-limit window, a TTL or a period boundary
+//! without sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+/// A monotonic clock paired with a UTC wall clock; real, or fake for tests.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Real,
+    Fake {
+        base_instant: Instant,
+        base_wall: Timestamp,
+        offset_nanos: AtomicU64,
+    },
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::real()
+    }
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn real() -> Self {
+        Self {
+            inner: Arc::new(Inner::Real),
+        }
+    }
+
+    /// A clock frozen at `wall` that only moves when [`Clock::advance`] is called.
+    pub fn fake(wall: Timestamp) -> Self {
+        Self {
+            inner: Arc::new(Inner::Fake {
+                base_instant: Instant::now(),
+                base_wall: wall,
+                offset_nanos: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Moves a fake clock forward. Does nothing on the real clock.
+    pub fn advance(&self, by: Duration) {
+        if let Inner::Fake { offset_nanos, .. } = &*self.inner {
+            let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+            offset_nanos.fetch_add(nanos, Ordering::SeqCst);
+        }
+    }
+
+    /// Monotonic now.
+    pub fn now(&self) -> Instant {
+        match &*self.inner {
+            Inner::Real => Instant::now(),
+            Inner::Fake {
+                base_instant,
+                offset_nanos,
+                ..
+            } => *base_instant + Duration::from_nanos(offset_nanos.load(Ordering::SeqCst)),
+        }
+    }
+
+    /// Wall-clock now, in UTC.
+    pub fn wall(&self) -> Timestamp {
+        match &*self.inner {
+            Inner::Real => Timestamp::now(),
+            Inner::Fake {
+                base_wall,
+                offset_nanos,
+                ..
+            } => {
+                let offset = Duration::from_nanos(offset_nanos.load(Ordering::SeqCst));
+                base_wall.checked_add(offset).unwrap_or(*base_wall)
+            }
+        }
+    }
+}
+
+impl governor::clock::Clock for Clock {
+    type Instant = Instant;
+
+    fn now(&self) -> Instant {
+        Clock::now(self)
+    }
+}
+
+/// Formats a timestamp as design.md wants it: RFC 3339, UTC, whole seconds, `Z`.
+pub fn rfc3339(ts: Timestamp) -> String {
+    let secs = ts.as_second();
+    Timestamp::from_second(secs)
+        .unwrap_or(ts)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_clock_moves_only_when_told() {
+        let start: Timestamp = "2026-04-26T10:35:00Z".parse().unwrap();
+        let clock = Clock::fake(start);
+        let t0 = clock.now();
+        assert_eq!(clock.now(), t0);
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(clock.now() - t0, Duration::from_secs(90));
+        assert_eq!(rfc3339(clock.wall()), "2026-04-26T10:36:30Z");
+    }
+
+    #[test]
+    fn timestamps_drop_fractions() {
+        let ts: Timestamp = "2026-04-26T10:35:00.987654Z".parse().unwrap();
+        assert_eq!(rfc3339(ts), "2026-04-26T10:35:00Z");
+    }
+}

@@ -1,0 +1,288 @@
+//! Configuration: YAML read raw ([`raw`]), then validated into typed values.
+//!
+//! Everything the request path needs is parsed here once (durations, URIs,
+//! hashes, quotas, secrets); the hot path never touches the YAML. Every
+//! problem in a file is reported together, each with its line and column.
+
+mod raw;
+mod validate;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::keys::{KeyHash, Secret};
+
+pub use validate::from_yaml;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The tenant listener.
+    pub server: ServerConfig,
+    /// The admin listener, when configured.
+    pub admin: Option<AdminConfig>,
+    /// The real upstream and its keys.
+    pub upstream: UpstreamConfig,
+    /// The page cache.
+    pub cache: CacheConfig,
+    /// Where credits are recorded.
+    pub ledger: LedgerConfig,
+    /// Who may call, and with what limits.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `server:`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the tenant listener.
+    pub listen: SocketAddr,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Connections whose headers take longer are closed.
+    pub header_timeout: Duration,
+}
+
+/// `admin:`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+    /// SHA-256 of the admin key, if admin calls are enabled.
+    pub key_sha256: Option<KeyHash>,
+}
+
+/// `upstream:`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority (and optional path prefix) of the upstream.
+    pub base_url: http::Uri,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Retries of free failures (429, 5xx, connect errors).
+    pub max_retries: u32,
+    /// The real keys.
+    pub keys: Vec<UpstreamKeyConfig>,
+}
+
+/// One real upstream key.
+#[derive(Debug, Clone)]
+pub struct UpstreamKeyConfig {
+    /// Name used in logs and metrics instead of the key.
+    pub name: String,
+    /// The key itself.
+    pub secret: Secret,
+    /// Accounts it owns: exact ids, `prefix*` patterns or `*`.
+    pub accounts: Vec<AccountPattern>,
+    /// The upstream plan's pace for this key.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `cache:`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// How long a page is fresh.
+    pub ttl: Duration,
+    /// Upper bound of the cache's size.
+    pub max_bytes: u64,
+    /// How long after expiry a page may still be served when the upstream fails.
+    pub stale_if_error: Duration,
+    /// How long after expiry a page is served while it refreshes in the background.
+    pub stale_while_revalidate: Duration,
+    /// Actions whose answers are cached.
+    pub actions: HashSet<String>,
+}
+
+/// `ledger:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerConfig {
+    /// In process memory: spend is lost on restart.
+    Memory,
+    /// A SQLite file.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A Redis server shared by replicas.
+    Redis {
+        /// Connection URL.
+        url: String,
+    },
+}
+
+/// One tenant.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// Stable id, used in logs, metrics and the ledger.
+    pub id: String,
+    /// SHA-256 of its key.
+    pub key_sha256: KeyHash,
+    /// Accounts it may read.
+    pub accounts: Vec<AccountPattern>,
+    /// Actions it may call (`*` for all).
+    pub actions: Vec<String>,
+    /// Its request rate.
+    pub rate_limit: Option<RateLimit>,
+    /// Its credit budget; `None` is unlimited.
+    pub budget: Option<Budget>,
+    /// Whether it may force a refresh with `cache-control: no-cache`.
+    pub allow_refresh: bool,
+}
+
+/// A GCRA quota: `count` per `period`, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per period.
+    pub count: NonZeroU32,
+    /// The period.
+    pub period: Duration,
+    /// Bucket capacity.
+    pub burst: NonZeroU32,
+}
+
+impl RateLimit {
+    /// The governor quota for this limit.
+    pub fn quota(&self) -> governor::Quota {
+        let per_cell = self.period / self.count.get();
+        governor::Quota::with_period(per_cell.max(Duration::from_nanos(1)))
+            .expect("period is never zero")
+            .allow_burst(self.burst)
+    }
+}
+
+/// A credit budget per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Credits per period.
+    pub credits: u64,
+    /// The period.
+    pub period: Period,
+}
+
+/// Budget periods, all in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    /// A calendar day.
+    Day,
+    /// An ISO week, starting Monday.
+    Week,
+    /// A calendar month.
+    Month,
+    /// Never resets.
+    Total,
+}
+
+impl Period {
+    /// The name used in config and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+            Period::Total => "total",
+        }
+    }
+}
+
+/// An account pattern: one id, ids starting with a prefix (`acc-*`), or all (`*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountPattern {
+    /// Every account.
+    Any,
+    /// Accounts starting with this prefix.
+    Prefix(String),
+    /// Exactly this account.
+    Exact(String),
+}
+
+impl AccountPattern {
+    /// Whether `account` matches.
+    pub fn matches(&self, account: &str) -> bool {
+        match self {
+            AccountPattern::Any => true,
+            AccountPattern::Prefix(p) => account.starts_with(p.as_str()),
+            AccountPattern::Exact(a) => a == account,
+        }
+    }
+
+    /// Higher is more specific: exact beats a longer prefix beats a shorter one beats `*`.
+    pub fn specificity(&self) -> usize {
+        match self {
+            AccountPattern::Any => 0,
+            AccountPattern::Prefix(p) => 1 + p.len(),
+            AccountPattern::Exact(_) => usize::MAX,
+        }
+    }
+}
+
+/// Whether `account_id` is well formed: 1 to 128 printable ASCII characters, no spaces.
+pub fn valid_account_id(account_id: &str) -> bool {
+    !account_id.is_empty()
+        && account_id.len() <= 128
+        && account_id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A configuration that could not be loaded: every problem found, with its place.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// The file it came from (or a label such as `<demo>`).
+    pub file: String,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line; 0 when unknown.
+    pub line: u64,
+    /// 1-based column; 0 when unknown.
+    pub column: u64,
+    /// The key, as a path such as `tenants[1].budget.credits`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.line > 0 {
+                write!(f, "{}:{}:{}: ", self.file, p.line, p.column)?;
+            } else {
+                write!(f, "{}: ", self.file)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "{}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![Problem {
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        from_yaml(&text, &file)
+    }
+}

@@ -1,0 +1,108 @@
+//! The configuration file exactly as written: serde structs with unknown keys denied.
+//!
+//! Scalars that validation may complain about are wrapped in [`Spanned`] so each
+//! problem can name its line. Nothing here is interpreted; see `validate.rs`.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A value together with where it stands in the file.
+pub type S<T> = Spanned<T>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub admin: Option<RawAdmin>,
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub ledger: RawLedger,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<S<String>>,
+    pub max_body_bytes: Option<S<u64>>,
+    pub header_timeout_ms: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub key_sha256: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub base_url: S<String>,
+    pub timeout_ms: Option<S<u64>>,
+    pub max_retries: Option<S<u32>>,
+    #[serde(default)]
+    pub keys: Vec<RawUpstreamKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamKey {
+    pub name: S<String>,
+    pub api_key_env: Option<S<String>>,
+    pub api_key_file: Option<S<String>>,
+    pub accounts: Option<S<Vec<String>>>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_second: Option<S<u32>>,
+    pub per_minute: Option<S<u32>>,
+    pub per_hour: Option<S<u32>>,
+    pub burst: Option<S<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub ttl_s: Option<S<u64>>,
+    pub max_bytes: Option<S<u64>>,
+    pub stale_if_error_s: Option<S<u64>>,
+    pub stale_while_revalidate_s: Option<S<u64>>,
+    pub actions: Option<S<Vec<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    pub backend: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub redis_url: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: S<String>,
+    pub key_sha256: S<String>,
+    pub accounts: S<Vec<String>>,
+    pub actions: Option<S<Vec<String>>>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub budget: Option<RawBudget>,
+    #[serde(default)]
+    pub allow_refresh: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub credits: S<u64>,
+    pub period: S<String>,
+}
