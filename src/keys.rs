@@ -143,7 +143,11 @@ mod tests {
         let b = mint_tenant_key().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), TENANT_KEY_PREFIX.len() + 43);
-        assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            a[3..]
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
     }
 
     #[test]

@@ -2,7 +2,21 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
+pub mod cache;
+pub mod call;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod context;
+pub mod error;
 pub mod keys;
+pub mod layers;
+pub mod ledger;
+pub mod listener;
+pub mod logging;
+pub mod miss;
+pub mod response;
 pub mod sim;
+pub mod tenant;
+pub mod upstream;

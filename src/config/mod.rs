@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::keys::{KeyHash, Secret};
 
-pub use validate::from_yaml;
+pub use validate::{from_yaml, from_yaml_with_env};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]

@@ -43,6 +43,15 @@ impl Problems {
 
 /// Parses and validates YAML text; `file` labels the problems.
 pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+    from_yaml_with_env(text, file, &|name| std::env::var(name).ok())
+}
+
+/// As [`from_yaml`], with `api_key_env` variables looked up through `env`.
+pub fn from_yaml_with_env(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let raw: RawConfig = match serde_saphyr::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -67,7 +76,7 @@ pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
         }
     };
     let mut p = Problems(Vec::new());
-    let config = validate(raw, &mut p);
+    let config = validate(raw, &mut p, env);
     if p.0.is_empty() {
         Ok(config)
     } else {
@@ -79,24 +88,41 @@ pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
     }
 }
 
-fn validate(raw: RawConfig, p: &mut Problems) -> Config {
+fn validate(raw: RawConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String>) -> Config {
     let server = ServerConfig {
-        listen: addr(p, raw.server.listen.as_ref(), "server.listen", "127.0.0.1:8080"),
+        listen: addr(
+            p,
+            raw.server.listen.as_ref(),
+            "server.listen",
+            "127.0.0.1:8080",
+        ),
         max_body_bytes: raw.server.max_body_bytes.as_ref().map_or(65536, |v| {
             if v.value == 0 || v.value > 16 * 1024 * 1024 {
-                p.at(&v.referenced, "server.max_body_bytes", "must be between 1 and 16777216");
+                p.at(
+                    &v.referenced,
+                    "server.max_body_bytes",
+                    "must be between 1 and 16777216",
+                );
             }
             v.value as usize
         }),
-        header_timeout: millis(p, raw.server.header_timeout_ms.as_ref(), "server.header_timeout_ms", 10_000),
+        header_timeout: millis(
+            p,
+            raw.server.header_timeout_ms.as_ref(),
+            "server.header_timeout_ms",
+            10_000,
+        ),
     };
 
     let admin = raw.admin.as_ref().map(|a| AdminConfig {
         listen: addr(p, a.listen.as_ref(), "admin.listen", "127.0.0.1:9090"),
-        key_sha256: a.key_sha256.as_ref().and_then(|k| hash(p, k, "admin.key_sha256")),
+        key_sha256: a
+            .key_sha256
+            .as_ref()
+            .and_then(|k| hash(p, k, "admin.key_sha256")),
     });
 
-    let upstream = validate_upstream(&raw, p);
+    let upstream = validate_upstream(&raw, p, env);
 
     let cache = CacheConfig {
         ttl: seconds(p, raw.cache.ttl_s.as_ref(), "cache.ttl_s", 300, false),
@@ -106,7 +132,13 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Config {
             }
             v.value
         }),
-        stale_if_error: seconds(p, raw.cache.stale_if_error_s.as_ref(), "cache.stale_if_error_s", 3600, true),
+        stale_if_error: seconds(
+            p,
+            raw.cache.stale_if_error_s.as_ref(),
+            "cache.stale_if_error_s",
+            3600,
+            true,
+        ),
         stale_while_revalidate: seconds(
             p,
             raw.cache.stale_while_revalidate_s.as_ref(),
@@ -137,28 +169,45 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Config {
             "memory" => LedgerConfig::Memory,
             "sqlite" => LedgerConfig::Sqlite {
                 path: PathBuf::from(
-                    raw.ledger.path.as_ref().map_or("data/ledger.db", |s| s.value.as_str()),
+                    raw.ledger
+                        .path
+                        .as_ref()
+                        .map_or("data/ledger.db", |s| s.value.as_str()),
                 ),
             },
             "redis" => match &raw.ledger.redis_url {
-                Some(url) if url.value.starts_with("redis://") || url.value.starts_with("rediss://") => {
+                Some(url)
+                    if url.value.starts_with("redis://") || url.value.starts_with("rediss://") =>
+                {
                     LedgerConfig::Redis {
                         url: url.value.clone(),
                     }
                 }
                 Some(url) => {
-                    p.at(&url.referenced, "ledger.redis_url", "must start with redis:// or rediss://");
+                    p.at(
+                        &url.referenced,
+                        "ledger.redis_url",
+                        "must start with redis:// or rediss://",
+                    );
                     LedgerConfig::Memory
                 }
                 None => {
                     let loc = backend.map(|b| b.referenced).unwrap_or(Location::UNKNOWN);
-                    p.at(&loc, "ledger.redis_url", "is required when backend is redis");
+                    p.at(
+                        &loc,
+                        "ledger.redis_url",
+                        "is required when backend is redis",
+                    );
                     LedgerConfig::Memory
                 }
             },
             other => {
                 let loc = backend.map(|b| b.referenced).unwrap_or(Location::UNKNOWN);
-                p.at(&loc, "ledger.backend", format!("unknown backend {other:?}; use memory, sqlite or redis"));
+                p.at(
+                    &loc,
+                    "ledger.backend",
+                    format!("unknown backend {other:?}; use memory, sqlite or redis"),
+                );
                 LedgerConfig::Memory
             }
         }
@@ -169,7 +218,10 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Config {
         p.at(
             &b.referenced,
             "ledger.backend",
-            format!("backend {:?} is not available in this build yet; use memory", b.value),
+            format!(
+                "backend {:?} is not available in this build yet; use memory",
+                b.value
+            ),
         );
     }
 
@@ -185,7 +237,11 @@ fn validate(raw: RawConfig, p: &mut Problems) -> Config {
     }
 }
 
-fn validate_upstream(raw: &RawConfig, p: &mut Problems) -> UpstreamConfig {
+fn validate_upstream(
+    raw: &RawConfig,
+    p: &mut Problems,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> UpstreamConfig {
     let u = &raw.upstream;
     let base_url = match u.base_url.value.parse::<http::Uri>() {
         Ok(uri)
@@ -226,23 +282,30 @@ fn validate_upstream(raw: &RawConfig, p: &mut Problems) -> UpstreamConfig {
     for (i, k) in u.keys.iter().enumerate() {
         let path = format!("upstream.keys[{i}]");
         if k.name.value.is_empty() {
-            p.at(&k.name.referenced, format!("{path}.name"), "must not be empty");
+            p.at(
+                &k.name.referenced,
+                format!("{path}.name"),
+                "must not be empty",
+            );
         }
         if let Some(first) = names.insert(&k.name.value, k.name.referenced.line()) {
             p.at(
                 &k.name.referenced,
                 format!("{path}.name"),
-                format!("duplicate key name {:?} (first at line {first})", k.name.value),
+                format!(
+                    "duplicate key name {:?} (first at line {first})",
+                    k.name.value
+                ),
             );
         }
         let secret = match (&k.api_key_env, &k.api_key_file) {
-            (Some(env), None) => match std::env::var(&env.value) {
-                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            (Some(var), None) => match env(&var.value) {
+                Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
                 _ => {
                     p.at(
-                        &env.referenced,
+                        &var.referenced,
                         format!("{path}.api_key_env"),
-                        format!("environment variable {} is not set or empty", env.value),
+                        format!("environment variable {} is not set or empty", var.value),
                     );
                     None
                 }
@@ -250,7 +313,11 @@ fn validate_upstream(raw: &RawConfig, p: &mut Problems) -> UpstreamConfig {
             (None, Some(file)) => match std::fs::read_to_string(&file.value) {
                 Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
                 Ok(_) => {
-                    p.at(&file.referenced, format!("{path}.api_key_file"), "the file is empty");
+                    p.at(
+                        &file.referenced,
+                        format!("{path}.api_key_file"),
+                        "the file is empty",
+                    );
                     None
                 }
                 Err(e) => {
@@ -302,7 +369,10 @@ fn validate_tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> {
         let path = format!("tenants[{i}]");
         let id_ok = !t.id.value.is_empty()
             && t.id.value.len() <= 64
-            && t.id.value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            && t.id
+                .value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !id_ok {
             p.at(
                 &t.id.referenced,
@@ -314,7 +384,10 @@ fn validate_tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> {
             p.at(
                 &t.id.referenced,
                 format!("{path}.id"),
-                format!("duplicate tenant id {:?} (first at line {first})", t.id.value),
+                format!(
+                    "duplicate tenant id {:?} (first at line {first})",
+                    t.id.value
+                ),
             );
         }
         let key_sha256 = hash(p, &t.key_sha256, &format!("{path}.key_sha256"));
@@ -324,12 +397,18 @@ fn validate_tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> {
             p.at(
                 &t.key_sha256.referenced,
                 format!("{path}.key_sha256"),
-                format!("duplicate key hash (first at line {first}); every tenant needs its own key"),
+                format!(
+                    "duplicate key hash (first at line {first}); every tenant needs its own key"
+                ),
             );
         }
         let accounts = patterns(p, &t.accounts, &format!("{path}.accounts"));
         if accounts.is_empty() {
-            p.at(&t.accounts.referenced, format!("{path}.accounts"), "must list at least one account or \"*\"");
+            p.at(
+                &t.accounts.referenced,
+                format!("{path}.accounts"),
+                "must list at least one account or \"*\"",
+            );
         }
         let actions = match &t.actions {
             None => vec!["get_viewers".to_string()],
@@ -338,7 +417,9 @@ fn validate_tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> {
                     let ok = a == "*"
                         || (!a.is_empty()
                             && a.len() <= 64
-                            && a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+                            && a.bytes().all(|b| {
+                                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
+                            }));
                     if !ok {
                         p.at(
                             &list.referenced,
@@ -354,7 +435,10 @@ fn validate_tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> {
             .rate_limit
             .as_ref()
             .and_then(|r| rate_limit(p, r, &format!("{path}.rate_limit"), &t.id.referenced));
-        let budget = t.budget.as_ref().and_then(|b| budget(p, b, &format!("{path}.budget")));
+        let budget = t
+            .budget
+            .as_ref()
+            .and_then(|b| budget(p, b, &format!("{path}.budget")));
         out.push(TenantConfig {
             id: t.id.value.clone(),
             key_sha256: key_sha256.unwrap_or(KeyHash([0; 32])),
@@ -386,12 +470,22 @@ fn millis(p: &mut Problems, v: Option<&Spanned<u64>>, key: &str, default: u64) -
     Duration::from_millis(ms)
 }
 
-fn seconds(p: &mut Problems, v: Option<&Spanned<u64>>, key: &str, default: u64, zero_ok: bool) -> Duration {
+fn seconds(
+    p: &mut Problems,
+    v: Option<&Spanned<u64>>,
+    key: &str,
+    default: u64,
+    zero_ok: bool,
+) -> Duration {
     let s = v.map_or(default, |v| v.value);
     if (!zero_ok && s == 0) || s > 366 * 24 * 3600 {
         let loc = v.map(|v| v.referenced).unwrap_or(Location::UNKNOWN);
         let low = if zero_ok { 0 } else { 1 };
-        p.at(&loc, key, format!("must be between {low} and 31622400 seconds"));
+        p.at(
+            &loc,
+            key,
+            format!("must be between {low} and 31622400 seconds"),
+        );
     }
     Duration::from_secs(s)
 }
@@ -399,7 +493,11 @@ fn seconds(p: &mut Problems, v: Option<&Spanned<u64>>, key: &str, default: u64, 
 fn hash(p: &mut Problems, v: &Spanned<String>, key: &str) -> Option<KeyHash> {
     let h = KeyHash::from_hex(&v.value);
     if h.is_none() {
-        p.at(&v.referenced, key, "must be 64 hex digits (the sha256 of the key; see `viewgate hash-key`)");
+        p.at(
+            &v.referenced,
+            key,
+            "must be 64 hex digits (the sha256 of the key; see `viewgate hash-key`)",
+        );
     }
     h
 }
@@ -430,7 +528,12 @@ fn patterns(p: &mut Problems, list: &Spanned<Vec<String>>, key: &str) -> Vec<Acc
     out
 }
 
-fn rate_limit(p: &mut Problems, r: &RawRateLimit, key: &str, owner: &Location) -> Option<RateLimit> {
+fn rate_limit(
+    p: &mut Problems,
+    r: &RawRateLimit,
+    key: &str,
+    owner: &Location,
+) -> Option<RateLimit> {
     let given: Vec<(&Spanned<u32>, Duration)> = [
         (r.per_second.as_ref(), Duration::from_secs(1)),
         (r.per_minute.as_ref(), Duration::from_secs(60)),
@@ -441,7 +544,11 @@ fn rate_limit(p: &mut Problems, r: &RawRateLimit, key: &str, owner: &Location) -
     .collect();
     if given.len() != 1 {
         let loc = given.first().map_or(*owner, |(v, _)| v.referenced);
-        p.at(&loc, key, "needs exactly one of per_second, per_minute or per_hour");
+        p.at(
+            &loc,
+            key,
+            "needs exactly one of per_second, per_minute or per_hour",
+        );
         return None;
     }
     let (count, period) = given[0];
@@ -482,7 +589,11 @@ fn budget(p: &mut Problems, b: &RawBudget, key: &str) -> Option<Budget> {
         }
     };
     if b.credits.value > i64::MAX as u64 {
-        p.at(&b.credits.referenced, format!("{key}.credits"), "is too large");
+        p.at(
+            &b.credits.referenced,
+            format!("{key}.credits"),
+            "is too large",
+        );
         return None;
     }
     Some(Budget {
@@ -507,7 +618,9 @@ mod tests {
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let c = from_yaml(
-            &yaml(&format!("  - id: crm\n    key_sha256: \"{HASH_A}\"\n    accounts: [\"acc-1\"]\n")),
+            &yaml(&format!(
+                "  - id: crm\n    key_sha256: \"{HASH_A}\"\n    accounts: [\"acc-1\"]\n"
+            )),
             "t.yaml",
         )
         .unwrap();
@@ -562,7 +675,11 @@ mod tests {
         let text = "upstream:\n  base_url: \"http://127.0.0.1:1\"\n  keys:\n    - name: primary\n      api_key_env: VIEWGATE_TEST_SURELY_UNSET_VARIABLE\n";
         let err = from_yaml(text, "t.yaml").unwrap_err();
         assert!(err.to_string().contains("t.yaml:5:"), "{err}");
-        assert!(err.to_string().contains("VIEWGATE_TEST_SURELY_UNSET_VARIABLE is not set"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("VIEWGATE_TEST_SURELY_UNSET_VARIABLE is not set"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,8 +15,22 @@ const FIRST_NAMES: [&str; 16] = [
     "Zainab", "Pieter", "Yuki", "Tomasz", "Aisha", "Liam",
 ];
 const LAST_NAMES: [&str; 16] = [
-    "Doe", "Haddad", "Moreau", "Tanaka", "Okafor", "Becker", "Lindqvist", "Iyer", "Martin",
-    "Alvarez", "Hussain", "de Vries", "Sato", "Nowak", "Bello", "Walsh",
+    "Doe",
+    "Haddad",
+    "Moreau",
+    "Tanaka",
+    "Okafor",
+    "Becker",
+    "Lindqvist",
+    "Iyer",
+    "Martin",
+    "Alvarez",
+    "Hussain",
+    "de Vries",
+    "Sato",
+    "Nowak",
+    "Bello",
+    "Walsh",
 ];
 const COMPANIES: [&str; 12] = [
     "The Hive Company",
@@ -43,7 +57,14 @@ const ROLES: [&str; 8] = [
     "Operations Manager",
 ];
 const CITIES: [&str; 8] = [
-    "Paris", "Berlin", "London", "Lagos", "Toronto", "Madrid", "Tokyo", "Amsterdam",
+    "Paris",
+    "Berlin",
+    "London",
+    "Lagos",
+    "Toronto",
+    "Madrid",
+    "Tokyo",
+    "Amsterdam",
 ];
 
 /// Characters used for the opaque ids inside URLs and URNs.
@@ -117,7 +138,7 @@ impl ItemRng {
         let mut out = String::with_capacity(len);
         let mut bits = 0u64;
         for i in 0..len {
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 bits = self.next();
             }
             out.push(char::from(ID_ALPHABET[(bits & 63) as usize]));
@@ -152,7 +173,7 @@ pub(crate) struct Viewer {
 /// on a free LinkedIn account: those hide who they are.
 pub(crate) fn viewer(account_id: &str, index: u64) -> Viewer {
     let mut rng = ItemRng::new(account_id, ItemKind::Viewer, index);
-    let is_blurred = rng.next() % 3 == 0;
+    let is_blurred = rng.next().is_multiple_of(3);
     if is_blurred {
         let company = rng.pick(&COMPANIES);
         return Viewer {
@@ -166,7 +187,7 @@ pub(crate) fn viewer(account_id: &str, index: u64) -> Viewer {
     }
     let first = rng.pick(&FIRST_NAMES);
     let last = rng.pick(&LAST_NAMES);
-    let cta_action = if rng.next() % 4 == 0 {
+    let cta_action = if rng.next().is_multiple_of(4) {
         "Message"
     } else {
         "Connect"
@@ -246,7 +267,7 @@ pub(crate) fn candidate(account_id: &str, index: u64) -> Candidate {
             slug(first, last),
             rng.next() as u32
         ),
-        open_to_work: rng.next() % 5 == 0,
+        open_to_work: rng.next().is_multiple_of(5),
     }
 }
 

@@ -159,7 +159,10 @@ mod tests {
         let fault: Fault =
             serde_json::from_str(r#"{"kind":{"type":"rate_limited","retry_after_s":3}}"#)
                 .expect("fault json");
-        assert_eq!(fault, Fault::new(FaultKind::RateLimited { retry_after_s: 3 }));
+        assert_eq!(
+            fault,
+            Fault::new(FaultKind::RateLimited { retry_after_s: 3 })
+        );
         let json = serde_json::to_value(Fault::new(FaultKind::Garbage).times(1)).expect("json");
         assert_eq!(
             json,

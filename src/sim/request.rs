@@ -193,10 +193,16 @@ mod tests {
             "Application/JSON",
             "application/vnd.api+json",
         ] {
-            assert!(is_json_content_type(Some(&HeaderValue::from_static(ok))), "{ok}");
+            assert!(
+                is_json_content_type(Some(&HeaderValue::from_static(ok))),
+                "{ok}"
+            );
         }
         for bad in ["text/plain", "application/x-www-form-urlencoded", ""] {
-            assert!(!is_json_content_type(Some(&HeaderValue::from_static(bad))), "{bad}");
+            assert!(
+                !is_json_content_type(Some(&HeaderValue::from_static(bad))),
+                "{bad}"
+            );
         }
         assert!(!is_json_content_type(None));
     }

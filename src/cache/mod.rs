@@ -1,0 +1,153 @@
+//! The page cache: viewer pages by (action, account_id, offset, count).
+//!
+//! Pages live in a moka cache bounded by bytes. Each entry carries its own
+//! `fresh_until` and `stale_until`, read from viewgate's clock, so freshness is
+//! decided here (and testable with a fake clock) while moka only evicts: its
+//! own TTL is set to the stale bound so nothing useful is dropped early.
+
+mod single_flight;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use jiff::Timestamp;
+
+pub use single_flight::{Follower, Leader, Role, SingleFlight};
+
+use crate::clock::Clock;
+use crate::config::CacheConfig;
+
+/// Which page: equal requests (after defaults are applied) share a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The action (only cacheable ones).
+    pub action: Box<str>,
+    /// The account.
+    pub account_id: Box<str>,
+    /// Items skipped.
+    pub offset: u32,
+    /// Page size.
+    pub count: u32,
+}
+
+impl CacheKey {
+    fn weight(&self) -> usize {
+        self.action.len() + self.account_id.len() + 8
+    }
+}
+
+/// A stored page: the upstream's `data` bytes and when it was fetched.
+#[derive(Debug)]
+pub struct CachedPage {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// The upstream's `data`, byte for byte.
+    pub data: Bytes,
+    /// What the upstream charged for it (what a hit saves).
+    pub credits: u64,
+    /// When it was fetched (wall clock).
+    pub cached_at: Timestamp,
+    /// Monotonic time it was fetched.
+    pub fetched: Instant,
+    /// Served as a hit until then.
+    pub fresh_until: Instant,
+    /// Served as stale (upstream failing) until then.
+    pub stale_until: Instant,
+}
+
+impl CachedPage {
+    /// Whether it is fresh at `now`.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
+    /// Whether it may stand in for a failed upstream at `now`.
+    pub fn may_serve_stale(&self, now: Instant) -> bool {
+        now < self.stale_until
+    }
+
+    /// Whole seconds since it was fetched, for the `age` header.
+    pub fn age_s(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.fetched).as_secs()
+    }
+}
+
+/// Per-entry bookkeeping moka does not see (key, Arc, timestamps).
+const ENTRY_OVERHEAD: usize = 160;
+
+/// The cache of pages.
+#[derive(Clone)]
+pub struct PageCache {
+    pages: moka::future::Cache<CacheKey, Arc<CachedPage>>,
+    clock: Clock,
+    ttl: Duration,
+    stale_if_error: Duration,
+}
+
+impl PageCache {
+    /// A cache following `config`, reading freshness from `clock`.
+    pub fn new(config: &CacheConfig, clock: Clock) -> Self {
+        let pages = moka::future::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|k: &CacheKey, v: &Arc<CachedPage>| {
+                u32::try_from(k.weight() + v.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .time_to_live(config.ttl + config.stale_if_error)
+            .build();
+        Self {
+            pages,
+            clock,
+            ttl: config.ttl,
+            stale_if_error: config.stale_if_error,
+        }
+    }
+
+    /// The page stored under `key`, fresh or not.
+    pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedPage>> {
+        self.pages.get(key).await
+    }
+
+    /// Builds a page fetched now and stores it.
+    pub async fn store(
+        &self,
+        key: CacheKey,
+        status: StatusCode,
+        data: Bytes,
+        credits: u64,
+    ) -> Arc<CachedPage> {
+        let fetched = self.clock.now();
+        let fresh_until = fetched + self.ttl;
+        let page = Arc::new(CachedPage {
+            status,
+            data,
+            credits,
+            cached_at: self.clock.wall(),
+            fetched,
+            fresh_until,
+            stale_until: fresh_until + self.stale_if_error,
+        });
+        self.pages.insert(key, Arc::clone(&page)).await;
+        page
+    }
+
+    /// Drops every page of `account_id`.
+    pub fn purge_account(&self, account_id: &str) {
+        let account = account_id.to_string();
+        // invalidate_entries_if only fails when support was not enabled at build time.
+        let _ = self
+            .pages
+            .invalidate_entries_if(move |k, _| *k.account_id == *account);
+    }
+
+    /// Drops every page.
+    pub fn purge_all(&self) {
+        self.pages.invalidate_all();
+    }
+
+    /// Entries and weighted bytes (approximate until pending tasks run).
+    pub fn size(&self) -> (u64, u64) {
+        (self.pages.entry_count(), self.pages.weighted_size())
+    }
+}

@@ -1,0 +1,79 @@
+//! `viewgate demo`: the simulator and the gateway on loopback, ready for curl.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+use crate::app::Gateway;
+use crate::clock::Clock;
+use crate::config::from_yaml_with_env;
+use crate::keys::{KeyHash, mint_tenant_key};
+use crate::sim::{SimConfig, SimKey, Simulator};
+
+/// The demo configuration, embedded.
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
+
+/// Runs the demo until ctrl-c.
+pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+    let upstream_key = mint_tenant_key()?.replacen("vg_", "sim_", 1);
+    let sim = Simulator::start(
+        SimConfig::default().with_key(SimKey::new("primary", upstream_key.clone(), ["*"])),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .context("cannot start the simulator")?;
+
+    let mut config = from_yaml_with_env(DEMO_CONFIG, "config/demo.yaml", &|name| {
+        (name == "LINKUP_API_KEY").then(|| upstream_key.clone())
+    })
+    .map_err(|e| anyhow::anyhow!("the embedded demo config is invalid:\n{e}"))?;
+    config.upstream.base_url = sim.base_url().parse().context("simulator URL")?;
+    let mut keys = Vec::new();
+    for tenant in &mut config.tenants {
+        let key = mint_tenant_key()?;
+        tenant.key_sha256 = KeyHash::of(key.as_bytes());
+        keys.push((tenant.id.clone(), key));
+    }
+    config.server.listen = listen;
+
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("viewgate demo: {listen} is not free ({e}); using a free port instead");
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?
+        }
+    };
+    let addr = listener.local_addr()?;
+    let gateway = Gateway::new(config, Clock::real()).map_err(anyhow::Error::msg)?;
+
+    println!("viewgate demo");
+    println!("  simulator (the upstream): {}", sim.base_url());
+    println!("  gateway:                  http://{addr}");
+    for (id, key) in &keys {
+        println!("  tenant {id:<10} key: {key}");
+    }
+    let (_, crm_key) = &keys[0];
+    println!();
+    println!("Ask for a page twice: the first is a miss (1 credit), the second a hit (0 credits):");
+    println!();
+    println!(
+        "  curl -s http://{addr}/v2/profiles -H 'x-api-key: {crm_key}' -H 'content-type: application/json' \\\n    -d '{{\"account_id\":\"acc-1\",\"action\":\"get_viewers\",\"params\":{{\"count\":10,\"offset\":0}}}}'"
+    );
+    println!();
+    println!(
+        "Simulator counters: curl -s {}/_sim/stats    Stop: ctrl-c",
+        sim.base_url()
+    );
+    println!();
+
+    crate::cli::serve::announce(&gateway, addr);
+    crate::listener::serve(
+        listener,
+        gateway.build_stack(),
+        gateway.config.server.header_timeout,
+        crate::cli::shutdown_signal(),
+    )
+    .await;
+    sim.shutdown();
+    Ok(())
+}

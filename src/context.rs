@@ -1,0 +1,68 @@
+//! Per-request context: the request id and what the access log line will say.
+//!
+//! The request-id layer creates one [`RequestContext`] per request and puts it
+//! in the request's extensions; later stages fill in what they learn (tenant,
+//! account, cache outcome, charge) and the log line is written from it once
+//! the response is ready, whether it is a page or an error.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::response::CacheStatus;
+
+/// What the access log line records, filled in as the request moves inward.
+#[derive(Debug, Default, Clone)]
+pub struct LogFields {
+    /// The tenant, once authenticated.
+    pub tenant: Option<Arc<str>>,
+    /// The action, once parsed.
+    pub action: Option<String>,
+    /// The account, once parsed.
+    pub account_id: Option<String>,
+    /// The page offset (get_viewers).
+    pub offset: Option<u32>,
+    /// The page size (get_viewers).
+    pub count: Option<u32>,
+    /// How the cache answered.
+    pub cache: Option<CacheStatus>,
+    /// Credits charged to the tenant.
+    pub credits_charged: u64,
+    /// Time spent on the upstream, when it was called.
+    pub upstream_ms: Option<u64>,
+    /// The error code, when the answer is an error.
+    pub error_code: Option<String>,
+}
+
+/// One request's context.
+#[derive(Debug)]
+pub struct RequestContext {
+    /// The request id (client's when valid, else generated).
+    pub request_id: HeaderValue,
+    /// When the request arrived.
+    pub started: Instant,
+    fields: Mutex<LogFields>,
+}
+
+impl RequestContext {
+    /// A new context.
+    pub fn new(request_id: HeaderValue, started: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            request_id,
+            started,
+            fields: Mutex::new(LogFields::default()),
+        })
+    }
+
+    /// The fields, to read or update.
+    pub fn fields(&self) -> MutexGuard<'_, LogFields> {
+        // Fields are plain values; a panic elsewhere cannot leave them inconsistent.
+        self.fields.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The request id as text (always ASCII: it was validated or generated).
+    pub fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+}

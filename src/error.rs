@@ -1,0 +1,245 @@
+//! One error type for the whole request path, and the one place it becomes a response.
+//!
+//! Layers fail with [`GatewayError`]; the rescue layer calls
+//! [`GatewayError::to_response`]. `code()` is the stable string used in the
+//! body, the log line and metrics. Internal details (socket errors, parse
+//! errors of upstream bodies) are logged, never sent to the client.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use jiff::Timestamp;
+
+use crate::clock::rfc3339;
+use crate::response::{Body, json_response};
+
+/// Everything that can stop a request, grouped by who caused it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    // ---- the client -------------------------------------------------------
+    /// No `x-api-key`, or one that matches no tenant.
+    #[error("missing or invalid API key")]
+    InvalidApiKey,
+    /// The body is not a valid call.
+    #[error("{0}")]
+    InvalidParams(String),
+    /// The body is larger than `server.max_body_bytes`.
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The content type is not JSON.
+    #[error("content-type must be application/json")]
+    UnsupportedMediaType,
+    /// No such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+
+    // ---- the tenant's policy ---------------------------------------------
+    /// The account is not on the tenant's list (or does not exist: never said which).
+    #[error("account not found")]
+    InvalidAccount,
+    /// The action is not on the tenant's list.
+    #[error("action not allowed for this key")]
+    ActionNotAllowed,
+    /// The tenant's rate limit is exhausted.
+    #[error("rate limit exceeded; retry after {retry_after_s} s")]
+    RateLimited {
+        /// Whole seconds, at least 1.
+        retry_after_s: u64,
+    },
+    /// The tenant's remaining budget cannot cover the estimate.
+    #[error("insufficient credits: this request needs {needed}, {remaining} remaining this period")]
+    InsufficientCredits {
+        /// What the request would reserve.
+        needed: u64,
+        /// What is left.
+        remaining: u64,
+    },
+
+    // ---- the upstream -----------------------------------------------------
+    /// Could not connect, the connection broke, or the answer was not the V2 format.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable {
+        /// For the log only.
+        detail: String,
+    },
+    /// The upstream rejected viewgate's own key.
+    #[error("upstream rejected the gateway's credentials")]
+    UpstreamAuthFailed,
+    /// The upstream did not answer within `upstream.timeout_ms`.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// Any other V2 error, passed through.
+    #[error("{message}")]
+    Upstream {
+        /// The upstream's status.
+        status: StatusCode,
+        /// The upstream's code.
+        code: String,
+        /// The upstream's message (already scrubbed of keys).
+        message: String,
+        /// The upstream's `Retry-After`, if any.
+        retry_after_s: Option<u64>,
+    },
+
+    // ---- viewgate itself --------------------------------------------------
+    /// The ledger is unreachable, or viewgate is shutting down or overloaded.
+    #[error("service unavailable")]
+    ServiceUnavailable {
+        /// For the log only.
+        detail: String,
+    },
+}
+
+impl GatewayError {
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            InvalidApiKey => StatusCode::FORBIDDEN,
+            InvalidParams(_) => StatusCode::BAD_REQUEST,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            InvalidAccount => StatusCode::NOT_FOUND,
+            ActionNotAllowed => StatusCode::FORBIDDEN,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            UpstreamUnavailable { .. } | UpstreamAuthFailed => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Upstream { status, .. } => *status,
+            ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable code of design.md's error table.
+    pub fn code(&self) -> &str {
+        use GatewayError::*;
+        match self {
+            InvalidApiKey => "INVALID_API_KEY",
+            InvalidParams(_) => "INVALID_PARAMS",
+            PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            NotFound => "NOT_FOUND",
+            MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            InvalidAccount => "INVALID_ACCOUNT",
+            ActionNotAllowed => "ACTION_NOT_ALLOWED",
+            RateLimited { .. } => "RATE_LIMITED",
+            InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
+            UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
+            UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
+            UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Upstream { code, .. } => code,
+            ServiceUnavailable { .. } => "SERVICE_UNAVAILABLE",
+        }
+    }
+
+    /// Whether the failure belongs to the upstream (a stale page may stand in).
+    pub fn is_upstream_failure(&self) -> bool {
+        use GatewayError::*;
+        match self {
+            UpstreamUnavailable { .. } | UpstreamTimeout | UpstreamAuthFailed => true,
+            Upstream { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+
+    /// Seconds a client should wait, for the `retry-after` header.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            GatewayError::RateLimited { retry_after_s } => Some(*retry_after_s),
+            GatewayError::Upstream { retry_after_s, .. } => *retry_after_s,
+            _ => None,
+        }
+    }
+
+    /// The V2 error response: `{"success": false, "error": {...}, "metadata": {...}}`.
+    pub fn to_response(&self, action: Option<&str>, now: Timestamp) -> Response<Body> {
+        let body = ErrorBody {
+            success: false,
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+            metadata: ErrorMetadata {
+                action,
+                credits_consumed: 0,
+                timestamp: rfc3339(now),
+            },
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = json_response(self.status(), Bytes::from(bytes));
+        if let Some(secs) = self.retry_after_s() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+/// The V2 error envelope, fields in the upstream's order.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    success: bool,
+    error: ErrorDetail<'a>,
+    metadata: ErrorMetadata<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorMetadata<'a> {
+    action: Option<&'a str>,
+    credits_consumed: u64,
+    timestamp: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_render_in_the_v2_format() {
+        let now: Timestamp = "2026-04-26T10:35:00.5Z".parse().unwrap();
+        let r =
+            GatewayError::RateLimited { retry_after_s: 3 }.to_response(Some("get_viewers"), now);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "3");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body = r.into_body();
+        let bytes = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(body))
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "success": false,
+                "error": {"code": "RATE_LIMITED", "message": "rate limit exceeded; retry after 3 s"},
+                "metadata": {"action": "get_viewers", "credits_consumed": 0, "timestamp": "2026-04-26T10:35:00Z"}
+            })
+        );
+    }
+
+    #[test]
+    fn internal_details_stay_out_of_the_message() {
+        let e = GatewayError::UpstreamUnavailable {
+            detail: "connection refused at 10.0.0.1".into(),
+        };
+        assert_eq!(e.to_string(), "upstream unavailable");
+        assert_eq!(e.status(), 502);
+    }
+}

@@ -1,0 +1,76 @@
+//! Authentication: `x-api-key` → [`Tenant`].
+//!
+//! Nothing about the body is read before this stage, so an unauthenticated
+//! client learns nothing but 403. The key header is removed from the request
+//! once used: no later stage can forward or log it by mistake.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::{HeaderName, Request};
+use tower::{Layer, Service};
+
+use super::StageResult;
+use crate::error::GatewayError;
+use crate::tenant::{Tenant, Tenants};
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Resolves the tenant or answers 403 `INVALID_API_KEY`.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    tenants: Arc<Tenants>,
+}
+
+impl AuthLayer {
+    /// Authenticates against `tenants`.
+    pub fn new(tenants: Arc<Tenants>) -> Self {
+        Self { tenants }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            tenants: Arc::clone(&self.tenants),
+        }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    tenants: Arc<Tenants>,
+}
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = http::Response<crate::response::Body>, Error = GatewayError>,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    type Future = Either<Ready<StageResult>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let presented = request.headers_mut().remove(&X_API_KEY);
+        let tenant: Option<Arc<Tenant>> = presented
+            .as_ref()
+            .and_then(|key| self.tenants.authenticate(key.as_bytes()));
+        let Some(tenant) = tenant else {
+            return Either::Left(ready(Err(GatewayError::InvalidApiKey)));
+        };
+        if let Some(context) = super::context(&request) {
+            context.fields().tenant = Some(Arc::clone(&tenant.id));
+        }
+        request.extensions_mut().insert(tenant);
+        Either::Right(self.inner.call(request))
+    }
+}

@@ -1,0 +1,349 @@
+//! The cache stage, innermost: hit, single-flight miss, or stale; then the response.
+//!
+//! A fresh page is served at no charge (even when the budget is spent). On a
+//! miss, the first request for a key leads: it runs the miss path in its own
+//! task, stores the page and publishes it; identical requests arriving
+//! meanwhile follow and are answered from the leader's page at no charge. If
+//! the upstream fails and an expired page is still within
+//! `cache.stale_if_error_s`, that page is served as stale. Uncached actions
+//! go straight to the miss path.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response, header};
+use tower::Service;
+
+use super::StageResult;
+use crate::cache::{CacheKey, CachedPage, PageCache, Role, SingleFlight};
+use crate::call::ApiCall;
+use crate::clock::Clock;
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+use crate::ledger::{Balance, Ledger};
+use crate::miss::MissPath;
+use crate::response::{Body, CacheStatus, PageMeta, json_response, splice};
+use crate::tenant::Tenant;
+
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+static X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");
+
+/// How many times a request re-joins the single-flight after its leader
+/// could not produce a page for it (leader out of budget, leader vanished).
+const MAX_JOINS: usize = 3;
+
+type Flight = Result<Arc<CachedPage>, GatewayError>;
+
+/// The cache stage (the innermost service).
+#[derive(Clone)]
+pub struct CacheService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cache: PageCache,
+    flights: SingleFlight<CacheKey, Flight>,
+    miss: Arc<MissPath>,
+    ledger: Arc<dyn Ledger>,
+    clock: Clock,
+    cached_actions: HashSet<String>,
+}
+
+impl CacheService {
+    /// The stage over `cache`, fetching misses through `miss`.
+    pub fn new(
+        cache: PageCache,
+        miss: Arc<MissPath>,
+        clock: Clock,
+        cached_actions: HashSet<String>,
+    ) -> Self {
+        let ledger = Arc::clone(&miss.ledger);
+        Self {
+            shared: Arc::new(Shared {
+                cache,
+                flights: SingleFlight::default(),
+                miss,
+                ledger,
+                clock,
+                cached_actions,
+            }),
+        }
+    }
+}
+
+impl Service<Request<ApiCall>> for CacheService {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    // Boxed: ledger and upstream I/O, and waiting on another request's fetch.
+    type Future = Pin<Box<dyn Future<Output = StageResult> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ApiCall>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let (parts, call) = request.into_parts();
+            let tenant = parts
+                .extensions
+                .get::<Arc<Tenant>>()
+                .cloned()
+                .ok_or(GatewayError::InvalidApiKey)?;
+            let context = parts
+                .extensions
+                .get::<Arc<RequestContext>>()
+                .cloned()
+                .unwrap_or_else(|| {
+                    RequestContext::new(HeaderValue::from_static("-"), shared.clock.now())
+                });
+            let refresh = tenant.allow_refresh && wants_refresh(&parts.headers);
+            shared.serve(tenant, context, Arc::new(call), refresh).await
+        })
+    }
+}
+
+/// `cache-control: no-cache` (or `max-age=0`) asks for a fresh page.
+fn wants_refresh(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let d = d.trim();
+            d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("max-age=0")
+        })
+}
+
+impl Shared {
+    async fn serve(
+        self: Arc<Self>,
+        tenant: Arc<Tenant>,
+        context: Arc<RequestContext>,
+        call: Arc<ApiCall>,
+        refresh: bool,
+    ) -> StageResult {
+        let key = call
+            .cache_key()
+            .filter(|_| self.cached_actions.contains(&call.action));
+        let Some(key) = key else {
+            let charged = self.miss.fetch(&tenant, &call, &context.request_id).await?;
+            note(
+                &context,
+                None,
+                charged.reply.credits,
+                Some(charged.reply.upstream_ms),
+            );
+            let meta = PageMeta {
+                action: &call.action,
+                account_id: &call.account_id,
+                credits_consumed: charged.reply.credits,
+                timestamp: self.clock.wall(),
+                cache: None,
+                credits_remaining: charged.balance.remaining(),
+            };
+            let mut response =
+                json_response(charged.reply.status, splice(&charged.reply.data, &meta));
+            remaining_header(&mut response, &tenant, &charged.balance);
+            return Ok(response);
+        };
+
+        let mut stale: Option<Arc<CachedPage>> = None;
+        for _ in 0..MAX_JOINS {
+            if !refresh && let Some(page) = self.cache.get(&key).await {
+                if page.is_fresh(self.clock.now()) {
+                    let _ = self
+                        .ledger
+                        .record_hit(&tenant.id, tenant.budget, page.credits)
+                        .await;
+                    return self
+                        .answer(&tenant, &context, &call, &page, CacheStatus::Hit, 0, None)
+                        .await;
+                }
+                stale = Some(page);
+            }
+            let outcome = match self.flights.join(&key) {
+                Role::Leader(leader) => {
+                    let this = Arc::clone(&self);
+                    let (task_tenant, task_call, key) =
+                        (Arc::clone(&tenant), Arc::clone(&call), key.clone());
+                    let request_id = context.request_id.clone();
+                    // Its own task: a leader whose client hangs up still finishes
+                    // the paid call, stores the page and feeds its followers.
+                    let task = tokio::spawn(async move {
+                        let result = this.miss.fetch(&task_tenant, &task_call, &request_id).await;
+                        let flight = match &result {
+                            Ok(c) => Ok(this
+                                .cache
+                                .store(key, c.reply.status, c.reply.data.clone(), c.reply.credits)
+                                .await),
+                            Err(e) => Err(e.clone()),
+                        };
+                        leader.complete(flight.clone());
+                        result.and_then(|charged| flight.map(|page| (charged, page)))
+                    });
+                    match task.await {
+                        Ok(Ok((charged, page))) => {
+                            let credits = charged.reply.credits;
+                            let ms = Some(charged.reply.upstream_ms);
+                            return self.answer_with(
+                                &tenant,
+                                &context,
+                                &call,
+                                &page,
+                                CacheStatus::Miss,
+                                credits,
+                                ms,
+                                charged.balance,
+                            );
+                        }
+                        Ok(Err(e)) => e,
+                        Err(join) => GatewayError::ServiceUnavailable {
+                            detail: format!("miss task failed: {join}"),
+                        },
+                    }
+                }
+                Role::Follower(follower) => match follower.wait().await {
+                    Some(Ok(page)) => {
+                        return self
+                            .answer(
+                                &tenant,
+                                &context,
+                                &call,
+                                &page,
+                                CacheStatus::Coalesced,
+                                0,
+                                None,
+                            )
+                            .await;
+                    }
+                    // The leader's budget was not ours: try again, perhaps as leader.
+                    Some(Err(GatewayError::InsufficientCredits { .. })) | None => continue,
+                    Some(Err(e)) => e,
+                },
+            };
+            // The fetch failed: an expired page may stand in for an upstream failure.
+            if outcome.is_upstream_failure()
+                && let Some(page) = stale.filter(|p| p.may_serve_stale(self.clock.now()))
+            {
+                tracing::warn!(
+                    request_id = context.request_id_str(),
+                    error_code = outcome.code(),
+                    "upstream failed; serving a stale page"
+                );
+                return self
+                    .answer(&tenant, &context, &call, &page, CacheStatus::Stale, 0, None)
+                    .await;
+            }
+            return Err(outcome);
+        }
+        Err(GatewayError::ServiceUnavailable {
+            detail: "the page could not be fetched after repeated single-flight joins".into(),
+        })
+    }
+
+    /// Answers with a page, reading the tenant's balance for the metadata.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        tenant: &Tenant,
+        context: &RequestContext,
+        call: &ApiCall,
+        page: &CachedPage,
+        status: CacheStatus,
+        credits: u64,
+        upstream_ms: Option<u64>,
+    ) -> StageResult {
+        // A hit is served even when the ledger cannot be read; it then shows no remaining figure.
+        let balance = self
+            .ledger
+            .balance(&tenant.id, tenant.budget)
+            .await
+            .unwrap_or_default();
+        self.answer_with(
+            tenant,
+            context,
+            call,
+            page,
+            status,
+            credits,
+            upstream_ms,
+            balance,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer_with(
+        &self,
+        tenant: &Tenant,
+        context: &RequestContext,
+        call: &ApiCall,
+        page: &CachedPage,
+        status: CacheStatus,
+        credits: u64,
+        upstream_ms: Option<u64>,
+        balance: Balance,
+    ) -> StageResult {
+        note(context, Some(status), credits, upstream_ms);
+        let meta = PageMeta {
+            action: &call.action,
+            account_id: &call.account_id,
+            credits_consumed: credits,
+            timestamp: self.clock.wall(),
+            cache: Some((status, page.cached_at)),
+            credits_remaining: balance.remaining(),
+        };
+        let mut response = json_response(page.status, splice(&page.data, &meta));
+        let headers = response.headers_mut();
+        headers.insert(X_CACHE.clone(), status.header());
+        headers.insert(header::AGE, HeaderValue::from(page.age_s(self.clock.now())));
+        remaining_header(&mut response, tenant, &balance);
+        Ok(response)
+    }
+}
+
+fn remaining_header(response: &mut Response<Body>, tenant: &Tenant, balance: &Balance) {
+    if tenant.budget.is_some()
+        && let Some(remaining) = balance.remaining()
+    {
+        response
+            .headers_mut()
+            .insert(X_CREDITS_REMAINING.clone(), HeaderValue::from(remaining));
+    }
+}
+
+fn note(
+    context: &RequestContext,
+    cache: Option<CacheStatus>,
+    credits: u64,
+    upstream_ms: Option<u64>,
+) {
+    let mut fields = context.fields();
+    fields.cache = cache;
+    fields.credits_charged = credits;
+    fields.upstream_ms = upstream_ms;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_directives() {
+        let mut h = http::HeaderMap::new();
+        assert!(!wants_refresh(&h));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-stale, No-Cache"),
+        );
+        assert!(wants_refresh(&h));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0"));
+        assert!(wants_refresh(&h));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert!(!wants_refresh(&h));
+    }
+}

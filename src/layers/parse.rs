@@ -1,0 +1,341 @@
+//! Body limit, content type and parsing: `Request<B>` becomes `Request<ApiCall>`.
+//!
+//! Order: a declared `content-length` over `server.max_body_bytes` is refused
+//! before anything else (413), then the content type (415), then the body is
+//! read with the same limit enforced while streaming (413) and validated
+//! (400 `INVALID_PARAMS`). Nothing after this stage sees raw bytes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tower::{Layer, Service};
+
+use super::StageResult;
+use super::route::Category;
+use crate::call::{ApiCall, CallParams, DEFAULT_COUNT, MAX_COUNT};
+use crate::config::valid_account_id;
+use crate::error::GatewayError;
+
+/// Reads and validates the body.
+#[derive(Debug, Clone)]
+pub struct ParseLayer {
+    max_body_bytes: usize,
+}
+
+impl ParseLayer {
+    /// Accepts bodies up to `max_body_bytes`.
+    pub fn new(max_body_bytes: usize) -> Self {
+        Self { max_body_bytes }
+    }
+}
+
+impl<S> Layer<S> for ParseLayer {
+    type Service = Parse<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Parse {
+            inner,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// See [`ParseLayer`].
+#[derive(Debug, Clone)]
+pub struct Parse<S> {
+    inner: S,
+    max_body_bytes: usize,
+}
+
+impl<S, B> Service<Request<B>> for Parse<S>
+where
+    S: Service<
+            Request<ApiCall>,
+            Response = http::Response<crate::response::Body>,
+            Error = GatewayError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    // Boxed: reading the body is real I/O.
+    type Future = Pin<Box<dyn Future<Output = StageResult> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The clone that was polled ready goes with this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limit = self.max_body_bytes;
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit as u64) {
+                return Err(GatewayError::PayloadTooLarge { limit });
+            }
+            if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
+                return Err(GatewayError::UnsupportedMediaType);
+            }
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                    return Err(GatewayError::PayloadTooLarge { limit });
+                }
+                Err(_) => {
+                    return Err(GatewayError::InvalidParams(
+                        "could not read the request body".into(),
+                    ));
+                }
+            };
+            let category = parts
+                .extensions
+                .get::<Category>()
+                .map_or("profiles", |c| c.0.as_str());
+            let call = parse_call(category, &bytes)?;
+            if let Some(context) = parts
+                .extensions
+                .get::<std::sync::Arc<crate::context::RequestContext>>()
+            {
+                let mut fields = context.fields();
+                fields.action = Some(call.action.clone());
+                fields.account_id = Some(call.account_id.clone());
+                if let CallParams::Viewers { offset, count } = call.params {
+                    fields.offset = Some(offset);
+                    fields.count = Some(count);
+                }
+            }
+            inner.call(Request::from_parts(parts, call)).await
+        })
+    }
+}
+
+/// `application/json`, any case, with or without parameters.
+fn is_json(value: Option<&http::HeaderValue>) -> bool {
+    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("application/json")
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    account_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    action: Option<&'a RawValue>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+}
+
+fn invalid(message: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidParams(message.into())
+}
+
+/// Validates a body sent to `/v2/{category}`.
+pub fn parse_call(category: &str, body: &[u8]) -> Result<ApiCall, GatewayError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(invalid("the body must be a JSON object"));
+    }
+    let wire: Wire<'_> = serde_json::from_slice(body)
+        .map_err(|_| invalid("the body is not valid JSON (or repeats a field)"))?;
+    let account_id: String = wire
+        .account_id
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(|| invalid("account_id is required and must be a string"))?;
+    if !valid_account_id(&account_id) {
+        return Err(invalid(
+            "account_id must be 1 to 128 printable ASCII characters without spaces",
+        ));
+    }
+    let action: String = wire
+        .action
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(|| invalid("action is required and must be a string"))?;
+    let action_ok = !action.is_empty()
+        && action.len() <= 64
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !action_ok {
+        return Err(invalid(
+            "action must be a lower-case action name such as get_viewers",
+        ));
+    }
+    let params = wire.params.filter(|raw| raw.get().trim() != "null");
+    let params = if category == "profiles" && action == "get_viewers" {
+        viewer_params(params)?
+    } else {
+        if let Some(raw) = params
+            && !raw.get().trim_start().starts_with('{')
+        {
+            return Err(invalid("params must be a JSON object"));
+        }
+        CallParams::Other(params.map(|raw| raw.to_owned()))
+    };
+    Ok(ApiCall {
+        category: category.to_string(),
+        account_id,
+        action,
+        params,
+    })
+}
+
+fn viewer_params(raw: Option<&RawValue>) -> Result<CallParams, GatewayError> {
+    let mut count = DEFAULT_COUNT;
+    let mut offset = 0u32;
+    if let Some(raw) = raw {
+        let map: Map<String, Value> =
+            serde_json::from_str(raw.get()).map_err(|_| invalid("params must be a JSON object"))?;
+        for (name, value) in &map {
+            match name.as_str() {
+                "count" => {
+                    count = value
+                        .as_u64()
+                        .filter(|n| (1..=u64::from(MAX_COUNT)).contains(n))
+                        .map(|n| n as u32)
+                        .ok_or_else(|| {
+                            invalid(format!("count must be an integer from 1 to {MAX_COUNT}"))
+                        })?;
+                }
+                "offset" => {
+                    offset = value
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| invalid("offset must be a non-negative integer"))?;
+                }
+                // An unknown parameter could change the page the upstream returns,
+                // and the cache key would not know: refuse rather than mix pages up.
+                other => {
+                    return Err(invalid(format!(
+                        "unknown parameter {:?} for get_viewers (allowed: count, offset)",
+                        other.chars().take(64).collect::<String>()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(CallParams::Viewers { offset, count })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn viewers(body: &str) -> Result<(u32, u32), String> {
+        match parse_call("profiles", body.as_bytes()) {
+            Ok(ApiCall {
+                params: CallParams::Viewers { offset, count },
+                ..
+            }) => Ok((offset, count)),
+            Ok(other) => Err(format!("not viewers: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn defaults_make_equal_pages_equal() {
+        let a = r#"{"account_id":"acc-1","action":"get_viewers"}"#;
+        let b = r#"{"account_id":"acc-1","action":"get_viewers","params":{"count":10,"offset":0}}"#;
+        let c = r#"{"account_id":"acc-1","action":"get_viewers","params":null}"#;
+        let d = r#"{"account_id":"acc-1","action":"get_viewers","params":{}}"#;
+        for body in [a, b, c, d] {
+            assert_eq!(viewers(body), Ok((0, 10)), "{body}");
+        }
+        let ka = parse_call("profiles", a.as_bytes()).unwrap().cache_key();
+        let kb = parse_call("profiles", b.as_bytes()).unwrap().cache_key();
+        assert_eq!(ka, kb);
+    }
+
+    #[test]
+    fn bad_bodies_are_invalid_params() {
+        for body in [
+            "",
+            "not json",
+            "[1,2]",
+            "\"x\"",
+            r#"{"action":"get_viewers"}"#,
+            r#"{"account_id":5,"action":"get_viewers"}"#,
+            r#"{"account_id":"","action":"get_viewers"}"#,
+            r#"{"account_id":"a b","action":"get_viewers"}"#,
+            r#"{"account_id":"a\nb","action":"get_viewers"}"#,
+            r#"{"account_id":"acc","action":"Get Viewers"}"#,
+            r#"{"account_id":"acc"}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":[]}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":{"count":0}}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":{"count":101}}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":{"count":"10"}}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":{"count":1.5}}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":{"offset":-1}}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":{"offset":4294967296}}"#,
+            r#"{"account_id":"acc","action":"get_viewers","params":{"cursor":"x"}}"#,
+            r#"{"account_id":"acc","account_id":"other","action":"get_viewers"}"#,
+        ] {
+            let e = parse_call("profiles", body.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), "INVALID_PARAMS", "{body}");
+        }
+        let long = format!(
+            r#"{{"account_id":"{}","action":"get_viewers"}}"#,
+            "a".repeat(129)
+        );
+        assert!(parse_call("profiles", long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn other_actions_pass_their_params_through() {
+        let call = parse_call(
+            "network",
+            br#"{"account_id":"acc","action":"invite","params":{"profile_url":"u"}}"#,
+        )
+        .unwrap();
+        assert!(call.cache_key().is_none());
+        assert_eq!(
+            call.upstream_body(),
+            Bytes::from_static(
+                br#"{"account_id":"acc","action":"invite","params":{"profile_url":"u"}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn the_upstream_body_spells_out_defaults() {
+        let call = parse_call(
+            "profiles",
+            br#"{"account_id":"acc-1","action":"get_viewers"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            call.upstream_body(),
+            Bytes::from_static(br#"{"account_id":"acc-1","action":"get_viewers","params":{"count":10,"offset":0}}"#)
+        );
+        assert_eq!(call.estimate(), 1);
+    }
+
+    #[test]
+    fn content_types() {
+        let v = |s: &'static str| http::HeaderValue::from_static(s);
+        assert!(is_json(Some(&v("application/json"))));
+        assert!(is_json(Some(&v("Application/JSON; charset=utf-8"))));
+        assert!(!is_json(Some(&v("text/plain"))));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,87 @@
+//! Routing: only `POST /v2/{category}` is the tenant API.
+//!
+//! Decided before authentication: which paths exist is no secret, and a
+//! wrong URL deserves a 404 whatever key came with it.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::{Method, Request};
+use tower::{Layer, Service};
+
+use super::StageResult;
+use crate::error::GatewayError;
+
+/// The category of `/v2/{category}`, for later stages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Category(pub String);
+
+/// Answers 404 / 405 for anything but the tenant API.
+#[derive(Debug, Clone, Default)]
+pub struct RouteLayer;
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Route { inner }
+    }
+}
+
+/// See [`RouteLayer`].
+#[derive(Debug, Clone)]
+pub struct Route<S> {
+    inner: S,
+}
+
+/// The category of a tenant API path, if it is one.
+pub fn category(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    let ok = !rest.is_empty()
+        && rest.len() <= 32
+        && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    ok.then_some(rest)
+}
+
+impl<S, B> Service<Request<B>> for Route<S>
+where
+    S: Service<Request<B>, Response = http::Response<crate::response::Body>, Error = GatewayError>,
+{
+    type Response = S::Response;
+    type Error = GatewayError;
+    type Future = Either<Ready<StageResult>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let Some(category) = category(request.uri().path()) else {
+            return Either::Left(ready(Err(GatewayError::NotFound)));
+        };
+        // `GET /v2/accounts` would list the upstream key's accounts: not for tenants.
+        if category == "accounts" {
+            return Either::Left(ready(Err(GatewayError::NotFound)));
+        }
+        if request.method() != Method::POST {
+            return Either::Left(ready(Err(GatewayError::MethodNotAllowed)));
+        }
+        let category = Category(category.to_string());
+        request.extensions_mut().insert(category);
+        Either::Right(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_v2_categories_route() {
+        assert_eq!(category("/v2/profiles"), Some("profiles"));
+        assert_eq!(category("/v2/network"), Some("network"));
+        assert_eq!(category("/v2/"), None);
+        assert_eq!(category("/v2/profiles/x"), None);
+        assert_eq!(category("/v1/profiles"), None);
+        assert_eq!(category("/"), None);
+    }
+}

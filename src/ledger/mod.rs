@@ -1,0 +1,152 @@
+//! The credit ledger: reserve before the upstream call, settle or release after.
+//!
+//! A miss reserves its estimate; the reservation succeeds only if
+//! `used + reserved + estimate <= budget`, atomically, so concurrent requests
+//! can never together overspend. Settling records what the upstream really
+//! charged; releasing (on any error) frees the reservation. Budgets are passed
+//! with every call, so a budget changed in the config applies at once.
+
+mod memory;
+mod period;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::config::{Budget, Period};
+
+pub use memory::MemoryLedger;
+pub use period::period_key;
+
+/// Credits held for one in-flight upstream call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Unique per ledger.
+    pub id: u64,
+    /// The tenant charged.
+    pub tenant: Arc<str>,
+    /// The budget period the credits count in (e.g. `2026-11-27`, `2026-W48`).
+    pub period: String,
+    /// Credits held.
+    pub amount: u64,
+}
+
+/// A tenant's position in its current period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Balance {
+    /// Credits settled.
+    pub used: u64,
+    /// Credits held by in-flight calls.
+    pub reserved: u64,
+    /// The budget; `None` is unlimited.
+    pub limit: Option<u64>,
+}
+
+impl Balance {
+    /// What can still be reserved; `None` when unlimited.
+    pub fn remaining(&self) -> Option<u64> {
+        self.limit
+            .map(|l| l.saturating_sub(self.used.saturating_add(self.reserved)))
+    }
+}
+
+/// A tenant's usage for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The tenant.
+    pub tenant: String,
+    /// Budget period (`day`, ..., or `total` when unlimited).
+    pub period: Period,
+    /// The period's key.
+    pub period_key: String,
+    /// Balance in that period.
+    pub balance: Balance,
+    /// Upstream calls settled in the period.
+    pub requests: u64,
+    /// Cache hits served in the period.
+    pub cache_hits: u64,
+    /// Credits the upstream would have charged for those hits.
+    pub credits_saved: u64,
+}
+
+/// Why the ledger said no.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The budget cannot cover the estimate.
+    #[error("insufficient credits: need {needed}, {remaining} remaining")]
+    Insufficient {
+        /// The estimate.
+        needed: u64,
+        /// What was left.
+        remaining: u64,
+    },
+    /// The ledger's store cannot be reached.
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where credits are recorded. Implementations: [`MemoryLedger`] (SQLite and Redis follow).
+pub trait Ledger: Send + Sync + 'static {
+    /// Holds `estimate` credits for `tenant`, or fails with [`LedgerError::Insufficient`].
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a Arc<str>,
+        budget: Option<Budget>,
+        estimate: u64,
+    ) -> BoxFuture<'a, Result<Reservation, LedgerError>>;
+
+    /// Turns a reservation into spend of `actual` credits (lower or higher than held).
+    fn settle(
+        &self,
+        reservation: Reservation,
+        actual: u64,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'_, Result<Balance, LedgerError>>;
+
+    /// Frees a reservation after a failed call.
+    fn release(
+        &self,
+        reservation: Reservation,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'_, Result<Balance, LedgerError>>;
+
+    /// The tenant's balance in the current period.
+    fn balance<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>>;
+
+    /// Counts a cache hit that saved `credits_saved`.
+    fn record_hit<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>>;
+
+    /// Usage of each `(tenant, budget)` in its current period.
+    fn usage<'a>(
+        &'a self,
+        tenants: &'a [(String, Option<Budget>)],
+    ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>>;
+}
+
+/// What a request to the upstream is expected to cost: `ceil(count / 10)`, at least 1.
+pub fn estimate_viewers(count: u32) -> u64 {
+    u64::from(count).div_ceil(10).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_follow_the_price_list() {
+        assert_eq!(estimate_viewers(0), 1);
+        assert_eq!(estimate_viewers(1), 1);
+        assert_eq!(estimate_viewers(10), 1);
+        assert_eq!(estimate_viewers(11), 2);
+        assert_eq!(estimate_viewers(100), 10);
+    }
+}

@@ -1,0 +1,60 @@
+//! Budget periods as keys: a new period is a new key, so budgets reset with no job running.
+
+use jiff::Timestamp;
+use jiff::tz::Offset;
+
+use crate::config::Period;
+
+/// The key of the period containing `now` (UTC): `2026-11-27`, `2026-W48`, `2026-11` or `total`.
+pub fn period_key(period: Period, now: Timestamp) -> String {
+    let date = Offset::UTC.to_datetime(now).date();
+    match period {
+        Period::Day => format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day()),
+        Period::Week => {
+            let iso = date.iso_week_date();
+            format!("{:04}-W{:02}", iso.year(), iso.week())
+        }
+        Period::Month => format!("{:04}-{:02}", date.year(), date.month()),
+        Period::Total => "total".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn periods_follow_utc_calendars() {
+        let t = at("2026-11-27T23:59:59Z");
+        assert_eq!(period_key(Period::Day, t), "2026-11-27");
+        assert_eq!(period_key(Period::Week, t), "2026-W48");
+        assert_eq!(period_key(Period::Month, t), "2026-11");
+        assert_eq!(period_key(Period::Total, t), "total");
+        assert_eq!(
+            period_key(Period::Day, at("2026-11-28T00:00:00Z")),
+            "2026-11-28"
+        );
+    }
+
+    #[test]
+    fn iso_weeks_start_on_monday_and_cross_years() {
+        // Sunday 2026-11-29 is still week 48; Monday 2026-11-30 starts week 49.
+        assert_eq!(
+            period_key(Period::Week, at("2026-11-29T12:00:00Z")),
+            "2026-W48"
+        );
+        assert_eq!(
+            period_key(Period::Week, at("2026-11-30T00:00:00Z")),
+            "2026-W49"
+        );
+        // 2027-01-01 is a Friday: it belongs to ISO week 53 of 2026.
+        assert_eq!(
+            period_key(Period::Week, at("2027-01-01T00:00:00Z")),
+            "2026-W53"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! Tenants: who may call, resolved from the presented key.
+//!
+//! The registry maps SHA-256(key) to a [`Tenant`]. Lookup hashes the presented
+//! key, finds the entry, then compares the stored hash in constant time, so
+//! neither the map nor the comparison leaks how much of a key was right.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+
+use crate::clock::Clock;
+use crate::config::{AccountPattern, Budget, TenantConfig};
+use crate::keys::KeyHash;
+
+/// A tenant's own GCRA limiter (one per tenant: quotas differ per tenant).
+pub type TenantLimiter =
+    governor::RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Instant>>;
+
+/// A tenant, as the request path sees it.
+#[derive(Debug)]
+pub struct Tenant {
+    /// Stable id.
+    pub id: Arc<str>,
+    /// Accounts it may read.
+    pub accounts: Vec<AccountPattern>,
+    /// Actions it may call; `None` means all.
+    pub actions: Option<HashSet<String>>,
+    /// Its rate limiter, if it has a limit.
+    pub limiter: Option<TenantLimiter>,
+    /// Its budget; `None` is unlimited.
+    pub budget: Option<Budget>,
+    /// Whether it may force a refresh.
+    pub allow_refresh: bool,
+}
+
+impl Tenant {
+    /// Builds a tenant from its configuration.
+    pub fn new(config: &TenantConfig, clock: &Clock) -> Self {
+        let actions = if config.actions.iter().any(|a| a == "*") {
+            None
+        } else {
+            Some(config.actions.iter().cloned().collect())
+        };
+        Self {
+            id: Arc::from(config.id.as_str()),
+            accounts: config.accounts.clone(),
+            actions,
+            limiter: config
+                .rate_limit
+                .map(|rl| governor::RateLimiter::direct_with_clock(rl.quota(), clock.clone())),
+            budget: config.budget,
+            allow_refresh: config.allow_refresh,
+        }
+    }
+
+    /// Whether the tenant may read `account_id`.
+    pub fn may_read(&self, account_id: &str) -> bool {
+        self.accounts.iter().any(|p| p.matches(account_id))
+    }
+
+    /// Whether the tenant may call `action`.
+    pub fn may_call(&self, action: &str) -> bool {
+        self.actions.as_ref().is_none_or(|set| set.contains(action))
+    }
+}
+
+/// All tenants, by key hash.
+#[derive(Debug, Default)]
+pub struct Tenants {
+    by_hash: HashMap<KeyHash, Arc<Tenant>>,
+    in_order: Vec<Arc<Tenant>>,
+}
+
+impl Tenants {
+    /// Builds the registry from configuration.
+    pub fn new(configs: &[TenantConfig], clock: &Clock) -> Self {
+        let mut by_hash = HashMap::new();
+        let mut in_order = Vec::new();
+        for config in configs {
+            let tenant = Arc::new(Tenant::new(config, clock));
+            by_hash.insert(config.key_sha256, Arc::clone(&tenant));
+            in_order.push(tenant);
+        }
+        Self { by_hash, in_order }
+    }
+
+    /// The tenant a presented key belongs to, if any.
+    pub fn authenticate(&self, presented: &[u8]) -> Option<Arc<Tenant>> {
+        let digest = KeyHash::of(presented);
+        let (stored, tenant) = self.by_hash.get_key_value(&digest)?;
+        stored.ct_eq(&digest).then(|| Arc::clone(tenant))
+    }
+
+    /// Every tenant, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.in_order.iter()
+    }
+}

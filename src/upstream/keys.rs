@@ -1,0 +1,108 @@
+//! The real upstream keys and which account each one serves.
+//!
+//! Routing picks the most specific pattern that matches an account: an exact
+//! id beats a longer `prefix*`, which beats a shorter one, which beats `*`.
+//! Ties go to the key listed first.
+
+use http::HeaderValue;
+
+use crate::config::{AccountPattern, UpstreamKeyConfig};
+
+/// One upstream key, ready to put on a request.
+#[derive(Debug)]
+pub struct UpstreamKey {
+    /// Its name, for logs and metrics.
+    pub name: String,
+    /// The `x-api-key` header value, marked sensitive so it never prints.
+    pub header: HeaderValue,
+    accounts: Vec<AccountPattern>,
+}
+
+/// All upstream keys.
+#[derive(Debug, Default)]
+pub struct KeyPool {
+    keys: Vec<UpstreamKey>,
+}
+
+impl KeyPool {
+    /// Builds the pool; a key that is not a valid header value is an error naming the key.
+    pub fn new(configs: &[UpstreamKeyConfig]) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for c in configs {
+            let mut header = HeaderValue::from_str(c.secret.expose()).map_err(|_| {
+                format!(
+                    "upstream key {:?} contains characters not allowed in a header",
+                    c.name
+                )
+            })?;
+            header.set_sensitive(true);
+            keys.push(UpstreamKey {
+                name: c.name.clone(),
+                header,
+                accounts: c.accounts.clone(),
+            });
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key that owns `account_id`, if any.
+    pub fn route(&self, account_id: &str) -> Option<&UpstreamKey> {
+        let mut best: Option<(usize, &UpstreamKey)> = None;
+        for key in &self.keys {
+            for pattern in &key.accounts {
+                if pattern.matches(account_id) {
+                    let s = pattern.specificity();
+                    if best.is_none_or(|(b, _)| s > b) {
+                        best = Some((s, key));
+                    }
+                }
+            }
+        }
+        best.map(|(_, k)| k)
+    }
+
+    /// Every key, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &UpstreamKey> {
+        self.keys.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Secret;
+
+    fn key(name: &str, accounts: Vec<AccountPattern>) -> UpstreamKeyConfig {
+        UpstreamKeyConfig {
+            name: name.into(),
+            secret: Secret::new(format!("secret-{name}")),
+            accounts,
+            rate_limit: None,
+        }
+    }
+
+    #[test]
+    fn the_most_specific_pattern_wins() {
+        use AccountPattern::*;
+        let pool = KeyPool::new(&[
+            key("fallback", vec![Any]),
+            key("team", vec![Prefix("team-".into())]),
+            key("team-eu", vec![Prefix("team-eu-".into())]),
+            key("vip", vec![Exact("team-eu-1".into())]),
+        ])
+        .unwrap();
+        let name = |a: &str| pool.route(a).map(|k| k.name.as_str());
+        assert_eq!(name("acc-9"), Some("fallback"));
+        assert_eq!(name("team-us-1"), Some("team"));
+        assert_eq!(name("team-eu-2"), Some("team-eu"));
+        assert_eq!(name("team-eu-1"), Some("vip"));
+    }
+
+    #[test]
+    fn unowned_accounts_have_no_key_and_keys_never_print() {
+        let pool = KeyPool::new(&[key("only", vec![AccountPattern::Exact("a".into())])]).unwrap();
+        assert!(pool.route("b").is_none());
+        let shown = format!("{pool:?}");
+        assert!(!shown.contains("secret-only"), "{shown}");
+    }
+}

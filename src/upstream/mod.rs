@@ -1,0 +1,301 @@
+//! The upstream: a pooled HTTP client, key routing, retries of free failures.
+//!
+//! One call = one logical request to LinkupAPI, possibly several attempts.
+//! Only failures the upstream never bills are retried (429, 5xx, connect
+//! errors and resets), never sooner than its `Retry-After`. Answers are
+//! parsed just enough to find `data` (kept as a zero-copy slice of the body)
+//! and `metadata.credits_consumed`, the truth about what was billed.
+
+mod keys;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub use keys::{KeyPool, UpstreamKey};
+
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+
+/// Largest upstream body viewgate will read.
+const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
+
+/// One logical call to the upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamCall {
+    /// Path below the base URL, e.g. `/v2/profiles`.
+    pub path: String,
+    /// The account (selects the key).
+    pub account_id: String,
+    /// The JSON body to send.
+    pub body: Bytes,
+    /// The request id, forwarded for correlation.
+    pub request_id: HeaderValue,
+}
+
+/// A successful upstream answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamReply {
+    /// The upstream's status (2xx).
+    pub status: StatusCode,
+    /// The raw `data` JSON.
+    pub data: Bytes,
+    /// `metadata.credits_consumed`.
+    pub credits: u64,
+    /// Time spent on the upstream, all attempts.
+    pub upstream_ms: u64,
+    /// Name of the key used.
+    pub key_name: String,
+}
+
+/// The pooled client and everything needed to reach the upstream.
+#[derive(Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// `scheme://authority[/prefix]` without a trailing slash.
+    base: String,
+    keys: KeyPool,
+    timeout: Duration,
+    max_retries: u32,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    success: bool,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    error: Option<ErrorBody>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    credits_consumed: u64,
+}
+
+/// What one attempt produced.
+enum Attempt {
+    Done(Result<UpstreamReply, GatewayError>),
+    /// A free failure worth retrying, with the upstream's `Retry-After` if it sent one.
+    Retry(GatewayError, Option<Duration>),
+}
+
+impl Upstream {
+    /// Builds the client from configuration.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        let uri = &config.base_url;
+        let prefix = uri.path().trim_end_matches('/');
+        let base = format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map_or("", |a| a.as_str()),
+            prefix
+        );
+        Ok(Self {
+            client,
+            base,
+            keys: KeyPool::new(&config.keys)?,
+            timeout: config.timeout,
+            max_retries: config.max_retries,
+        })
+    }
+
+    /// The key pool.
+    pub fn keys(&self) -> &KeyPool {
+        &self.keys
+    }
+
+    /// Whether some upstream key owns `account_id`.
+    pub fn owns(&self, account_id: &str) -> bool {
+        self.keys.route(account_id).is_some()
+    }
+
+    /// Calls the upstream, retrying free failures.
+    pub async fn call(&self, call: &UpstreamCall) -> Result<UpstreamReply, GatewayError> {
+        let key = self
+            .keys
+            .route(&call.account_id)
+            .ok_or(GatewayError::InvalidAccount)?;
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match self.attempt(call, key, started).await {
+                Attempt::Done(result) => return result,
+                Attempt::Retry(error, retry_after) => {
+                    if attempt >= self.max_retries {
+                        return Err(error);
+                    }
+                    let wait = backoff(attempt).max(retry_after.unwrap_or_default());
+                    tracing::warn!(
+                        request_id = ?call.request_id,
+                        upstream_key = %key.name,
+                        attempt = attempt + 1,
+                        error_code = error.code(),
+                        wait_ms = wait.as_millis() as u64,
+                        "upstream failure, retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, call: &UpstreamCall, key: &UpstreamKey, started: Instant) -> Attempt {
+        let uri = format!("{}{}", self.base, call.path);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("viewgate/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("x-api-key", key.header.clone())
+            .header("x-request-id", call.request_id.clone())
+            .body(Full::new(call.body.clone()));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Done(Err(GatewayError::UpstreamUnavailable {
+                    detail: format!("cannot build the upstream request: {e}"),
+                }));
+            }
+        };
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_UPSTREAM_BODY)
+                .collect()
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
+        };
+        let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => return Attempt::Done(Err(GatewayError::UpstreamTimeout)),
+            Ok(Err(e)) => {
+                // Connect errors, resets and truncated bodies: nothing was billed.
+                return Attempt::Retry(
+                    GatewayError::UpstreamUnavailable {
+                        detail: error_chain(&*e),
+                    },
+                    None,
+                );
+            }
+            Ok(Ok(v)) => v,
+        };
+        let upstream_ms = started.elapsed().as_millis() as u64;
+        let status = parts.status;
+        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&body) else {
+            let error = GatewayError::UpstreamUnavailable {
+                detail: format!("upstream answered {status} with a body that is not V2 JSON"),
+            };
+            return if status.is_server_error() {
+                Attempt::Retry(error, None)
+            } else {
+                Attempt::Done(Err(error))
+            };
+        };
+        if envelope.success
+            && status.is_success()
+            && let Some(data) = envelope.data
+        {
+            return Attempt::Done(Ok(UpstreamReply {
+                status,
+                data: body.slice_ref(data.get().as_bytes()),
+                credits: envelope.metadata.map_or(0, |m| m.credits_consumed),
+                upstream_ms,
+                key_name: key.name.clone(),
+            }));
+        }
+        let (code, message) = match envelope.error {
+            Some(e) => (e.code, e.message),
+            None => ("INTERNAL_ERROR".to_string(), "upstream error".to_string()),
+        };
+        if code == "INVALID_API_KEY" {
+            tracing::error!(upstream_key = %key.name, "the upstream rejected this upstream key");
+            return Attempt::Done(Err(GatewayError::UpstreamAuthFailed));
+        }
+        let retry_after = parts
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let status = if status.is_success() {
+            // `success: false` with a 2xx status is not the V2 contract.
+            StatusCode::BAD_GATEWAY
+        } else {
+            status
+        };
+        let error = GatewayError::Upstream {
+            status,
+            code,
+            // The upstream has no reason to echo a key, but never pass one on.
+            message: message.replace(key.header.to_str().unwrap_or("\u{0}"), "***"),
+            retry_after_s: retry_after,
+        };
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            Attempt::Retry(error, retry_after.map(Duration::from_secs))
+        } else {
+            Attempt::Done(Err(error))
+        }
+    }
+}
+
+/// Exponential backoff with jitter: about 100 ms, 200 ms, 400 ms, ... capped at 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let jitter = getrandom::u32().unwrap_or(0) as u64 % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter + base / 4)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for attempt in 0..20 {
+            let d = backoff(attempt);
+            assert!(d >= Duration::from_millis(50), "{d:?}");
+            assert!(d <= Duration::from_millis(6_250), "{d:?}");
+        }
+        assert!(backoff(0) < Duration::from_millis(200));
+    }
+}
