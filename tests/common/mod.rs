@@ -1,0 +1,343 @@
+//! Test harness: the simulator and the real gateway stack, both on 127.0.0.1:0.
+//!
+//! Each test builds its own world: a simulator with one upstream key, a gateway
+//! configured from YAML (as an operator would write it) and tenants with fresh
+//! random keys. Logs go to a shared in-memory buffer so tests can search them.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use viewgate::app::Gateway;
+use viewgate::clock::Clock;
+use viewgate::config::{Config, from_yaml_with_env};
+use viewgate::keys::{KeyHash, mint_tenant_key};
+use viewgate::ledger::Ledger;
+use viewgate::listener::{self, RunningServer};
+use viewgate::sim::{SimConfig, SimHandle, SimKey, Simulator};
+
+/// A fixed start for fake clocks: a Friday afternoon, UTC.
+pub const T0: &str = "2026-11-27T15:00:00Z";
+
+/// One tenant of a test world.
+#[derive(Clone)]
+pub struct TenantSpec {
+    pub id: &'static str,
+    pub accounts: Vec<&'static str>,
+    pub actions: Vec<&'static str>,
+    /// YAML flow mapping, e.g. `{ per_second: 1, burst: 2 }`.
+    pub rate_limit: Option<&'static str>,
+    pub budget: Option<(u64, &'static str)>,
+    pub allow_refresh: bool,
+}
+
+impl TenantSpec {
+    pub fn new(id: &'static str, accounts: &[&'static str]) -> Self {
+        Self {
+            id,
+            accounts: accounts.to_vec(),
+            actions: vec!["get_viewers"],
+            rate_limit: None,
+            budget: None,
+            allow_refresh: false,
+        }
+    }
+    pub fn budget(mut self, credits: u64, period: &'static str) -> Self {
+        self.budget = Some((credits, period));
+        self
+    }
+    pub fn rate(mut self, yaml: &'static str) -> Self {
+        self.rate_limit = Some(yaml);
+        self
+    }
+    pub fn actions(mut self, actions: &[&'static str]) -> Self {
+        self.actions = actions.to_vec();
+        self
+    }
+    pub fn allow_refresh(mut self) -> Self {
+        self.allow_refresh = true;
+        self
+    }
+}
+
+/// How to build a world.
+pub struct WorldSpec {
+    pub tenants: Vec<TenantSpec>,
+    pub sim: SimConfig,
+    /// Accounts the gateway's upstream key owns (in the simulator too).
+    pub upstream_accounts: Vec<&'static str>,
+    pub timeout_ms: u64,
+    pub max_retries: u32,
+    pub ttl_s: u64,
+    pub stale_if_error_s: u64,
+    pub max_body_bytes: u64,
+    /// Use a fake clock starting at [`T0`].
+    pub fake_clock: bool,
+    /// Replace the ledger (e.g. with a failing one).
+    pub ledger: Option<Arc<dyn Ledger>>,
+}
+
+impl Default for WorldSpec {
+    fn default() -> Self {
+        Self {
+            tenants: Vec::new(),
+            sim: SimConfig::default(),
+            upstream_accounts: vec!["*"],
+            timeout_ms: 5_000,
+            max_retries: 2,
+            ttl_s: 300,
+            stale_if_error_s: 3600,
+            max_body_bytes: 65536,
+            fake_clock: true,
+            ledger: None,
+        }
+    }
+}
+
+/// A running simulator + gateway.
+pub struct World {
+    pub sim: SimHandle,
+    pub gateway: Gateway,
+    pub server: RunningServer,
+    pub clock: Clock,
+    pub keys: HashMap<&'static str, String>,
+    pub upstream_key: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+    pub fn meta(&self) -> Value {
+        self.json()["metadata"].clone()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The standard get_viewers body.
+pub fn viewers(account: &str, offset: u32, count: u32) -> String {
+    format!(
+        r#"{{"account_id":"{account}","action":"get_viewers","params":{{"count":{count},"offset":{offset}}}}}"#
+    )
+}
+
+impl World {
+    pub async fn start(spec: WorldSpec) -> World {
+        install_log_capture();
+        let upstream_key = format!("test-upstream-{}", &mint_tenant_key().unwrap()[3..15]);
+        let mut sim_config = spec.sim.clone();
+        sim_config.keys.push(SimKey::new(
+            "primary",
+            upstream_key.clone(),
+            spec.upstream_accounts.iter().copied(),
+        ));
+        let sim = Simulator::start(sim_config, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("simulator starts");
+
+        let mut keys = HashMap::new();
+        let mut yaml = format!(
+            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\n      accounts: [\"*\"]\ncache:\n  ttl_s: {}\n  stale_if_error_s: {}\nledger:\n  backend: memory\ntenants:\n",
+            spec.max_body_bytes,
+            sim.base_url(),
+            spec.timeout_ms,
+            spec.max_retries,
+            spec.ttl_s,
+            spec.stale_if_error_s
+        );
+        for t in &spec.tenants {
+            let key = mint_tenant_key().unwrap();
+            let accounts: Vec<String> = t.accounts.iter().map(|a| format!("\"{a}\"")).collect();
+            let actions: Vec<String> = t.actions.iter().map(|a| format!("\"{a}\"")).collect();
+            yaml.push_str(&format!(
+                "  - id: {}\n    key_sha256: \"{}\"\n    accounts: [{}]\n    actions: [{}]\n    allow_refresh: {}\n",
+                t.id,
+                KeyHash::of(key.as_bytes()).to_hex(),
+                accounts.join(", "),
+                actions.join(", "),
+                t.allow_refresh
+            ));
+            if let Some(rl) = t.rate_limit {
+                yaml.push_str(&format!("    rate_limit: {rl}\n"));
+            }
+            if let Some((credits, period)) = t.budget {
+                yaml.push_str(&format!(
+                    "    budget: {{ credits: {credits}, period: {period} }}\n"
+                ));
+            }
+            keys.insert(t.id, key);
+        }
+        let config: Config = from_yaml_with_env(&yaml, "test.yaml", &|name| {
+            (name == "TEST_UPSTREAM_KEY").then(|| upstream_key.clone())
+        })
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
+        let clock = if spec.fake_clock {
+            Clock::fake(T0.parse().unwrap())
+        } else {
+            Clock::real()
+        };
+        let mut gateway = Gateway::new(config, clock.clone()).expect("gateway builds");
+        if let Some(ledger) = spec.ledger {
+            gateway.ledger = ledger;
+        }
+        let server = listener::spawn(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateway.build_stack(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("gateway listens");
+        World {
+            sim,
+            gateway,
+            server,
+            clock,
+            keys,
+            upstream_key,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.addr(), path)
+    }
+
+    pub fn key(&self, tenant: &str) -> &str {
+        &self.keys[tenant]
+    }
+
+    /// `POST /v2/profiles` as `tenant` (or with no key when `None`).
+    pub async fn post(&self, tenant: Option<&str>, body: &str) -> Reply {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(t) = tenant {
+            headers.push(("x-api-key", self.key(t).to_string()));
+        }
+        self.request(Method::POST, "/v2/profiles", &headers, body)
+            .await
+    }
+
+    /// Any request.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(self.url(path));
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .expect("gateway answers within 30 s")
+            .expect("request succeeds");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Credits the ledger says `tenant` has used this period.
+    pub async fn used(&self, tenant: &str) -> u64 {
+        let t = self
+            .gateway
+            .tenants
+            .iter()
+            .find(|t| &*t.id == tenant)
+            .unwrap();
+        self.gateway
+            .ledger
+            .balance(tenant, t.budget)
+            .await
+            .unwrap()
+            .used
+    }
+
+    /// Credits held by in-flight reservations of `tenant`.
+    pub async fn reserved(&self, tenant: &str) -> u64 {
+        let t = self
+            .gateway
+            .tenants
+            .iter()
+            .find(|t| &*t.id == tenant)
+            .unwrap();
+        self.gateway
+            .ledger
+            .balance(tenant, t.budget)
+            .await
+            .unwrap()
+            .reserved
+    }
+}
+
+/// Every log line written by this test binary so far.
+pub fn logs() -> String {
+    let buffer = LOGS.get_or_init(Default::default);
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn install_log_capture() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let buffer = Arc::clone(LOGS.get_or_init(Default::default));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .event_format(viewgate::logging::JsonLines)
+            .with_writer(move || Capture(Arc::clone(&buffer)))
+            .try_init();
+    });
+}
