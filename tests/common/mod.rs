@@ -86,6 +86,8 @@ pub struct WorldSpec {
     pub fake_clock: bool,
     /// Replace the ledger (e.g. with a failing one).
     pub ledger: Option<Arc<dyn Ledger>>,
+    /// Point the gateway somewhere other than the simulator.
+    pub base_url: Option<String>,
 }
 
 impl Default for WorldSpec {
@@ -101,6 +103,7 @@ impl Default for WorldSpec {
             max_body_bytes: 65536,
             fake_clock: true,
             ledger: None,
+            base_url: None,
         }
     }
 }
@@ -171,7 +174,7 @@ impl World {
         let mut yaml = format!(
             "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\n      accounts: [\"*\"]\ncache:\n  ttl_s: {}\n  stale_if_error_s: {}\nledger:\n  backend: memory\ntenants:\n",
             spec.max_body_bytes,
-            sim.base_url(),
+            spec.base_url.clone().unwrap_or_else(|| sim.base_url()),
             spec.timeout_ms,
             spec.max_retries,
             spec.ttl_s,

@@ -1,0 +1,616 @@
+//! Every row of design.md's error table, produced for real: each answer is in
+//! the V2 error format, charges nothing, caches nothing, and the simulator's
+//! counters show what reached the upstream.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Reply, TenantSpec, World, WorldSpec, viewers};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use viewgate::clock::Clock;
+use viewgate::config::Budget;
+use viewgate::ledger::{Balance, Ledger, LedgerError, MemoryLedger, Reservation, Usage};
+use viewgate::sim::{Fault, FaultKind, SimConfig};
+
+fn assert_v2_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert_eq!(body["metadata"]["credits_consumed"], 0);
+    assert!(
+        body["metadata"]["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.header("x-request-id").is_some());
+}
+
+fn world(spec: WorldSpec) -> WorldSpec {
+    WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["*"]).budget(100, "day"),
+            TenantSpec::new("net", &["*"]).actions(&["get_viewers", "invite"]),
+        ],
+        ..spec
+    }
+}
+
+async fn post_raw(w: &World, tenant: &str, content_type: &str, body: &str) -> Reply {
+    w.request(
+        Method::POST,
+        "/v2/profiles",
+        &[
+            ("x-api-key", w.key(tenant).to_string()),
+            ("content-type", content_type.to_string()),
+        ],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn client_errors_are_400_413_415_404_405_403() {
+    let w = World::start(world(WorldSpec {
+        max_body_bytes: 1024,
+        ..WorldSpec::default()
+    }))
+    .await;
+    for body in [
+        "not json",
+        "[]",
+        r#"{"action":"get_viewers"}"#,
+        r#"{"account_id":"acc-1"}"#,
+        r#"{"account_id":"acc-1","action":"get_viewers","params":{"count":-1}}"#,
+        r#"{"account_id":"acc-1","action":"get_viewers","params":{"count":1000}}"#,
+        r#"{"account_id":"acc-1","action":"get_viewers","params":{"offset":"ten"}}"#,
+        r#"{"account_id":"has space","action":"get_viewers"}"#,
+    ] {
+        assert_v2_error(
+            &post_raw(&w, "crm", "application/json", body).await,
+            400,
+            "INVALID_PARAMS",
+        );
+    }
+    let big = format!(
+        r#"{{"account_id":"acc-1","action":"get_viewers","pad":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    assert_v2_error(
+        &post_raw(&w, "crm", "application/json", &big).await,
+        413,
+        "PAYLOAD_TOO_LARGE",
+    );
+    assert_v2_error(
+        &post_raw(&w, "crm", "text/plain", &viewers("acc-1", 0, 10)).await,
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    );
+    let key = vec![("x-api-key", w.key("crm").to_string())];
+    assert_v2_error(
+        &w.request(Method::POST, "/v1/profiles", &key, "").await,
+        404,
+        "NOT_FOUND",
+    );
+    assert_v2_error(
+        &w.request(Method::GET, "/", &key, "").await,
+        404,
+        "NOT_FOUND",
+    );
+    assert_v2_error(
+        &w.request(Method::GET, "/v2/profiles", &key, "").await,
+        405,
+        "METHOD_NOT_ALLOWED",
+    );
+    // An action the tenant's list does not allow.
+    let invite = w
+        .request(
+            Method::POST,
+            "/v2/network",
+            &[
+                ("x-api-key", w.key("crm").to_string()),
+                ("content-type", "application/json".into()),
+            ],
+            r#"{"account_id":"acc-1","action":"invite","params":{"profile_url":"https://x"}}"#,
+        )
+        .await;
+    assert_v2_error(&invite, 403, "ACTION_NOT_ALLOWED");
+    assert_eq!(
+        w.sim.calls_total(),
+        0,
+        "no client error reaches the upstream"
+    );
+    assert_eq!(w.used("crm").await, 0);
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_cut_off_with_413() {
+    let w = World::start(world(WorldSpec {
+        max_body_bytes: 1024,
+        ..WorldSpec::default()
+    }))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(w.server.addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v2/profiles HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        w.key("crm")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = "x".repeat(600);
+    for _ in 0..3 {
+        let _ = stream
+            .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .await;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("PAYLOAD_TOO_LARGE"), "{text}");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let w = World::start(world(WorldSpec::default())).await;
+    let mut stream = tokio::net::TcpStream::connect(w.server.addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v2/profiles HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+        "y".repeat(20 * 1024)
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text:?}");
+}
+
+#[tokio::test]
+async fn upstream_resets_and_garbage_are_502_and_cost_nothing() {
+    let w = World::start(world(WorldSpec {
+        max_retries: 0,
+        ..WorldSpec::default()
+    }))
+    .await;
+    w.sim.set_fault(Fault::new(FaultKind::Reset));
+    assert_v2_error(
+        &w.post(Some("crm"), &viewers("acc-1", 0, 10)).await,
+        502,
+        "UPSTREAM_UNAVAILABLE",
+    );
+    w.sim.set_fault(Fault::new(FaultKind::Garbage));
+    assert_v2_error(
+        &w.post(Some("crm"), &viewers("acc-1", 0, 10)).await,
+        502,
+        "UPSTREAM_UNAVAILABLE",
+    );
+    assert_eq!(w.sim.calls_total(), 2);
+    assert_eq!(w.sim.credits_total(), 0);
+    assert_eq!((w.used("crm").await, w.reserved("crm").await), (0, 0));
+    // Nothing was cached: once the upstream heals, the page is a miss.
+    w.sim.clear_fault();
+    let healed = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(healed.meta()["cache"], "miss");
+    assert_eq!(w.used("crm").await, 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502() {
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let w = World::start(world(WorldSpec {
+        max_retries: 1,
+        base_url: Some(base_url),
+        ..WorldSpec::default()
+    }))
+    .await;
+    assert_v2_error(
+        &w.post(Some("crm"), &viewers("acc-1", 0, 10)).await,
+        502,
+        "UPSTREAM_UNAVAILABLE",
+    );
+    assert_eq!((w.used("crm").await, w.reserved("crm").await), (0, 0));
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_is_504_after_the_timeout() {
+    let w = World::start(world(WorldSpec {
+        timeout_ms: 300,
+        max_retries: 0,
+        ..WorldSpec::default()
+    }))
+    .await;
+    w.sim.set_fault(Fault::new(FaultKind::Hang));
+    let r = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_v2_error(&r, 504, "UPSTREAM_TIMEOUT");
+    assert_eq!(w.sim.credits_total(), 0);
+    assert_eq!((w.used("crm").await, w.reserved("crm").await), (0, 0));
+    w.sim.shutdown();
+}
+
+#[tokio::test]
+async fn a_revoked_upstream_key_is_502_upstream_auth_failed() {
+    let w = World::start(world(WorldSpec::default())).await;
+    w.sim.set_key_revoked("primary", true);
+    let r = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_v2_error(&r, 502, "UPSTREAM_AUTH_FAILED");
+    assert_eq!(w.sim.calls_total(), 1, "auth failures are not retried");
+    assert_eq!(w.used("crm").await, 0);
+}
+
+#[tokio::test]
+async fn other_upstream_errors_pass_through_with_status_and_code() {
+    let w = World::start(world(WorldSpec {
+        upstream_accounts: vec!["acc-1", "acc-off"],
+        sim: SimConfig {
+            inactive_accounts: vec!["acc-off".into()],
+            ..SimConfig::default()
+        },
+        max_retries: 2,
+        ..WorldSpec::default()
+    }))
+    .await;
+    // The tenant may use any account, but the upstream key owns only two.
+    assert_v2_error(
+        &w.post(Some("crm"), &viewers("acc-9", 0, 10)).await,
+        404,
+        "INVALID_ACCOUNT",
+    );
+    assert_v2_error(
+        &w.post(Some("crm"), &viewers("acc-off", 0, 10)).await,
+        403,
+        "ACCOUNT_INACTIVE",
+    );
+    assert_eq!(
+        w.sim.calls_total(),
+        2,
+        "client-side upstream errors are not retried"
+    );
+    // A persistent 500 is retried max_retries times, then passed through.
+    w.sim.set_fault(Fault::new(FaultKind::InternalError));
+    assert_v2_error(
+        &w.post(Some("crm"), &viewers("acc-1", 0, 10)).await,
+        500,
+        "INTERNAL_ERROR",
+    );
+    assert_eq!(w.sim.calls_total(), 5);
+    assert_eq!(w.sim.credits_total(), 0);
+    assert_eq!((w.used("crm").await, w.reserved("crm").await), (0, 0));
+}
+
+#[tokio::test]
+async fn one_upstream_429_with_retry_after_is_retried_and_served() {
+    let w = World::start(world(WorldSpec {
+        fake_clock: false,
+        ..WorldSpec::default()
+    }))
+    .await;
+    w.sim
+        .set_fault(Fault::new(FaultKind::RateLimited { retry_after_s: 1 }).times(1));
+    let started = std::time::Instant::now();
+    let r = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "Retry-After was honoured"
+    );
+    assert_eq!(w.sim.calls_total(), 2);
+    assert_eq!(w.sim.credits_total(), 1);
+    assert_eq!(r.meta()["credits_consumed"], 1);
+}
+
+#[tokio::test]
+async fn when_the_leader_fails_its_followers_get_the_same_error_and_nobody_pays() {
+    let w = World::start(world(WorldSpec {
+        max_retries: 0,
+        ..WorldSpec::default()
+    }))
+    .await;
+    w.sim
+        .set_fault(Fault::new(FaultKind::InternalError).with_latency(300));
+    let body = viewers("acc-3", 0, 10);
+    let replies = futures_util::future::join_all((0..10).map(|_| w.post(Some("crm"), &body))).await;
+    for r in &replies {
+        assert_v2_error(r, 500, "INTERNAL_ERROR");
+    }
+    assert_eq!(w.sim.calls_total(), 1, "one upstream call for all ten");
+    assert_eq!((w.used("crm").await, w.reserved("crm").await), (0, 0));
+}
+
+#[tokio::test]
+async fn other_actions_are_forwarded_uncached_and_charged_what_the_upstream_says() {
+    let w = World::start(world(WorldSpec::default())).await;
+    let body = r#"{"account_id":"acc-1","action":"invite","params":{"profile_url":"https://www.linkedin.com/in/someone"}}"#;
+    let headers = [
+        ("x-api-key", w.key("net").to_string()),
+        ("content-type", "application/json".into()),
+    ];
+    let first = w.request(Method::POST, "/v2/network", &headers, body).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.meta()["action"], "invite");
+    assert_eq!(first.meta()["credits_consumed"], 1);
+    assert!(first.meta().get("cache").is_none());
+    assert!(first.header("x-cache").is_none());
+    let second = w.request(Method::POST, "/v2/network", &headers, body).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(w.sim.calls_total(), 2, "not cached");
+    assert_eq!(w.sim.credits_total(), 2);
+    assert_eq!(w.used("net").await, 2);
+}
+
+/// A ledger that can be switched off, to play an unreachable store.
+struct SwitchableLedger {
+    inner: MemoryLedger,
+    down: AtomicBool,
+}
+
+impl SwitchableLedger {
+    fn check(&self) -> Result<(), LedgerError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(LedgerError::Unavailable("switched off by the test".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Ledger for SwitchableLedger {
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a Arc<str>,
+        budget: Option<Budget>,
+        estimate: u64,
+    ) -> BoxFuture<'a, Result<Reservation, LedgerError>> {
+        match self.check() {
+            Ok(()) => self.inner.reserve(tenant, budget, estimate),
+            Err(e) => async move { Err(e) }.boxed(),
+        }
+    }
+    fn settle(
+        &self,
+        r: Reservation,
+        actual: u64,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'_, Result<Balance, LedgerError>> {
+        self.inner.settle(r, actual, budget)
+    }
+    fn release(
+        &self,
+        r: Reservation,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'_, Result<Balance, LedgerError>> {
+        self.inner.release(r, budget)
+    }
+    fn balance<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        match self.check() {
+            Ok(()) => self.inner.balance(tenant, budget),
+            Err(e) => async move { Err(e) }.boxed(),
+        }
+    }
+    fn record_hit<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        saved: u64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.inner.record_hit(tenant, budget, saved)
+    }
+    fn usage<'a>(
+        &'a self,
+        tenants: &'a [(String, Option<Budget>)],
+    ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>> {
+        self.inner.usage(tenants)
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_ledger_refuses_misses_with_503_and_still_serves_hits() {
+    let ledger = Arc::new(SwitchableLedger {
+        inner: MemoryLedger::new(Clock::real()),
+        down: AtomicBool::new(false),
+    });
+    let w = World::start(world(WorldSpec {
+        ledger: Some(ledger.clone()),
+        ..WorldSpec::default()
+    }))
+    .await;
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        200
+    );
+    ledger.down.store(true, Ordering::SeqCst);
+    assert_v2_error(
+        &w.post(Some("crm"), &viewers("acc-1", 10, 10)).await,
+        503,
+        "SERVICE_UNAVAILABLE",
+    );
+    let hit = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.meta()["cache"], "hit");
+    assert_eq!(
+        w.sim.calls_total(),
+        1,
+        "no upstream call without a reservation"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_only_when_safe() {
+    let w = World::start(world(WorldSpec::default())).await;
+    let with = |id: &str| {
+        vec![
+            ("x-api-key", w.key("crm").to_string()),
+            ("content-type", "application/json".to_string()),
+            ("x-request-id", id.to_string()),
+        ]
+    };
+    let body = viewers("acc-1", 0, 10);
+    let echoed = w
+        .request(Method::POST, "/v2/profiles", &with("trace-42.a_b"), &body)
+        .await;
+    assert_eq!(echoed.header("x-request-id"), Some("trace-42.a_b"));
+    for bad in ["has space", "semi;colon", &"x".repeat(129)] {
+        let r = w
+            .request(Method::POST, "/v2/profiles", &with(bad), &body)
+            .await;
+        let id = r.header("x-request-id").unwrap();
+        assert_ne!(id, bad);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+    }
+    // Errors carry it too.
+    let err = w.request(Method::GET, "/nowhere", &with("err-1"), "").await;
+    assert_eq!(err.header("x-request-id"), Some("err-1"));
+}
+
+#[tokio::test]
+async fn hostile_bodies_never_crash_the_gateway() {
+    let w = World::start(world(WorldSpec::default())).await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let nested = format!(
+        r#"{{"account_id":"a","action":"get_viewers","params":{}}}"#,
+        "{\"a\":".repeat(200) + "1" + &"}".repeat(200)
+    );
+    for body in [
+        deep.as_str(),
+        nested.as_str(),
+        "\u{0}\u{1}\u{2}",
+        r#"{"account_id":"\u0000","action":"get_viewers"}"#,
+        r#"{"account_id":"acc-1","action":"get_viewers","params":{"count":1e400}}"#,
+        r#"{"account_id":"acc-1","action":"get_viewers","params":{"count":18446744073709551616}}"#,
+        r#"{"account_id":"ü","action":"get_viewers"}"#,
+        "{",
+        "{}",
+    ] {
+        let r = post_raw(&w, "crm", "application/json", body).await;
+        assert_eq!(r.status, 400, "{body:.60}: {}", r.text());
+    }
+    // Still healthy.
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn no_key_ever_appears_in_a_log_line_or_a_response() {
+    let w = World::start(world(WorldSpec {
+        max_retries: 0,
+        ..WorldSpec::default()
+    }))
+    .await;
+    let mut bodies = Vec::new();
+    // Successes, hits, each kind of failure, with both tenants.
+    for tenant in ["crm", "net"] {
+        bodies.push(w.post(Some(tenant), &viewers("acc-1", 0, 10)).await);
+        bodies.push(w.post(Some(tenant), &viewers("acc-1", 0, 10)).await);
+        bodies.push(post_raw(&w, tenant, "application/json", "garbage").await);
+    }
+    for kind in [
+        FaultKind::InternalError,
+        FaultKind::Garbage,
+        FaultKind::Reset,
+    ] {
+        w.sim.set_fault(Fault::new(kind));
+        bodies.push(w.post(Some("crm"), &viewers("acc-2", 0, 10)).await);
+    }
+    w.sim.clear_fault();
+    w.sim.set_key_revoked("primary", true);
+    bodies.push(w.post(Some("crm"), &viewers("acc-3", 0, 10)).await);
+    let logs = common::logs();
+    assert!(logs.contains("\"status\":502"), "the failures were logged");
+    let mut secrets: Vec<&str> = w.keys.values().map(|k| k.as_str()).collect();
+    secrets.push(&w.upstream_key);
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a key leaked into the logs");
+        for r in &bodies {
+            assert!(!r.text().contains(secret), "a key leaked into a response");
+            for (_, v) in r.headers.iter() {
+                assert!(
+                    !v.as_bytes()
+                        .windows(secret.len())
+                        .any(|w| w == secret.as_bytes())
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_request_writes_one_access_line_with_the_documented_fields() {
+    let w = World::start(world(WorldSpec::default())).await;
+    let headers = vec![
+        ("x-api-key", w.key("crm").to_string()),
+        ("content-type", "application/json".to_string()),
+        ("x-request-id", "access-line-test-1".to_string()),
+    ];
+    w.request(
+        Method::POST,
+        "/v2/profiles",
+        &headers,
+        &viewers("acc-5", 20, 10),
+    )
+    .await;
+    let logs = common::logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.contains("access-line-test-1"))
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    for field in [
+        "ts",
+        "level",
+        "request_id",
+        "tenant",
+        "action",
+        "account_id",
+        "offset",
+        "count",
+        "status",
+        "cache",
+        "credits_charged",
+        "upstream_ms",
+        "total_ms",
+        "error_code",
+    ] {
+        assert!(line.get(field).is_some(), "missing {field} in {line}");
+    }
+    assert_eq!(line["tenant"], "crm");
+    assert_eq!(line["account_id"], "acc-5");
+    assert_eq!(line["offset"], 20);
+    assert_eq!(line["count"], 10);
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["cache"], "miss");
+    assert_eq!(line["credits_charged"], 1);
+    assert_eq!(line["error_code"], serde_json::Value::Null);
+    assert!(line["upstream_ms"].is_u64());
+}
