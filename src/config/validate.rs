@@ -249,13 +249,6 @@ fn validate_upstream(
                 && uri.authority().is_some()
                 && uri.query().is_none() =>
         {
-            if uri.scheme_str() == Some("https") {
-                p.at(
-                    &u.base_url.referenced,
-                    "upstream.base_url",
-                    "https upstreams are not available in this build yet; use http://",
-                );
-            }
             uri
         }
         _ => {

@@ -1,4 +1,5 @@
-//! The upstream: a pooled HTTP client, key routing, retries of free failures.
+//! The upstream: a pooled HTTP/1.1 + HTTP/2 client over rustls (or plain HTTP),
+//! key routing, retries of free failures.
 //!
 //! One call = one logical request to LinkupAPI, possibly several attempts.
 //! Only failures the upstream never bills are retried (429, 5xx, connect
@@ -8,11 +9,13 @@
 
 mod keys;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -58,7 +61,7 @@ pub struct UpstreamReply {
 /// The pooled client and everything needed to reach the upstream.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// `scheme://authority[/prefix]` without a trailing slash.
     base: String,
     keys: KeyPool,
@@ -99,8 +102,19 @@ impl Upstream {
     /// Builds the client from configuration.
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
+        // The TLS wrapper below decides per URI; without this https:// is refused.
+        connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
+        // The crypto provider is named explicitly so two providers in the tree
+        // can never make rustls pick one at run time (or panic).
+        let connector = HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+            .map_err(|e| format!("cannot set up TLS: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())

@@ -1,0 +1,253 @@
+//! The real binary, as an operator runs it: check, keygen, hash-key, serve, demo.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use viewgate::keys::KeyHash;
+
+const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
+
+fn viewgate(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    c
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = viewgate(&["check", "--config", "config/viewgate.example.yaml"])
+        .env("LINKUP_API_KEY", "test-placeholder")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 tenants"));
+}
+
+#[test]
+fn check_names_every_problem_with_its_line_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "upstream:\n  base_url: \"ftp://nowhere\"\n  keys:\n    - name: primary\n      api_key_env: VIEWGATE_CLI_TEST_UNSET\ntenants:\n  - id: crm\n    key_sha256: \"abc\"\n    accounts: [\"*\"]\n    budget: { credits: 10, period: year }\n",
+    )
+    .unwrap();
+    let out = viewgate(&["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for needle in [
+        format!("{file}:2:13: upstream.base_url"),
+        format!("{file}:5:20: upstream.keys[0].api_key_env"),
+        format!("{file}:8:17: tenants[0].key_sha256"),
+        format!("{file}:10:36: tenants[0].budget.period"),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    // A file that does not exist, and one that is not YAML.
+    let out = viewgate(&["check", "--config", "/nonexistent/viewgate.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::write(&path, "upstream: [\n").unwrap();
+    let out = viewgate(&["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":1:"));
+}
+
+#[test]
+fn keygen_and_hash_key_agree() {
+    let out = viewgate(&["keygen"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap()
+    };
+    let key = field("key:");
+    let hash = field("key_sha256:");
+    assert!(key.starts_with("vg_"));
+    assert_eq!(hash, KeyHash::of(key.as_bytes()).to_hex());
+
+    let mut child = viewgate(&["hash-key"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), hash);
+}
+
+/// Kills the child when the test ends, pass or fail.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads stdout lines until `done` returns a value (bounded by time).
+fn read_until<T>(child: &mut Child, mut done: impl FnMut(&str) -> Option<T>) -> (T, Vec<String>) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push(line.clone());
+        if let Some(v) = done(&line) {
+            // Keep draining in the background so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in rx {});
+            return (v, seen);
+        }
+    }
+    panic!("expected output never came; saw:\n{}", seen.join("\n"));
+}
+
+fn post(url: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
+    // A blocking client is enough here: one request at a time over a plain socket.
+    use std::io::Read;
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v2/profiles HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let json = raw.split("\r\n\r\n").nth(1).unwrap();
+    (status, serde_json::from_str(json).unwrap())
+}
+
+#[test]
+fn the_demo_answers_the_readme_curl_with_a_miss_then_a_hit() {
+    let mut child = Running(
+        viewgate(&["demo", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut gateway = None;
+    let mut key = None;
+    let ((), _) = read_until(&mut child.0, |line| {
+        if let Some(url) = line.trim().strip_prefix("gateway:") {
+            gateway = Some(url.trim().to_string());
+        }
+        if let Some(rest) = line.trim().strip_prefix("tenant crm") {
+            key = rest.split("key:").nth(1).map(|k| k.trim().to_string());
+        }
+        line.contains("viewgate listening").then_some(())
+    });
+    let (gateway, key) = (gateway.unwrap(), key.unwrap());
+    let body = r#"{"account_id":"acc-1","action":"get_viewers","params":{"count":10,"offset":0}}"#;
+    let (status, first) = post(&gateway, &key, body);
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["metadata"]["cache"], "miss");
+    assert_eq!(first["metadata"]["credits_consumed"], 1);
+    let (_, second) = post(&gateway, &key, body);
+    assert_eq!(second["metadata"]["cache"], "hit");
+    assert_eq!(second["metadata"]["credits_consumed"], 0);
+    assert_eq!(first["data"], second["data"]);
+}
+
+#[test]
+fn serve_runs_a_config_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sim = runtime
+        .block_on(viewgate::sim::Simulator::start(
+            viewgate::sim::SimConfig::default().with_key(viewgate::sim::SimKey::new(
+                "primary",
+                "cli-test-upstream",
+                ["*"],
+            )),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let tenant_key = "vg_cli-test-tenant-key";
+    let config = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\nupstream:\n  base_url: \"{}\"\n  keys:\n    - name: primary\n      api_key_file: \"{}\"\ntenants:\n  - id: crm\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n    budget: {{ credits: 5, period: day }}\n",
+        sim.base_url(),
+        dir.path().join("upstream.key").display(),
+        KeyHash::of(tenant_key.as_bytes()).to_hex()
+    );
+    std::fs::write(dir.path().join("upstream.key"), "cli-test-upstream\n").unwrap();
+    let path = dir.path().join("viewgate.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Running(
+        viewgate(&["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (addr, _) = read_until(&mut child.0, |line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v["msg"] == "viewgate listening").then(|| v["listen"].as_str().unwrap().to_string())
+    });
+    let (status, reply) = post(
+        &format!("http://{addr}"),
+        tenant_key,
+        r#"{"account_id":"acc-1","action":"get_viewers"}"#,
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["metadata"]["credits_remaining"], 4);
+    assert_eq!(sim.credits_total(), 1);
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
