@@ -42,7 +42,12 @@ impl MissPath {
         let estimate = call.estimate();
         let reservation = self
             .ledger
-            .reserve(&tenant.id, tenant.budget, estimate)
+            .reserve(
+                &tenant.id,
+                tenant.budget,
+                estimate,
+                request_id.to_str().unwrap_or("-"),
+            )
             .await
             .map_err(|e| match e {
                 LedgerError::Insufficient { needed, remaining } => {

@@ -384,9 +384,10 @@ impl Ledger for SwitchableLedger {
         tenant: &'a Arc<str>,
         budget: Option<Budget>,
         estimate: u64,
+        request_id: &'a str,
     ) -> BoxFuture<'a, Result<Reservation, LedgerError>> {
         match self.check() {
-            Ok(()) => self.inner.reserve(tenant, budget, estimate),
+            Ok(()) => self.inner.reserve(tenant, budget, estimate, request_id),
             Err(e) => async move { Err(e) }.boxed(),
         }
     }

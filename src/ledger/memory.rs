@@ -96,6 +96,7 @@ impl Ledger for MemoryLedger {
         tenant: &'a Arc<str>,
         budget: Option<Budget>,
         estimate: u64,
+        _request_id: &'a str,
     ) -> BoxFuture<'a, Result<Reservation, LedgerError>> {
         let period = self.current_period(budget);
         let mut accounts = self.lock();
@@ -187,6 +188,7 @@ impl Ledger for MemoryLedger {
                     requests: account.requests,
                     cache_hits: account.cache_hits,
                     credits_saved: account.credits_saved,
+                    orphaned: 0,
                 }
             })
             .collect();
@@ -211,10 +213,10 @@ mod tests {
         let b = budget(10, Period::Day);
         let mut held = Vec::new();
         for _ in 0..10 {
-            held.push(ledger.reserve(&t, b, 1).await.unwrap());
+            held.push(ledger.reserve(&t, b, 1, "test").await.unwrap());
         }
         assert_eq!(
-            ledger.reserve(&t, b, 1).await,
+            ledger.reserve(&t, b, 1, "test").await,
             Err(LedgerError::Insufficient {
                 needed: 1,
                 remaining: 0
@@ -234,7 +236,7 @@ mod tests {
         let ledger = MemoryLedger::new(Clock::real());
         let t: Arc<str> = Arc::from("crm");
         let b = budget(5, Period::Total);
-        let r = ledger.reserve(&t, b, 1).await.unwrap();
+        let r = ledger.reserve(&t, b, 1, "test").await.unwrap();
         let bal = ledger.settle(r, 3, b).await.unwrap();
         assert_eq!((bal.used, bal.reserved, bal.remaining()), (3, 0, Some(2)));
     }
@@ -245,19 +247,19 @@ mod tests {
         let ledger = MemoryLedger::new(clock.clone());
         let t: Arc<str> = Arc::from("crm");
         let b = budget(2, Period::Day);
-        let r = ledger.reserve(&t, b, 2).await.unwrap();
+        let r = ledger.reserve(&t, b, 2, "test").await.unwrap();
         ledger.settle(r, 2, b).await.unwrap();
-        assert!(ledger.reserve(&t, b, 1).await.is_err());
+        assert!(ledger.reserve(&t, b, 1, "test").await.is_err());
         clock.advance(Duration::from_secs(60));
         assert_eq!(ledger.balance("crm", b).await.unwrap().remaining(), Some(2));
-        assert!(ledger.reserve(&t, b, 2).await.is_ok());
+        assert!(ledger.reserve(&t, b, 2, "test").await.is_ok());
     }
 
     #[tokio::test]
     async fn unlimited_tenants_are_counted_but_never_refused() {
         let ledger = MemoryLedger::new(Clock::real());
         let t: Arc<str> = Arc::from("ops");
-        let r = ledger.reserve(&t, None, 1_000_000).await.unwrap();
+        let r = ledger.reserve(&t, None, 1_000_000, "test").await.unwrap();
         let bal = ledger.settle(r, 7, None).await.unwrap();
         assert_eq!((bal.used, bal.remaining()), (7, None));
         ledger.record_hit("ops", None, 1).await.unwrap();

@@ -67,6 +67,9 @@ pub struct Usage {
     pub cache_hits: u64,
     /// Credits the upstream would have charged for those hits.
     pub credits_saved: u64,
+    /// Credits of reservations left open by a crash, counted as spent
+    /// (the upstream may have billed them). Included in `balance.used`.
+    pub orphaned: u64,
 }
 
 /// Why the ledger said no.
@@ -88,14 +91,19 @@ pub enum LedgerError {
 /// Where credits are recorded. Implementations: [`MemoryLedger`] (SQLite and Redis follow).
 pub trait Ledger: Send + Sync + 'static {
     /// Holds `estimate` credits for `tenant`, or fails with [`LedgerError::Insufficient`].
+    /// `request_id` is recorded with the reservation for audit. A durable ledger
+    /// returns only once the reservation would survive a crash.
     fn reserve<'a>(
         &'a self,
         tenant: &'a Arc<str>,
         budget: Option<Budget>,
         estimate: u64,
+        request_id: &'a str,
     ) -> BoxFuture<'a, Result<Reservation, LedgerError>>;
 
     /// Turns a reservation into spend of `actual` credits (lower or higher than held).
+    /// Settling or releasing a reservation that is already settled or released
+    /// changes nothing (idempotent per reservation).
     fn settle(
         &self,
         reservation: Reservation,
