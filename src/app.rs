@@ -24,6 +24,7 @@ use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
 use crate::ledger::{Ledger, MemoryLedger};
+use crate::metrics::Metrics;
 use crate::miss::MissPath;
 use crate::response::Body;
 use crate::tenant::Tenants;
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub cache: PageCache,
     /// The upstream client.
     pub upstream: Arc<Upstream>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -60,10 +63,12 @@ impl Gateway {
                 ));
             }
         };
+        let metrics = Arc::new(Metrics::new());
         Ok(Self {
             tenants: Arc::new(Tenants::new(&config.tenants, &clock)),
             cache: PageCache::new(&config.cache, clock.clone()),
-            upstream: Arc::new(Upstream::new(&config.upstream)?),
+            upstream: Arc::new(Upstream::new(&config.upstream, Arc::clone(&metrics))?),
+            metrics,
             ledger,
             clock,
             config: Arc::new(config),
@@ -81,9 +86,9 @@ impl Gateway {
             upstream: Arc::clone(&self.upstream),
         });
         let stack = ServiceBuilder::new()
-            // Outermost: every answer, errors included, gets an x-request-id
-            // and exactly one access log line.
-            .layer(RequestIdLayer)
+            // Outermost: every answer, errors included, gets an x-request-id,
+            // exactly one access log line, and its metrics.
+            .layer(RequestIdLayer::new(Arc::clone(&self.metrics)))
             // The single place a GatewayError becomes a V2 error body.
             .layer(RescueLayer::new(self.clock.clone()))
             // 404 / 405 before auth: which paths exist is no secret.

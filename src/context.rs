@@ -29,6 +29,8 @@ pub struct LogFields {
     pub cache: Option<CacheStatus>,
     /// Credits charged to the tenant.
     pub credits_charged: u64,
+    /// Credits a cache hit saved (what the upstream charged for the page).
+    pub credits_saved: u64,
     /// Time spent on the upstream, when it was called.
     pub upstream_ms: Option<u64>,
     /// The error code, when the answer is an error.

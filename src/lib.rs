@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod call;
@@ -15,6 +16,7 @@ pub mod layers;
 pub mod ledger;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod miss;
 pub mod response;
 pub mod sim;

@@ -95,6 +95,8 @@ impl PageCache {
                 u32::try_from(k.weight() + v.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
             .time_to_live(config.ttl + config.stale_if_error)
+            // Needed by purge_account (invalidate_entries_if).
+            .support_invalidation_closures()
             .build();
         Self {
             pages,
@@ -146,7 +148,12 @@ impl PageCache {
         self.pages.invalidate_all();
     }
 
-    /// Entries and weighted bytes (approximate until pending tasks run).
+    /// Applies pending evictions and insertions so [`PageCache::size`] is exact.
+    pub async fn sync(&self) {
+        self.pages.run_pending_tasks().await;
+    }
+
+    /// Entries and weighted bytes (approximate until [`PageCache::sync`]).
     pub fn size(&self) -> (u64, u64) {
         (self.pages.entry_count(), self.pages.weighted_size())
     }

@@ -66,14 +66,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     );
     println!();
 
-    crate::cli::serve::announce(&gateway, addr);
-    crate::listener::serve(
-        listener,
-        gateway.build_stack(),
-        gateway.config.server.header_timeout,
-        crate::cli::shutdown_signal(),
-    )
-    .await;
+    crate::cli::serve::run_gateway(gateway, listener, crate::cli::shutdown_signal()).await?;
     sim.shutdown();
     Ok(())
 }

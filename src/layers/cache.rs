@@ -160,6 +160,7 @@ impl Shared {
                         .ledger
                         .record_hit(&tenant.id, tenant.budget, page.credits)
                         .await;
+                    context.fields().credits_saved = page.credits;
                     return self
                         .answer(&tenant, &context, &call, &page, CacheStatus::Hit, 0, None)
                         .await;

@@ -3,7 +3,8 @@
 //! Echoes a client's `x-request-id` when it is 1 to 128 characters of
 //! `A-Z a-z 0-9 . _ -`, otherwise generates one; puts a [`RequestContext`] in
 //! the request's extensions; and, when the response is ready, sets the
-//! `x-request-id` header and writes the one JSON access log line.
+//! `x-request-id` header, writes the one JSON access log line and records
+//! the request's metrics (in-flight, count, latency, credits).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,18 +19,31 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::context::RequestContext;
+use crate::metrics::{InFlight, Metrics};
 use crate::response::Body;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Adds the request id and the access log line.
-#[derive(Debug, Clone, Default)]
-pub struct RequestIdLayer;
+/// Adds the request id, the access log line and the request metrics.
+#[derive(Debug, Clone)]
+pub struct RequestIdLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RequestIdLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<S> Layer<S> for RequestIdLayer {
     type Service = RequestId<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestId { inner }
+        RequestId {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 }
 
@@ -37,6 +51,7 @@ impl<S> Layer<S> for RequestIdLayer {
 #[derive(Debug, Clone)]
 pub struct RequestId<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 /// Whether a client-sent id may be echoed (it ends up in a header and a log line).
@@ -80,6 +95,8 @@ where
         ResponseFuture {
             inner: self.inner.call(request),
             context,
+            in_flight: self.metrics.request_started(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -90,6 +107,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         context: Arc<RequestContext>,
+        in_flight: InFlight,
+        metrics: Arc<Metrics>,
     }
 }
 
@@ -105,8 +124,26 @@ where
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), this.context.request_id.clone());
-        log_access(this.context, response.status().as_u16());
+        let status = response.status().as_u16();
+        log_access(this.context, status);
+        record(this.metrics, this.context, status);
         Poll::Ready(Ok(response))
+    }
+}
+
+fn record(metrics: &Metrics, context: &RequestContext, status: u16) {
+    let f = context.fields();
+    metrics.request_done(
+        f.tenant.as_deref(),
+        status,
+        f.cache,
+        context.started.elapsed(),
+    );
+    if let Some(tenant) = f.tenant.as_deref() {
+        metrics.charged(tenant, f.credits_charged);
+        if f.credits_saved > 0 {
+            metrics.saved(tenant, f.credits_saved);
+        }
     }
 }
 

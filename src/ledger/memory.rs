@@ -1,34 +1,24 @@
 //! A ledger in process memory: exact under concurrency, forgotten on restart.
 //!
-//! One mutex guards all balances; every operation is a few map lookups, so
-//! the lock is held for well under a microsecond.
+//! One mutex guards a [`Book`] (the accounting shared with the SQLite
+//! ledger); every operation is a few map lookups, so the lock is held for
+//! well under a microsecond.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
+use super::book::{Book, budget_period};
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
 use crate::clock::Clock;
-use crate::config::{Budget, Period};
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Account {
-    used: u64,
-    reserved: u64,
-    requests: u64,
-    cache_hits: u64,
-    credits_saved: u64,
-}
+use crate::config::Budget;
 
 /// The in-memory ledger.
 #[derive(Debug)]
 pub struct MemoryLedger {
     clock: Clock,
-    next_id: AtomicU64,
-    accounts: Mutex<HashMap<(String, String), Account>>,
+    book: Mutex<Book>,
 }
 
 impl MemoryLedger {
@@ -36,30 +26,18 @@ impl MemoryLedger {
     pub fn new(clock: Clock) -> Self {
         Self {
             clock,
-            next_id: AtomicU64::new(1),
-            accounts: Mutex::new(HashMap::new()),
+            book: Mutex::new(Book::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Account>> {
+    fn lock(&self) -> MutexGuard<'_, Book> {
         // A panic while holding this lock cannot leave an account half-written
         // (every update is a plain field write), so a poisoned lock is still usable.
-        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn current_period(&self, budget: Option<Budget>) -> String {
-        period_key(
-            budget.map_or(Period::Total, |b| b.period),
-            self.clock.wall(),
-        )
-    }
-
-    fn balance_of(account: &Account, budget: Option<Budget>) -> Balance {
-        Balance {
-            used: account.used,
-            reserved: account.reserved,
-            limit: budget.map(|b| b.credits),
-        }
+        period_key(budget_period(budget), self.clock.wall())
     }
 
     fn finish(
@@ -68,25 +46,15 @@ impl MemoryLedger {
         actual: Option<u64>,
         budget: Option<Budget>,
     ) -> Balance {
-        let mut accounts = self.lock();
-        let entry = accounts
-            .entry((reservation.tenant.to_string(), reservation.period.clone()))
-            .or_default();
-        entry.reserved = entry.reserved.saturating_sub(reservation.amount);
-        if let Some(actual) = actual {
-            entry.used = entry.used.saturating_add(actual);
-            entry.requests += 1;
-        }
+        let mut book = self.lock();
+        // Closing an id that is no longer open changes nothing.
+        match actual {
+            Some(actual) => book.settle(reservation.id, actual),
+            None => book.release(reservation.id),
+        };
         // The balance reported is the current period's, which may be a new one.
-        let now = self.current_period(budget);
-        if now == reservation.period {
-            Self::balance_of(entry, budget)
-        } else {
-            let current = accounts
-                .get(&(reservation.tenant.to_string(), now))
-                .copied();
-            Self::balance_of(&current.unwrap_or_default(), budget)
-        }
+        book.account(&reservation.tenant, &self.current_period(budget))
+            .balance(budget)
     }
 }
 
@@ -96,29 +64,13 @@ impl Ledger for MemoryLedger {
         tenant: &'a Arc<str>,
         budget: Option<Budget>,
         estimate: u64,
-        _request_id: &'a str,
+        request_id: &'a str,
     ) -> BoxFuture<'a, Result<Reservation, LedgerError>> {
         let period = self.current_period(budget);
-        let mut accounts = self.lock();
-        let entry = accounts
-            .entry((tenant.to_string(), period.clone()))
-            .or_default();
-        let balance = Self::balance_of(entry, budget);
-        let result = match balance.remaining() {
-            Some(remaining) if remaining < estimate => Err(LedgerError::Insufficient {
-                needed: estimate,
-                remaining,
-            }),
-            _ => {
-                entry.reserved = entry.reserved.saturating_add(estimate);
-                Ok(Reservation {
-                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                    tenant: Arc::clone(tenant),
-                    period,
-                    amount: estimate,
-                })
-            }
-        };
+        let limit = budget.map(|b| b.credits);
+        let result = self
+            .lock()
+            .reserve(tenant, period, limit, estimate, request_id);
         ready(result).boxed()
     }
 
@@ -145,12 +97,8 @@ impl Ledger for MemoryLedger {
         budget: Option<Budget>,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         let period = self.current_period(budget);
-        let account = self
-            .lock()
-            .get(&(tenant.to_string(), period))
-            .copied()
-            .unwrap_or_default();
-        ready(Ok(Self::balance_of(&account, budget))).boxed()
+        let account = self.lock().account(tenant, &period);
+        ready(Ok(account.balance(budget))).boxed()
     }
 
     fn record_hit<'a>(
@@ -159,11 +107,8 @@ impl Ledger for MemoryLedger {
         budget: Option<Budget>,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        let period = self.current_period(budget);
-        let mut accounts = self.lock();
-        let entry = accounts.entry((tenant.to_string(), period)).or_default();
-        entry.cache_hits += 1;
-        entry.credits_saved = entry.credits_saved.saturating_add(credits_saved);
+        let key = (tenant.to_string(), self.current_period(budget));
+        self.lock().hit(&key, 1, credits_saved);
         ready(Ok(())).boxed()
     }
 
@@ -171,25 +116,13 @@ impl Ledger for MemoryLedger {
         &'a self,
         tenants: &'a [(String, Option<Budget>)],
     ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>> {
-        let accounts = self.lock();
+        let book = self.lock();
         let out = tenants
             .iter()
             .map(|(tenant, budget)| {
                 let period_key = self.current_period(*budget);
-                let account = accounts
-                    .get(&(tenant.clone(), period_key.clone()))
-                    .copied()
-                    .unwrap_or_default();
-                Usage {
-                    tenant: tenant.clone(),
-                    period: budget.map_or(Period::Total, |b| b.period),
-                    period_key,
-                    balance: Self::balance_of(&account, *budget),
-                    requests: account.requests,
-                    cache_hits: account.cache_hits,
-                    credits_saved: account.credits_saved,
-                    orphaned: 0,
-                }
+                book.account(tenant, &period_key)
+                    .usage(tenant, *budget, period_key)
             })
             .collect();
         ready(Ok(out)).boxed()
@@ -201,6 +134,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::Period;
 
     fn budget(credits: u64, period: Period) -> Option<Budget> {
         Some(Budget { credits, period })
@@ -272,5 +206,23 @@ mod tests {
             ),
             (1, 1, 1)
         );
+    }
+
+    #[tokio::test]
+    async fn closing_a_reservation_twice_changes_nothing() {
+        let ledger = MemoryLedger::new(Clock::real());
+        let t: Arc<str> = Arc::from("crm");
+        let b = budget(10, Period::Total);
+        let r = ledger.reserve(&t, b, 4, "test").await.unwrap();
+        let other = ledger.reserve(&t, b, 2, "test").await.unwrap();
+        let first = ledger.settle(r.clone(), 3, b).await.unwrap();
+        assert_eq!((first.used, first.reserved), (3, 2));
+        assert_eq!(ledger.settle(r.clone(), 3, b).await.unwrap(), first);
+        assert_eq!(ledger.release(r, b).await.unwrap(), first);
+        let usage = ledger.usage(&[("crm".into(), b)]).await.unwrap();
+        assert_eq!(usage[0].requests, 1);
+        ledger.release(other.clone(), b).await.unwrap();
+        let after = ledger.settle(other, 9, b).await.unwrap();
+        assert_eq!((after.used, after.reserved), (3, 0));
     }
 }

@@ -6,8 +6,10 @@
 //! charged; releasing (on any error) frees the reservation. Budgets are passed
 //! with every call, so a budget changed in the config applies at once.
 
+mod book;
 mod memory;
 mod period;
+mod sqlite;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use crate::config::{Budget, Period};
 
 pub use memory::MemoryLedger;
 pub use period::period_key;
+pub use sqlite::{SqliteLedger, read_usage};
 
 /// Credits held for one in-flight upstream call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +91,7 @@ pub enum LedgerError {
     Unavailable(String),
 }
 
-/// Where credits are recorded. Implementations: [`MemoryLedger`] (SQLite and Redis follow).
+/// Where credits are recorded. Implementations: [`MemoryLedger`], [`SqliteLedger`] (Redis follows).
 pub trait Ledger: Send + Sync + 'static {
     /// Holds `estimate` credits for `tenant`, or fails with [`LedgerError::Insufficient`].
     /// `request_id` is recorded with the reservation for audit. A durable ledger
@@ -138,6 +141,11 @@ pub trait Ledger: Send + Sync + 'static {
         &'a self,
         tenants: &'a [(String, Option<Budget>)],
     ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>>;
+
+    /// Whether the ledger's store can be reached now (for `/readyz`).
+    fn health(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// What a request to the upstream is expected to cost: `ceil(count / 10)`, at least 1.

@@ -26,6 +26,7 @@ pub use keys::{KeyPool, UpstreamKey};
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 
 /// Largest upstream body viewgate will read.
 const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
@@ -67,6 +68,7 @@ pub struct Upstream {
     keys: KeyPool,
     timeout: Duration,
     max_retries: u32,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Deserialize)]
@@ -100,7 +102,7 @@ enum Attempt {
 
 impl Upstream {
     /// Builds the client from configuration.
-    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         // The TLS wrapper below decides per URI; without this https:// is refused.
         connector.enforce_http(false);
@@ -135,6 +137,7 @@ impl Upstream {
             keys: KeyPool::new(&config.keys)?,
             timeout: config.timeout,
             max_retries: config.max_retries,
+            metrics,
         })
     }
 
@@ -157,7 +160,15 @@ impl Upstream {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
-            match self.attempt(call, key, started).await {
+            let attempt_started = Instant::now();
+            let result = self.attempt(call, key, started).await;
+            let outcome = match &result {
+                Attempt::Done(Ok(_)) => "ok",
+                Attempt::Done(Err(e)) | Attempt::Retry(e, _) => outcome(e),
+            };
+            self.metrics
+                .upstream(&key.name, outcome, attempt_started.elapsed());
+            match result {
                 Attempt::Done(result) => return result,
                 Attempt::Retry(error, retry_after) => {
                     if attempt >= self.max_retries {
@@ -278,6 +289,18 @@ impl Upstream {
         } else {
             Attempt::Done(Err(error))
         }
+    }
+}
+
+/// The metrics label of a failed attempt.
+fn outcome(error: &GatewayError) -> &'static str {
+    match error {
+        GatewayError::UpstreamTimeout => "timeout",
+        GatewayError::UpstreamAuthFailed => "auth_failed",
+        GatewayError::Upstream { status, .. } if status.as_u16() == 429 => "rate_limited",
+        GatewayError::Upstream { status, .. } if status.is_server_error() => "error_5xx",
+        GatewayError::Upstream { .. } => "error_4xx",
+        _ => "unavailable",
     }
 }
 

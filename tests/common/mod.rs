@@ -116,6 +116,9 @@ pub struct World {
     pub clock: Clock,
     pub keys: HashMap<&'static str, String>,
     pub upstream_key: String,
+    pub admin: RunningServer,
+    pub admin_key: String,
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -171,9 +174,11 @@ impl World {
             .expect("simulator starts");
 
         let mut keys = HashMap::new();
+        let admin_key = mint_tenant_key().unwrap();
         let mut yaml = format!(
-            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\n      accounts: [\"*\"]\ncache:\n  ttl_s: {}\n  stale_if_error_s: {}\nledger:\n  backend: memory\ntenants:\n",
+            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nadmin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\n      accounts: [\"*\"]\ncache:\n  ttl_s: {}\n  stale_if_error_s: {}\nledger:\n  backend: memory\ntenants:\n",
             spec.max_body_bytes,
+            KeyHash::of(admin_key.as_bytes()).to_hex(),
             spec.base_url.clone().unwrap_or_else(|| sim.base_url()),
             spec.timeout_ms,
             spec.max_retries,
@@ -222,7 +227,18 @@ impl World {
         )
         .await
         .expect("gateway listens");
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let admin = listener::spawn(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            viewgate::admin::Admin::new(gateway.clone(), Arc::clone(&draining)).service(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("admin listens");
         World {
+            admin,
+            admin_key,
+            draining,
             sim,
             gateway,
             server,
@@ -235,6 +251,16 @@ impl World {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.server.addr(), path)
+    }
+
+    /// A request to the admin listener.
+    pub async fn admin(&self, method: Method, path: &str, key: Option<&str>, body: &str) -> Reply {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(k) = key {
+            headers.push(("x-admin-key", k.to_string()));
+        }
+        let url = format!("http://{}{}", self.admin.addr(), path);
+        self.send(method, url, &headers, body).await
     }
 
     pub fn key(&self, tenant: &str) -> &str {
@@ -259,7 +285,17 @@ impl World {
         headers: &[(&str, String)],
         body: &str,
     ) -> Reply {
-        let mut builder = Request::builder().method(method).uri(self.url(path));
+        self.send(method, self.url(path), headers, body).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: String,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(url);
         for (name, value) in headers {
             builder = builder.header(*name, value);
         }

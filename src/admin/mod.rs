@@ -1,0 +1,265 @@
+//! The admin listener: health, readiness, metrics, and the `/admin/*` API.
+//!
+//! It runs on its own address (`admin.listen`), meant to be private.
+//! `/healthz`, `/readyz` and `/metrics` need no key; everything under
+//! `/admin/` needs `x-admin-key`, whose sha256 must equal
+//! `admin.key_sha256` (compared in constant time). A tenant key is not an
+//! admin key, and without `admin.key_sha256` the admin API is closed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
+
+use crate::app::Gateway;
+use crate::clock::rfc3339;
+use crate::error::GatewayError;
+use crate::keys::KeyHash;
+use crate::ledger::Usage;
+use crate::listener::HttpService;
+use crate::response::{Body, json_response};
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct Admin {
+    gateway: Gateway,
+    draining: Arc<AtomicBool>,
+}
+
+/// One tenant's usage, as `/admin/usage` and `viewgate usage` report it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Tenant id.
+    pub tenant: String,
+    /// `day`, `week`, `month`, or `total` (also for unlimited tenants).
+    pub period: String,
+    /// The current period's key, e.g. `2026-11-27`.
+    pub period_key: String,
+    /// Credits per period; `null` when unlimited.
+    pub budget: Option<u64>,
+    /// Credits settled (including orphaned reservations).
+    pub used: u64,
+    /// Credits held by in-flight calls.
+    pub reserved: u64,
+    /// What can still be reserved; `null` when unlimited.
+    pub remaining: Option<u64>,
+    /// Upstream calls settled.
+    pub requests: u64,
+    /// Cache hits served.
+    pub cache_hits: u64,
+    /// What those hits would have cost.
+    pub credits_saved: u64,
+    /// Credits of reservations a crash left open, counted as spent.
+    pub orphaned: u64,
+}
+
+impl From<&Usage> for UsageRow {
+    fn from(u: &Usage) -> Self {
+        Self {
+            tenant: u.tenant.clone(),
+            period: u.period.as_str().to_string(),
+            period_key: u.period_key.clone(),
+            budget: u.balance.limit,
+            used: u.balance.used,
+            reserved: u.balance.reserved,
+            remaining: u.balance.remaining(),
+            requests: u.requests,
+            cache_hits: u.cache_hits,
+            credits_saved: u.credits_saved,
+            orphaned: u.orphaned,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    account_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl Admin {
+    /// The admin API over `gateway`; `draining` turns `/readyz` to 503 during shutdown.
+    pub fn new(gateway: Gateway, draining: Arc<AtomicBool>) -> Self {
+        Self { gateway, draining }
+    }
+
+    /// The admin endpoints as a service for the listener.
+    pub fn service(self) -> HttpService {
+        let admin = Arc::new(self);
+        tower::util::BoxCloneSyncService::new(tower::service_fn(
+            move |request: Request<hyper::body::Incoming>| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+            },
+        ))
+    }
+
+    /// Answers one admin request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let now = self.gateway.clock.wall();
+        let path = request.uri().path().to_string();
+        let result = match (request.method().clone(), path.as_str()) {
+            (Method::GET, "/healthz") => {
+                Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+            }
+            (Method::GET, "/readyz") => Ok(self.readyz().await),
+            (Method::GET, "/metrics") => Ok(self.metrics().await),
+            (_, p) if p.starts_with("/admin/") => match self.authorize(&request) {
+                Err(e) => Err(e),
+                Ok(()) => self.admin_api(request, &path).await,
+            },
+            (_, "/healthz" | "/readyz" | "/metrics") => Err(GatewayError::MethodNotAllowed),
+            _ => Err(GatewayError::NotFound),
+        };
+        result.unwrap_or_else(|e| e.to_response(None, now))
+    }
+
+    fn authorize<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
+        let expected = self
+            .gateway
+            .config
+            .admin
+            .as_ref()
+            .and_then(|a| a.key_sha256)
+            .ok_or(GatewayError::InvalidApiKey)?;
+        let presented = request
+            .headers()
+            .get("x-admin-key")
+            .ok_or(GatewayError::InvalidApiKey)?;
+        if KeyHash::of(presented.as_bytes()).ct_eq(&expected) {
+            Ok(())
+        } else {
+            Err(GatewayError::InvalidApiKey)
+        }
+    }
+
+    async fn admin_api<B>(
+        &self,
+        request: Request<B>,
+        path: &str,
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: HttpBody<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        match (request.method().clone(), path) {
+            (Method::GET, "/admin/usage") => {
+                let rows = self.usage().await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({"generated_at": rfc3339(self.gateway.clock.wall()), "tenants": rows}),
+                ))
+            }
+            (Method::POST, "/admin/cache/purge") => {
+                let body = Limited::new(request.into_body(), 4096)
+                    .collect()
+                    .await
+                    .map_err(|_| GatewayError::InvalidParams("could not read the body".into()))?
+                    .to_bytes();
+                let purge: PurgeRequest = serde_json::from_slice(&body).map_err(|_| {
+                    GatewayError::InvalidParams(
+                        r#"send {"account_id": "..."} or {"all": true}"#.into(),
+                    )
+                })?;
+                let (entries_before, _) = self.gateway.cache.size();
+                let scope = match (purge.account_id, purge.all) {
+                    (Some(account), false) => {
+                        self.gateway.cache.purge_account(&account);
+                        serde_json::json!({"purged": "account", "account_id": account})
+                    }
+                    (None, true) => {
+                        self.gateway.cache.purge_all();
+                        serde_json::json!({"purged": "all"})
+                    }
+                    _ => {
+                        return Err(GatewayError::InvalidParams(
+                            r#"send {"account_id": "..."} or {"all": true}, not both"#.into(),
+                        ));
+                    }
+                };
+                tracing::info!(scope = %scope, entries_before, "cache purged by an admin call");
+                Ok(json(StatusCode::OK, &scope))
+            }
+            (_, "/admin/usage" | "/admin/cache/purge") => Err(GatewayError::MethodNotAllowed),
+            _ => Err(GatewayError::NotFound),
+        }
+    }
+
+    /// Every tenant's usage in its current period.
+    pub async fn usage(&self) -> Result<Vec<UsageRow>, GatewayError> {
+        let tenants: Vec<(String, Option<crate::config::Budget>)> = self
+            .gateway
+            .config
+            .tenants
+            .iter()
+            .map(|t| (t.id.clone(), t.budget))
+            .collect();
+        let usage = self.gateway.ledger.usage(&tenants).await.map_err(|e| {
+            GatewayError::ServiceUnavailable {
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(usage.iter().map(UsageRow::from).collect())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
+        self.gateway
+            .ledger
+            .health()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn readyz(&self) -> Response<Body> {
+        match self.ready().await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            Err(reason) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not ready", "reason": reason}),
+            ),
+        }
+    }
+
+    async fn metrics(&self) -> Response<Body> {
+        let g = &self.gateway;
+        g.metrics.set_ready(self.ready().await.is_ok());
+        g.cache.sync().await;
+        let (entries, bytes) = g.cache.size();
+        g.metrics.set_cache(entries, bytes);
+        for tenant in g.tenants.iter() {
+            if let Some(budget) = tenant.budget
+                && let Ok(balance) = g.ledger.balance(&tenant.id, Some(budget)).await
+            {
+                g.metrics
+                    .set_credits(&tenant.id, budget.credits, balance.remaining().unwrap_or(0));
+            }
+        }
+        let mut response = Response::new(Body::new(Bytes::from(g.metrics.render())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    json_response(
+        status,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+}

@@ -1,0 +1,333 @@
+//! Prometheus metrics, owned by one gateway (no global recorder).
+//!
+//! Counters and histograms are recorded on the request path; gauges that
+//! mirror state elsewhere (credits remaining, cache size, readiness) are read
+//! from their source when `/metrics` is scraped, so they are right after a
+//! restart and cost nothing per request. Tenant labels are bounded by the
+//! configuration (plus `-` for unauthenticated requests); keys are labelled
+//! by name, never by value.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::response::CacheStatus;
+
+const METADATA: Metadata<'static> = Metadata::new("viewgate", Level::INFO, None);
+
+/// Request latency buckets, seconds: from a fast cache hit to a slow upstream.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The gateway's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    in_flight: Gauge,
+    request_duration: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric described.
+    pub fn new() -> Self {
+        let builder = PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let describe =
+            |name: &'static str, unit: Option<Unit>, help: &'static str, kind: char| match kind {
+                'c' => recorder.describe_counter(name.into(), unit, help.into()),
+                'g' => recorder.describe_gauge(name.into(), unit, help.into()),
+                _ => recorder.describe_histogram(name.into(), unit, help.into()),
+            };
+        describe(
+            "viewgate_requests_total",
+            None,
+            "Tenant API requests answered, by tenant, status and cache outcome.",
+            'c',
+        );
+        describe(
+            "viewgate_request_duration_seconds",
+            Some(Unit::Seconds),
+            "Time to answer a tenant request.",
+            'h',
+        );
+        describe(
+            "viewgate_upstream_requests_total",
+            None,
+            "Upstream attempts, by key name and outcome.",
+            'c',
+        );
+        describe(
+            "viewgate_upstream_duration_seconds",
+            Some(Unit::Seconds),
+            "Upstream attempt latency, by key name.",
+            'h',
+        );
+        describe(
+            "viewgate_credits_charged_total",
+            None,
+            "Credits charged to tenants (what the upstream billed).",
+            'c',
+        );
+        describe(
+            "viewgate_credits_saved_total",
+            None,
+            "Credits the upstream would have charged for pages served from the cache.",
+            'c',
+        );
+        describe(
+            "viewgate_credits_remaining",
+            None,
+            "Credits left in the tenant's current budget period.",
+            'g',
+        );
+        describe(
+            "viewgate_credit_budget",
+            None,
+            "The tenant's budget per period.",
+            'g',
+        );
+        describe(
+            "viewgate_rate_limited_total",
+            None,
+            "Requests refused by the tenant's rate limit.",
+            'c',
+        );
+        describe(
+            "viewgate_budget_rejected_total",
+            None,
+            "Requests refused for insufficient credits.",
+            'c',
+        );
+        describe("viewgate_cache_entries", None, "Pages in the cache.", 'g');
+        describe(
+            "viewgate_cache_bytes",
+            Some(Unit::Bytes),
+            "Weighted size of the cache.",
+            'g',
+        );
+        describe(
+            "viewgate_in_flight_requests",
+            None,
+            "Tenant requests being answered.",
+            'g',
+        );
+        describe(
+            "viewgate_config_reloads_total",
+            None,
+            "Configuration reloads, by outcome.",
+            'c',
+        );
+        describe(
+            "viewgate_ready",
+            None,
+            "1 when the gateway is ready to serve misses, else 0.",
+            'g',
+        );
+        let in_flight =
+            recorder.register_gauge(&Key::from_name("viewgate_in_flight_requests"), &METADATA);
+        let request_duration = recorder.register_histogram(
+            &Key::from_name("viewgate_request_duration_seconds"),
+            &METADATA,
+        );
+        Self {
+            recorder,
+            handle,
+            in_flight,
+            request_duration,
+        }
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// A request started; the guard ends it.
+    pub fn request_started(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// A request was answered.
+    pub fn request_done(
+        &self,
+        tenant: Option<&str>,
+        status: u16,
+        cache: Option<CacheStatus>,
+        took: Duration,
+    ) {
+        let tenant = tenant.unwrap_or("-").to_string();
+        let labels = vec![
+            Label::new("tenant", tenant.clone()),
+            Label::new("status", status.to_string()),
+            Label::new("cache", cache.map_or("none", |c| c.as_str())),
+        ];
+        self.counter("viewgate_requests_total", labels).increment(1);
+        self.request_duration.record(took.as_secs_f64());
+        match status {
+            429 => self
+                .counter(
+                    "viewgate_rate_limited_total",
+                    vec![Label::new("tenant", tenant)],
+                )
+                .increment(1),
+            402 => self
+                .counter(
+                    "viewgate_budget_rejected_total",
+                    vec![Label::new("tenant", tenant)],
+                )
+                .increment(1),
+            _ => {}
+        }
+    }
+
+    /// Credits charged to a tenant.
+    pub fn charged(&self, tenant: &str, credits: u64) {
+        if credits > 0 {
+            self.counter(
+                "viewgate_credits_charged_total",
+                vec![Label::new("tenant", tenant.to_string())],
+            )
+            .increment(credits);
+        }
+    }
+
+    /// Credits a cache hit saved a tenant.
+    pub fn saved(&self, tenant: &str, credits: u64) {
+        self.counter(
+            "viewgate_credits_saved_total",
+            vec![Label::new("tenant", tenant.to_string())],
+        )
+        .increment(credits);
+    }
+
+    /// One upstream attempt.
+    pub fn upstream(&self, key: &str, outcome: &'static str, took: Duration) {
+        let key = key.to_string();
+        self.counter(
+            "viewgate_upstream_requests_total",
+            vec![
+                Label::new("key", key.clone()),
+                Label::new("outcome", outcome),
+            ],
+        )
+        .increment(1);
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(
+                    "viewgate_upstream_duration_seconds",
+                    vec![Label::new("key", key)],
+                ),
+                &METADATA,
+            )
+            .record(took.as_secs_f64());
+    }
+
+    /// A configuration reload.
+    pub fn reload(&self, ok: bool) {
+        self.counter(
+            "viewgate_config_reloads_total",
+            vec![Label::new("outcome", if ok { "ok" } else { "error" })],
+        )
+        .increment(1);
+    }
+
+    /// Sets a tenant's budget gauges (read from the ledger at scrape time).
+    pub fn set_credits(&self, tenant: &str, budget: u64, remaining: u64) {
+        let label = || vec![Label::new("tenant", tenant.to_string())];
+        self.gauge("viewgate_credit_budget", label())
+            .set(budget as f64);
+        self.gauge("viewgate_credits_remaining", label())
+            .set(remaining as f64);
+    }
+
+    /// Sets the cache gauges.
+    pub fn set_cache(&self, entries: u64, bytes: u64) {
+        self.gauge("viewgate_cache_entries", vec![])
+            .set(entries as f64);
+        self.gauge("viewgate_cache_bytes", vec![]).set(bytes as f64);
+    }
+
+    /// Sets the readiness gauge.
+    pub fn set_ready(&self, ready: bool) {
+        self.gauge("viewgate_ready", vec![])
+            .set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// Decrements the in-flight gauge when dropped (answered or abandoned).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_labels_and_buckets() {
+        let m = Metrics::new();
+        {
+            let _guard = m.request_started();
+            m.request_done(
+                Some("crm"),
+                200,
+                Some(CacheStatus::Hit),
+                Duration::from_micros(300),
+            );
+        }
+        m.request_done(None, 403, None, Duration::from_micros(100));
+        m.charged("crm", 3);
+        m.upstream("primary", "ok", Duration::from_millis(12));
+        m.set_credits("crm", 100, 97);
+        let text = m.render();
+        for needle in [
+            "# TYPE viewgate_requests_total counter",
+            r#"viewgate_requests_total{tenant="crm",status="200",cache="hit"} 1"#,
+            r#"viewgate_requests_total{tenant="-",status="403",cache="none"} 1"#,
+            r#"viewgate_credits_charged_total{tenant="crm"} 3"#,
+            r#"viewgate_upstream_requests_total{key="primary",outcome="ok"} 1"#,
+            "# TYPE viewgate_upstream_duration_seconds histogram",
+            r#"viewgate_credits_remaining{tenant="crm"} 97"#,
+            "viewgate_in_flight_requests 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}
