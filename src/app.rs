@@ -23,7 +23,7 @@ use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
-use crate::ledger::{Ledger, MemoryLedger};
+use crate::ledger::{Ledger, MemoryLedger, SqliteLedger};
 use crate::metrics::Metrics;
 use crate::miss::MissPath;
 use crate::response::Body;
@@ -57,6 +57,9 @@ impl Gateway {
     pub fn new(config: Config, clock: Clock) -> Result<Self, String> {
         let ledger: Arc<dyn Ledger> = match &config.ledger {
             LedgerConfig::Memory => Arc::new(MemoryLedger::new(clock.clone())),
+            LedgerConfig::Sqlite { path } => {
+                Arc::new(SqliteLedger::open(path, clock.clone()).map_err(|e| e.to_string())?)
+            }
             other => {
                 return Err(format!(
                     "ledger backend {other:?} is not available in this build"

@@ -1,10 +1,14 @@
 //! The real binary, as an operator runs it: check, keygen, hash-key, serve, demo.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use viewgate::keys::KeyHash;
+
+mod common;
+
+use common::process::{Running, post, read_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
 
@@ -96,66 +100,6 @@ fn keygen_and_hash_key_agree() {
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), hash);
 }
 
-/// Kills the child when the test ends, pass or fail.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reads stdout lines until `done` returns a value (bounded by time).
-fn read_until<T>(child: &mut Child, mut done: impl FnMut(&str) -> Option<T>) -> (T, Vec<String>) {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        seen.push(line.clone());
-        if let Some(v) = done(&line) {
-            // Keep draining in the background so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in rx {});
-            return (v, seen);
-        }
-    }
-    panic!("expected output never came; saw:\n{}", seen.join("\n"));
-}
-
-fn post(url: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
-    // A blocking client is enough here: one request at a time over a plain socket.
-    use std::io::Read;
-    let addr = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /v2/profiles HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let json = raw.split("\r\n\r\n").nth(1).unwrap();
-    (status, serde_json::from_str(json).unwrap())
-}
-
 #[test]
 fn the_demo_answers_the_readme_curl_with_a_miss_then_a_hit() {
     let mut child = Running(
@@ -209,9 +153,26 @@ fn serve_runs_a_config_and_drains_on_sigterm() {
         dir.path().join("upstream.key").display(),
         KeyHash::of(tenant_key.as_bytes()).to_hex()
     );
-    std::fs::write(dir.path().join("upstream.key"), "cli-test-upstream\n").unwrap();
+    let key_file = dir.path().join("upstream.key");
+    std::fs::write(&key_file, "cli-test-upstream\n").unwrap();
+    // A key file others can read is refused: show that, then fix it.
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let path = dir.path().join("viewgate.yaml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, &config).unwrap();
+    let refused = viewgate(&["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("mode 0644"));
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let mut child = Running(
         viewgate(&["serve", "--config", path.to_str().unwrap()])
             .stdout(Stdio::piped())

@@ -5,6 +5,7 @@ mod demo;
 mod keys;
 mod serve;
 mod sim;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,15 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print each tenant's credits used and left this period (reads the SQLite ledger).
+    Usage {
+        /// The YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a new random tenant key and its sha256.
     Keygen,
     /// Read a key on stdin, print its sha256.
@@ -63,6 +73,13 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => check::run(&config),
         Command::Keygen => keys::keygen(),
+        Command::Usage { config, json } => match usage::run(&config, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("viewgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::HashKey => keys::hash_key(),
         Command::Serve { config } => with_runtime(serve::run(config)),
         Command::Sim { listen, config } => with_runtime(sim::run(listen, config)),

@@ -62,6 +62,9 @@ pub async fn run_gateway(
         shutdown,
     )
     .await;
+    if let Err(e) = gateway.ledger.flush().await {
+        tracing::error!(error = %e, "could not flush the ledger at shutdown");
+    }
     if let Some(admin) = admin {
         admin.shutdown().await;
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::keys::{KeyHash, Secret};
 
-pub use validate::{from_yaml, from_yaml_with_env};
+pub use validate::{SecretRef, from_yaml, from_yaml_with_env, from_yaml_with_secrets, read_secret};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -273,16 +273,30 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
+        let (text, file) = read(path)?;
+        from_yaml(&text, &file)
+    }
+
+    /// Reads and validates a configuration file without reading any upstream
+    /// key (for commands that never call the upstream, such as `usage`).
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
+        let (text, file) = read(path)?;
+        from_yaml_with_secrets(&text, &file, &|_| Ok("(not loaded)".to_string()))
+    }
+}
+
+fn read(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(e) => Err(ConfigError {
+            file,
             problems: vec![Problem {
                 line: 0,
                 column: 0,
                 key: String::new(),
                 message: format!("cannot read the file: {e}"),
             }],
-        })?;
-        from_yaml(&text, &file)
+        }),
     }
 }

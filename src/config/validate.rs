@@ -43,14 +43,79 @@ impl Problems {
 
 /// Parses and validates YAML text; `file` labels the problems.
 pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
-    from_yaml_with_env(text, file, &|name| std::env::var(name).ok())
+    from_yaml_with_secrets(text, file, &read_secret)
 }
 
-/// As [`from_yaml`], with `api_key_env` variables looked up through `env`.
+/// Where an upstream key is to be read from.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretRef<'a> {
+    /// `api_key_env`: an environment variable.
+    Env(&'a str),
+    /// `api_key_file`: a file.
+    File(&'a str),
+}
+
+/// Reads upstream keys: the process environment, or a file that only its
+/// owner may read (mode 0600 or stricter).
+pub fn read_secret(source: SecretRef<'_>) -> Result<String, String> {
+    let value = match source {
+        SecretRef::Env(name) => std::env::var(name)
+            .map_err(|_| format!("environment variable {name} is not set or empty"))?,
+        SecretRef::File(path) => {
+            let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(format!(
+                        "{path} is readable by others (mode {mode:04o}); a key file must be 0600 or stricter"
+                    ));
+                }
+            }
+            let _ = meta;
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
+        }
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(match source {
+            SecretRef::Env(name) => format!("environment variable {name} is not set or empty"),
+            SecretRef::File(path) => format!("{path} is empty"),
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// Parses and validates YAML, reading upstream keys through `secrets`.
+pub fn from_yaml_with_secrets(
+    text: &str,
+    file: &str,
+    secrets: &dyn Fn(SecretRef<'_>) -> Result<String, String>,
+) -> Result<Config, ConfigError> {
+    parse_and_validate(text, file, secrets)
+}
+
+/// As [`from_yaml`], with `api_key_env` variables looked up through `env`
+/// (key files are read as usual).
 pub fn from_yaml_with_env(
     text: &str,
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    from_yaml_with_secrets(text, file, &|source| match source {
+        SecretRef::Env(name) => env(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| format!("environment variable {name} is not set or empty")),
+        SecretRef::File(_) => read_secret(source),
+    })
+}
+
+fn parse_and_validate(
+    text: &str,
+    file: &str,
+    secrets: &dyn Fn(SecretRef<'_>) -> Result<String, String>,
 ) -> Result<Config, ConfigError> {
     let raw: RawConfig = match serde_saphyr::from_str(text) {
         Ok(raw) => raw,
@@ -76,7 +141,7 @@ pub fn from_yaml_with_env(
         }
     };
     let mut p = Problems(Vec::new());
-    let config = validate(raw, &mut p, env);
+    let config = validate(raw, &mut p, secrets);
     if p.0.is_empty() {
         Ok(config)
     } else {
@@ -88,7 +153,11 @@ pub fn from_yaml_with_env(
     }
 }
 
-fn validate(raw: RawConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<String>) -> Config {
+fn validate(
+    raw: RawConfig,
+    p: &mut Problems,
+    secrets: &dyn Fn(SecretRef<'_>) -> Result<String, String>,
+) -> Config {
     let server = ServerConfig {
         listen: addr(
             p,
@@ -122,7 +191,7 @@ fn validate(raw: RawConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<Strin
             .and_then(|k| hash(p, k, "admin.key_sha256")),
     });
 
-    let upstream = validate_upstream(&raw, p, env);
+    let upstream = validate_upstream(&raw, p, secrets);
 
     let cache = CacheConfig {
         ttl: seconds(p, raw.cache.ttl_s.as_ref(), "cache.ttl_s", 300, false),
@@ -212,7 +281,7 @@ fn validate(raw: RawConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<Strin
             }
         }
     };
-    if let LedgerConfig::Sqlite { .. } | LedgerConfig::Redis { .. } = ledger
+    if let LedgerConfig::Redis { .. } = ledger
         && let Some(b) = &raw.ledger.backend
     {
         p.at(
@@ -240,7 +309,7 @@ fn validate(raw: RawConfig, p: &mut Problems, env: &dyn Fn(&str) -> Option<Strin
 fn validate_upstream(
     raw: &RawConfig,
     p: &mut Problems,
-    env: &dyn Fn(&str) -> Option<String>,
+    secrets: &dyn Fn(SecretRef<'_>) -> Result<String, String>,
 ) -> UpstreamConfig {
     let u = &raw.upstream;
     let base_url = match u.base_url.value.parse::<http::Uri>() {
@@ -292,33 +361,17 @@ fn validate_upstream(
             );
         }
         let secret = match (&k.api_key_env, &k.api_key_file) {
-            (Some(var), None) => match env(&var.value) {
-                Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                _ => {
-                    p.at(
-                        &var.referenced,
-                        format!("{path}.api_key_env"),
-                        format!("environment variable {} is not set or empty", var.value),
-                    );
+            (Some(var), None) => match secrets(SecretRef::Env(&var.value)) {
+                Ok(v) => Some(Secret::new(v)),
+                Err(e) => {
+                    p.at(&var.referenced, format!("{path}.api_key_env"), e);
                     None
                 }
             },
-            (None, Some(file)) => match std::fs::read_to_string(&file.value) {
-                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                Ok(_) => {
-                    p.at(
-                        &file.referenced,
-                        format!("{path}.api_key_file"),
-                        "the file is empty",
-                    );
-                    None
-                }
+            (None, Some(file)) => match secrets(SecretRef::File(&file.value)) {
+                Ok(v) => Some(Secret::new(v)),
                 Err(e) => {
-                    p.at(
-                        &file.referenced,
-                        format!("{path}.api_key_file"),
-                        format!("cannot read {}: {e}", file.value),
-                    );
+                    p.at(&file.referenced, format!("{path}.api_key_file"), e);
                     None
                 }
             },
@@ -602,15 +655,22 @@ mod tests {
     const HASH_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const HASH_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
+    /// Loads with TEST_UPSTREAM_KEY set (and nothing else).
+    fn load(text: &str, file: &str) -> Result<Config, ConfigError> {
+        from_yaml_with_env(text, file, &|name| {
+            (name == "TEST_UPSTREAM_KEY").then(|| "k".to_string())
+        })
+    }
+
     fn yaml(tenants: &str) -> String {
         format!(
-            "upstream:\n  base_url: \"http://127.0.0.1:1\"\n  keys:\n    - name: primary\n      api_key_file: Cargo.toml\ntenants:\n{tenants}"
+            "upstream:\n  base_url: \"http://127.0.0.1:1\"\n  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\ntenants:\n{tenants}"
         )
     }
 
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
-        let c = from_yaml(
+        let c = load(
             &yaml(&format!(
                 "  - id: crm\n    key_sha256: \"{HASH_A}\"\n    accounts: [\"acc-1\"]\n"
             )),
@@ -633,7 +693,7 @@ mod tests {
         let text = yaml(&format!(
             "  - id: crm\n    key_sha256: \"{HASH_A}\"\n    accounts: [\"a\"]\n    budgett: {{credits: 1, period: day}}\n"
         ));
-        let err = from_yaml(&text, "t.yaml").unwrap_err();
+        let err = load(&text, "t.yaml").unwrap_err();
         let shown = err.to_string();
         assert!(shown.contains("budgett"), "{shown}");
         assert_eq!(err.problems[0].line, 10, "{shown}");
@@ -644,7 +704,7 @@ mod tests {
         let text = yaml(&format!(
             "  - id: crm\n    key_sha256: \"{HASH_A}\"\n    accounts: [\"a\"]\n    budget: {{credits: 5, period: fortnight}}\n  - id: crm\n    key_sha256: \"{HASH_A}\"\n    accounts: [\"b\"]\n    rate_limit: {{per_second: 0}}\n  - id: ops\n    key_sha256: \"{HASH_B}x\"\n    accounts: [\"has space\"]\n"
         ));
-        let err = from_yaml(&text, "t.yaml").unwrap_err();
+        let err = load(&text, "t.yaml").unwrap_err();
         let shown = err.to_string();
         for needle in [
             "t.yaml:10:",
@@ -663,10 +723,10 @@ mod tests {
     #[test]
     fn upstream_keys_never_come_from_the_yaml() {
         let text = "upstream:\n  base_url: \"http://127.0.0.1:1\"\n  keys:\n    - name: primary\n      api_key: \"sk-live\"\n";
-        let err = from_yaml(text, "t.yaml").unwrap_err();
+        let err = load(text, "t.yaml").unwrap_err();
         assert!(err.to_string().contains("api_key"), "{err}");
         let text = "upstream:\n  base_url: \"http://127.0.0.1:1\"\n  keys:\n    - name: primary\n      api_key_env: VIEWGATE_TEST_SURELY_UNSET_VARIABLE\n";
-        let err = from_yaml(text, "t.yaml").unwrap_err();
+        let err = load(text, "t.yaml").unwrap_err();
         assert!(err.to_string().contains("t.yaml:5:"), "{err}");
         assert!(
             err.to_string()
@@ -680,7 +740,7 @@ mod tests {
         let text = yaml(&format!(
             "  - id: crm\n    key_sha256: \"{HASH_A}\"\n    accounts: [\"*\"]\n    rate_limit: {{per_minute: 120, burst: 3}}\n    budget: {{credits: 1000, period: week}}\n"
         ));
-        let c = from_yaml(&text, "t.yaml").unwrap();
+        let c = load(&text, "t.yaml").unwrap();
         let rl = c.tenants[0].rate_limit.unwrap();
         assert_eq!(rl.quota().replenish_interval(), Duration::from_millis(500));
         assert_eq!(rl.quota().burst_size().get(), 3);

@@ -142,6 +142,11 @@ pub trait Ledger: Send + Sync + 'static {
         tenants: &'a [(String, Option<Budget>)],
     ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>>;
 
+    /// Waits until everything recorded so far is durable (at shutdown).
+    fn flush(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Whether the ledger's store can be reached now (for `/readyz`).
     fn health(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
         Box::pin(std::future::ready(Ok(())))

@@ -404,6 +404,10 @@ impl Ledger for SqliteLedger {
         futures_util::future::ready(Ok(out)).boxed()
     }
 
+    fn flush(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        SqliteLedger::flush(self).boxed()
+    }
+
     fn health(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
         let (reply, answer) = oneshot::channel();
         // Boxed: the answer comes back from another thread. The probe queues

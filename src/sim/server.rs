@@ -114,7 +114,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Handled {
     if let Some(rest) = path.strip_prefix("/v2/") {
         shared.counters.record_call();
         let rest = rest.to_owned();
-        return v2(&shared, req, &rest).await;
+        // Like a real upstream, a call that has started runs to the end and is
+        // billed even if the client hangs up: its own task, not the connection's.
+        let call = tokio::spawn(async move { v2(&shared, req, &rest).await });
+        return match call.await {
+            Ok(handled) => handled,
+            Err(_) => Err(Dropped("the call task ended without an answer")),
+        };
     }
     if path.starts_with("/_sim/") {
         return Ok(control(&shared, req).await);

@@ -1,0 +1,116 @@
+//! Helpers for tests that run the real `viewgate` binary as a child process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Kills the child when the test ends, pass or fail.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads stdout lines until `done` returns a value (bounded by time).
+pub fn read_until<T>(
+    child: &mut Child,
+    mut done: impl FnMut(&str) -> Option<T>,
+) -> (T, Vec<String>) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push(line.clone());
+        if let Some(v) = done(&line) {
+            // Keep draining in the background so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in rx {});
+            return (v, seen);
+        }
+    }
+    panic!("expected output never came; saw:\n{}", seen.join("\n"));
+}
+
+pub fn post(url: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
+    try_post(url, key, body).expect("the gateway answered")
+}
+
+/// As [`post`], but `None` when the connection fails or breaks (a killed gateway).
+pub fn try_post(url: &str, key: &str, body: &str) -> Option<(u16, serde_json::Value)> {
+    // A blocking client is enough here: one request at a time over a plain socket.
+    use std::io::Read;
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()?
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "POST /v2/profiles HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let status = raw.get(9..12)?.parse().ok()?;
+    let json = raw.split("\r\n\r\n").nth(1)?;
+    Some((status, serde_json::from_str(json).ok()?))
+}
+
+/// Writes a file only its owner can read (as upstream key files must be).
+pub fn write_private(path: &std::path::Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+/// The start-up line of `viewgate serve`: its tenant and admin addresses.
+pub fn listening(line: &str) -> Option<(String, Option<String>)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    (v["msg"] == "viewgate listening").then(|| {
+        (
+            v["listen"].as_str().unwrap().to_string(),
+            v["admin"].as_str().map(str::to_string),
+        )
+    })
+}
+
+/// Sends SIGKILL or SIGTERM to a child.
+pub fn signal(child: &Child, name: &str) {
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Waits (bounded) for a child to exit and returns its status.
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

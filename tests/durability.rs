@@ -1,0 +1,297 @@
+//! Credits survive crashes and restarts: the real binary on the SQLite ledger,
+//! killed with SIGKILL in the middle of concurrent misses, restarted, and
+//! compared with what the simulator billed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::process::{
+    Running, listening, post, read_until, signal, try_post, wait_exit, write_private,
+};
+use viewgate::keys::KeyHash;
+use viewgate::sim::{Fault, SimConfig, SimHandle, SimKey, Simulator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
+const TENANT_KEY: &str = "vg_durability-test-tenant";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn setup(sim: &SimHandle, budget: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("upstream.key");
+    write_private(&key_file, "durability-upstream");
+    let config = dir.path().join("viewgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  listen: \"127.0.0.1:0\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: 10000\n  keys:\n    - name: primary\n      api_key_file: \"{}\"\nledger:\n  backend: sqlite\n  path: \"{}\"\ntenants:\n  - id: crm\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n    budget: {{ credits: {budget}, period: total }}\n",
+            sim.base_url(),
+            key_file.display(),
+            dir.path().join("ledger.db").display(),
+            KeyHash::of(TENANT_KEY.as_bytes()).to_hex()
+        ),
+    )
+    .unwrap();
+    Setup { dir, config }
+}
+
+fn serve(config: &Path) -> (Running, String) {
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ((addr, _), _) = read_until(&mut child.0, listening);
+    (child, format!("http://{addr}"))
+}
+
+fn usage(config: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["usage", "--json", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["tenants"][0].clone()
+}
+
+fn body(account: &str) -> String {
+    format!(
+        r#"{{"account_id":"{account}","action":"get_viewers","params":{{"count":10,"offset":0}}}}"#
+    )
+}
+
+async fn sim() -> SimHandle {
+    Simulator::start(
+        SimConfig::default().with_key(SimKey::new("primary", "durability-upstream", ["*"])),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_preserves_remaining_credits_exactly() {
+    let sim = sim().await;
+    let s = setup(&sim, 10);
+    let (mut gw, url) = serve(&s.config);
+    for i in 0..3 {
+        let (status, _) = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || post(&url, TENANT_KEY, &body(&format!("acc-{i}")))
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    signal(&gw.0, "TERM");
+    assert!(wait_exit(&mut gw.0, Duration::from_secs(20)).success());
+    let row = usage(&s.config);
+    assert_eq!(
+        (row["used"].as_u64(), row["remaining"].as_u64()),
+        (Some(3), Some(7))
+    );
+    assert_eq!(row["orphaned"], 0, "a clean stop leaves nothing open");
+
+    let (_gw, url) = serve(&s.config);
+    let (status, reply) =
+        tokio::task::spawn_blocking(move || post(&url, TENANT_KEY, &body("acc-9")))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(reply["metadata"]["credits_remaining"], 6, "{reply}");
+    assert_eq!(sim.credits_total(), 4);
+    drop(s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_traffic_never_under_counts_what_the_upstream_billed() {
+    let sim = sim().await;
+    let s = setup(&sim, 1000);
+    let (mut gw, url) = serve(&s.config);
+    // First, misses that complete: settled before the crash.
+    let first = 10;
+    for i in 0..first {
+        let url = url.clone();
+        let (status, _) = tokio::task::spawn_blocking(move || {
+            post(&url, TENANT_KEY, &body(&format!("done-{i}")))
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    // Then slow answers keep many misses in flight when the gateway dies; the
+    // simulator, like the real upstream, bills them anyway.
+    sim.set_fault(Fault::latency(400));
+    let requests = 30;
+    let mut clients = Vec::new();
+    for i in 0..requests {
+        let url = url.clone();
+        clients.push(std::thread::spawn(move || {
+            try_post(&url, TENANT_KEY, &body(&format!("acc-{i}")))
+        }));
+    }
+    // Kill once some calls reached the upstream, while the rest are in flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.calls_total() < first + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "traffic never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&gw.0, "KILL");
+    wait_exit(&mut gw.0, Duration::from_secs(10));
+    let answered = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap())
+        .filter(|(status, _)| *status == 200)
+        .count() as u64;
+    // The simulator finishes (and bills) the calls it had started: wait until
+    // every call it received has been billed, bounded in time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.credits_total() < sim.calls_total() {
+        assert!(
+            Instant::now() < deadline,
+            "the simulator never finished its calls"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let billed = sim.credits_total();
+
+    // Read-only, before any restart: open reservations show as reserved.
+    let before = usage(&s.config);
+    let settled = before["used"].as_u64().unwrap();
+    let open = before["reserved"].as_u64().unwrap();
+    assert!(
+        settled >= first + answered,
+        "every answered miss was settled before it was answered"
+    );
+    assert!(open > 0, "the crash left reservations open");
+    assert!(
+        settled + open >= billed,
+        "settled {settled} + open {open} < billed {billed}"
+    );
+
+    // A restart counts every open reservation as spent.
+    let (_gw, _url) = serve(&s.config);
+    let after = usage(&s.config);
+    let used = after["used"].as_u64().unwrap();
+    let orphaned = after["orphaned"].as_u64().unwrap();
+    assert_eq!(after["reserved"], 0);
+    assert_eq!(orphaned, open, "open reservations became orphaned spend");
+    assert!(
+        used >= billed,
+        "the ledger under-counts: used {used} < billed {billed}"
+    );
+    assert!(
+        billed > first,
+        "the upstream billed calls the gateway never settled"
+    );
+    assert!(
+        used - billed <= requests,
+        "over-count {} is more than the requests in flight",
+        used - billed
+    );
+    eprintln!(
+        "answered {answered}, billed {billed}, settled {settled}, open {open}, used {used}, orphaned {orphaned}"
+    );
+    assert_eq!(after["remaining"].as_u64().unwrap(), 1000 - used);
+    sim.clear_fault();
+}
+
+#[test]
+fn a_corrupted_or_unwritable_ledger_is_a_clear_start_up_error() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sim = runtime.block_on(sim());
+    let s = setup(&sim, 10);
+    let ledger = s.dir.path().join("ledger.db");
+    std::fs::write(
+        &ledger,
+        b"this is not a sqlite database, it is garbage ".repeat(200),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", s.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ledger.db"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A ledger path that cannot be created.
+    std::fs::remove_file(&ledger).unwrap();
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(ledger.to_str().unwrap(), "/dev/null/ledger.db");
+    std::fs::write(&s.config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", s.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/dev/null/ledger.db"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_works_while_serve_runs_and_prints_a_table() {
+    let sim = sim().await;
+    let s = setup(&sim, 50);
+    let (_gw, url) = serve(&s.config);
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        post(&url, TENANT_KEY, &body("acc-1"));
+        post(&url, TENANT_KEY, &body("acc-1"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let out = Command::new(BIN)
+        .args(["usage", "--config", s.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "tenant",
+            "period",
+            "period_key",
+            "budget",
+            "used",
+            "reserved",
+            "remaining",
+            "requests",
+            "cache_hits",
+            "credits_saved",
+            "orphaned"
+        ]
+    );
+    let crm: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        &crm[..8],
+        ["crm", "total", "total", "50", "1", "0", "49", "1"],
+        "{table}"
+    );
+}
