@@ -35,13 +35,18 @@ fn main() {
         // One caller at a time: every reserve waits for its own fsync.
         let tenant: Arc<str> = Arc::from("solo");
         let mut solo = Vec::with_capacity(SOLO_SAMPLES);
+        let mut pair = Vec::with_capacity(SOLO_SAMPLES);
         for _ in 0..SOLO_SAMPLES {
             let started = Instant::now();
             let r = ledger.reserve(&tenant, None, 1, "bench").await.unwrap();
             solo.push(started.elapsed());
             ledger.settle(r, 1, None).await.unwrap();
+            pair.push(started.elapsed());
         }
         report("reserve latency, 1 caller", &mut solo);
+        // What the ledger adds to a miss: one reserve before the upstream call
+        // and one settle after it, each waiting for its commit.
+        report("reserve+settle (added to a miss), 1 caller", &mut pair);
 
         // 64 callers: their commands share commits.
         let budget = Some(Budget {

@@ -70,7 +70,11 @@ impl Gateway {
         Ok(Self {
             tenants: Arc::new(Tenants::new(&config.tenants, &clock)),
             cache: PageCache::new(&config.cache, clock.clone()),
-            upstream: Arc::new(Upstream::new(&config.upstream, Arc::clone(&metrics))?),
+            upstream: Arc::new(Upstream::new(
+                &config.upstream,
+                clock.clone(),
+                Arc::clone(&metrics),
+            )?),
             metrics,
             ledger,
             clock,
@@ -87,6 +91,7 @@ impl Gateway {
         let miss = Arc::new(MissPath {
             ledger: Arc::clone(&self.ledger),
             upstream: Arc::clone(&self.upstream),
+            estimates: self.config.upstream.estimates.clone(),
         });
         let stack = ServiceBuilder::new()
             // Outermost: every answer, errors included, gets an x-request-id,

@@ -1,5 +1,7 @@
 //! A tenant's call, parsed and validated: what the inner stages work on.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
@@ -57,11 +59,12 @@ impl ApiCall {
         }
     }
 
-    /// Credits to reserve before calling the upstream.
-    pub fn estimate(&self) -> u64 {
+    /// Credits to reserve before calling the upstream: `ceil(count / 10)` for
+    /// `get_viewers`, else the configured estimate of the action (default 1).
+    pub fn estimate(&self, estimates: &BTreeMap<String, u64>) -> u64 {
         match self.params {
             CallParams::Viewers { count, .. } => estimate_viewers(count),
-            CallParams::Other(_) => 1,
+            CallParams::Other(_) => estimates.get(&self.action).copied().unwrap_or(1),
         }
     }
 

@@ -73,6 +73,12 @@ pub enum GatewayError {
     /// The upstream did not answer within `upstream.timeout_ms`.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The key's circuit breaker is open: the upstream kept failing.
+    #[error("upstream unavailable (circuit open); retry after {retry_after_s} s")]
+    UpstreamCircuitOpen {
+        /// When the breaker lets a probe through.
+        retry_after_s: u64,
+    },
     /// Any other V2 error, passed through.
     #[error("{message}")]
     Upstream {
@@ -112,6 +118,7 @@ impl GatewayError {
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             UpstreamUnavailable { .. } | UpstreamAuthFailed => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Upstream { status, .. } => *status,
             ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -134,6 +141,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
             UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            UpstreamCircuitOpen { .. } => "SERVICE_UNAVAILABLE",
             Upstream { code, .. } => code,
             ServiceUnavailable { .. } => "SERVICE_UNAVAILABLE",
         }
@@ -143,10 +151,23 @@ impl GatewayError {
     pub fn is_upstream_failure(&self) -> bool {
         use GatewayError::*;
         match self {
-            UpstreamUnavailable { .. } | UpstreamTimeout | UpstreamAuthFailed => true,
+            UpstreamUnavailable { .. }
+            | UpstreamTimeout
+            | UpstreamAuthFailed
+            | UpstreamCircuitOpen { .. } => true,
             Upstream { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
+            _ => false,
+        }
+    }
+
+    /// Whether the failure says the upstream is unhealthy (counts toward the
+    /// key's circuit breaker): unreachable, reset, garbage, timeout or 5xx.
+    pub fn is_transport_failure(&self) -> bool {
+        match self {
+            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamTimeout => true,
+            GatewayError::Upstream { status, .. } => status.is_server_error(),
             _ => false,
         }
     }
@@ -155,6 +176,7 @@ impl GatewayError {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             GatewayError::RateLimited { retry_after_s } => Some(*retry_after_s),
+            GatewayError::UpstreamCircuitOpen { retry_after_s } => Some(*retry_after_s),
             GatewayError::Upstream { retry_after_s, .. } => *retry_after_s,
             _ => None,
         }

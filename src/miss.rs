@@ -3,6 +3,7 @@
 //! A plain async function rather than a layer: it runs inside the cache
 //! stage's single-flight task, once per upstream fetch, not once per request.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -28,6 +29,8 @@ pub struct MissPath {
     pub ledger: Arc<dyn Ledger>,
     /// The upstream.
     pub upstream: Arc<Upstream>,
+    /// Estimates of actions other than `get_viewers`.
+    pub estimates: BTreeMap<String, u64>,
 }
 
 impl MissPath {
@@ -39,7 +42,7 @@ impl MissPath {
         call: &ApiCall,
         request_id: &HeaderValue,
     ) -> Result<Charged, GatewayError> {
-        let estimate = call.estimate();
+        let estimate = call.estimate(&self.estimates);
         let reservation = self
             .ledger
             .reserve(

@@ -148,7 +148,7 @@ fn serve_runs_a_config_and_drains_on_sigterm() {
         .unwrap();
     let tenant_key = "vg_cli-test-tenant-key";
     let config = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nupstream:\n  base_url: \"{}\"\n  keys:\n    - name: primary\n      api_key_file: \"{}\"\ntenants:\n  - id: crm\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n    budget: {{ credits: 5, period: day }}\n",
+        "server:\n  listen: \"127.0.0.1:0\"\nledger:\n  backend: memory\nupstream:\n  base_url: \"{}\"\n  keys:\n    - name: primary\n      api_key_file: \"{}\"\ntenants:\n  - id: crm\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n    budget: {{ credits: 5, period: day }}\n",
         sim.base_url(),
         dir.path().join("upstream.key").display(),
         KeyHash::of(tenant_key.as_bytes()).to_hex()

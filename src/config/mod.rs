@@ -64,6 +64,16 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Retries of free failures (429, 5xx, connect errors).
     pub max_retries: u32,
+    /// Bound on one logical call, all attempts and waits included.
+    pub deadline: Duration,
+    /// How long a request may wait for its key's pace before 429.
+    pub max_pace_wait: Duration,
+    /// Consecutive failures that open a key's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls before letting one probe through.
+    pub breaker_open: Duration,
+    /// Credits reserved for actions other than `get_viewers` (default 1).
+    pub estimates: std::collections::BTreeMap<String, u64>,
     /// The real keys.
     pub keys: Vec<UpstreamKeyConfig>,
 }

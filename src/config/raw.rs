@@ -45,9 +45,20 @@ pub struct RawAdmin {
 pub struct RawUpstream {
     pub base_url: S<String>,
     pub timeout_ms: Option<S<u64>>,
+    pub deadline_ms: Option<S<u64>>,
     pub max_retries: Option<S<u32>>,
+    pub max_pace_wait_ms: Option<S<u64>>,
+    pub breaker: Option<RawBreaker>,
+    pub estimates: Option<S<std::collections::BTreeMap<String, u64>>>,
     #[serde(default)]
     pub keys: Vec<RawUpstreamKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<S<u32>>,
+    pub open_s: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -234,7 +234,8 @@ fn validate(
 
     let ledger = {
         let backend = raw.ledger.backend.as_ref();
-        match backend.map(|b| b.value.as_str()).unwrap_or("memory") {
+        // design.md: the embedded default is a SQLite file.
+        match backend.map(|b| b.value.as_str()).unwrap_or("sqlite") {
             "memory" => LedgerConfig::Memory,
             "sqlite" => LedgerConfig::Sqlite {
                 path: PathBuf::from(
@@ -399,10 +400,80 @@ fn validate_upstream(
             rate_limit,
         });
     }
+    let deadline = millis(p, u.deadline_ms.as_ref(), "upstream.deadline_ms", 30_000);
+    if let Some(d) = &u.deadline_ms
+        && deadline < timeout
+    {
+        p.at(
+            &d.referenced,
+            "upstream.deadline_ms",
+            "must be at least upstream.timeout_ms",
+        );
+    }
+    let max_pace_wait = match &u.max_pace_wait_ms {
+        None => Duration::from_millis(2_000),
+        Some(v) if v.value <= 60_000 => Duration::from_millis(v.value),
+        Some(v) => {
+            p.at(
+                &v.referenced,
+                "upstream.max_pace_wait_ms",
+                "must be at most 60000",
+            );
+            Duration::ZERO
+        }
+    };
+    let breaker_failures = u
+        .breaker
+        .as_ref()
+        .and_then(|b| b.failures.as_ref())
+        .map_or(5, |v| {
+            if v.value == 0 {
+                p.at(
+                    &v.referenced,
+                    "upstream.breaker.failures",
+                    "must be at least 1",
+                );
+            }
+            v.value
+        });
+    let breaker_open = seconds(
+        p,
+        u.breaker.as_ref().and_then(|b| b.open_s.as_ref()),
+        "upstream.breaker.open_s",
+        30,
+        false,
+    );
+    let estimates = match &u.estimates {
+        None => Default::default(),
+        Some(map) => {
+            for (action, credits) in &map.value {
+                if action == "get_viewers" {
+                    p.at(
+                        &map.referenced,
+                        "upstream.estimates",
+                        "get_viewers is always estimated as ceil(count / 10)",
+                    );
+                }
+                if *credits == 0 {
+                    p.at(
+                        &map.referenced,
+                        "upstream.estimates",
+                        format!("the estimate for {action:?} must be at least 1"),
+                    );
+                }
+            }
+            map.value.clone()
+        }
+    };
     UpstreamConfig {
         base_url,
         timeout,
         max_retries,
+        deadline,
+        max_pace_wait,
+        breaker_failures,
+        breaker_open,
+        estimates,
         keys,
     }
 }
@@ -685,7 +756,12 @@ mod tests {
         assert!(c.cache.actions.contains("get_viewers"));
         assert_eq!(c.tenants[0].actions, vec!["get_viewers"]);
         assert_eq!(c.tenants[0].budget, None);
-        assert_eq!(c.ledger, LedgerConfig::Memory);
+        assert_eq!(
+            c.ledger,
+            LedgerConfig::Sqlite {
+                path: PathBuf::from("data/ledger.db")
+            }
+        );
     }
 
     #[test]

@@ -327,7 +327,7 @@ mod tests {
             call.upstream_body(),
             Bytes::from_static(br#"{"account_id":"acc-1","action":"get_viewers","params":{"count":10,"offset":0}}"#)
         );
-        assert_eq!(call.estimate(), 1);
+        assert_eq!(call.estimate(&Default::default()), 1);
     }
 
     #[test]

@@ -2,11 +2,18 @@
 //!
 //! Routing picks the most specific pattern that matches an account: an exact
 //! id beats a longer `prefix*`, which beats a shorter one, which beats `*`.
-//! Ties go to the key listed first.
+//! Ties go to the key listed first. Each key carries its own pace (the
+//! upstream plan's rate, a GCRA limiter on viewgate's clock) and its own
+//! circuit breaker.
+
+use std::time::Duration;
 
 use http::HeaderValue;
 
+use super::breaker::Breaker;
+use crate::clock::Clock;
 use crate::config::{AccountPattern, UpstreamKeyConfig};
+use crate::tenant::TenantLimiter;
 
 /// One upstream key, ready to put on a request.
 #[derive(Debug)]
@@ -15,6 +22,10 @@ pub struct UpstreamKey {
     pub name: String,
     /// The `x-api-key` header value, marked sensitive so it never prints.
     pub header: HeaderValue,
+    /// The upstream plan's pace for this key, if configured.
+    pub pace: Option<TenantLimiter>,
+    /// Fails calls fast while the upstream keeps failing for this key.
+    pub breaker: Breaker,
     accounts: Vec<AccountPattern>,
 }
 
@@ -26,7 +37,12 @@ pub struct KeyPool {
 
 impl KeyPool {
     /// Builds the pool; a key that is not a valid header value is an error naming the key.
-    pub fn new(configs: &[UpstreamKeyConfig]) -> Result<Self, String> {
+    pub fn new(
+        configs: &[UpstreamKeyConfig],
+        clock: &Clock,
+        breaker_failures: u32,
+        breaker_open: Duration,
+    ) -> Result<Self, String> {
         let mut keys = Vec::new();
         for c in configs {
             let mut header = HeaderValue::from_str(c.secret.expose()).map_err(|_| {
@@ -39,6 +55,10 @@ impl KeyPool {
             keys.push(UpstreamKey {
                 name: c.name.clone(),
                 header,
+                pace: c
+                    .rate_limit
+                    .map(|rl| governor::RateLimiter::direct_with_clock(rl.quota(), clock.clone())),
+                breaker: Breaker::new(breaker_failures, breaker_open, clock.clone()),
                 accounts: c.accounts.clone(),
             });
         }
@@ -84,12 +104,17 @@ mod tests {
     #[test]
     fn the_most_specific_pattern_wins() {
         use AccountPattern::*;
-        let pool = KeyPool::new(&[
-            key("fallback", vec![Any]),
-            key("team", vec![Prefix("team-".into())]),
-            key("team-eu", vec![Prefix("team-eu-".into())]),
-            key("vip", vec![Exact("team-eu-1".into())]),
-        ])
+        let pool = KeyPool::new(
+            &[
+                key("fallback", vec![Any]),
+                key("team", vec![Prefix("team-".into())]),
+                key("team-eu", vec![Prefix("team-eu-".into())]),
+                key("vip", vec![Exact("team-eu-1".into())]),
+            ],
+            &Clock::real(),
+            5,
+            Duration::from_secs(30),
+        )
         .unwrap();
         let name = |a: &str| pool.route(a).map(|k| k.name.as_str());
         assert_eq!(name("acc-9"), Some("fallback"));
@@ -100,7 +125,13 @@ mod tests {
 
     #[test]
     fn unowned_accounts_have_no_key_and_keys_never_print() {
-        let pool = KeyPool::new(&[key("only", vec![AccountPattern::Exact("a".into())])]).unwrap();
+        let pool = KeyPool::new(
+            &[key("only", vec![AccountPattern::Exact("a".into())])],
+            &Clock::real(),
+            5,
+            Duration::from_secs(30),
+        )
+        .unwrap();
         assert!(pool.route("b").is_none());
         let shown = format!("{pool:?}");
         assert!(!shown.contains("secret-only"), "{shown}");

@@ -7,6 +7,7 @@
 //! parsed just enough to find `data` (kept as a zero-copy slice of the body)
 //! and `metadata.credits_consumed`, the truth about what was billed.
 
+mod breaker;
 mod keys;
 
 use std::sync::Arc;
@@ -22,8 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use breaker::{Breaker, Permit};
 pub use keys::{KeyPool, UpstreamKey};
 
+use crate::clock::Clock;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -67,7 +70,10 @@ pub struct Upstream {
     base: String,
     keys: KeyPool,
     timeout: Duration,
+    deadline: Duration,
     max_retries: u32,
+    max_pace_wait: Duration,
+    clock: Clock,
     metrics: Arc<Metrics>,
 }
 
@@ -102,7 +108,11 @@ enum Attempt {
 
 impl Upstream {
     /// Builds the client from configuration.
-    pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        config: &UpstreamConfig,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         // The TLS wrapper below decides per URI; without this https:// is refused.
         connector.enforce_http(false);
@@ -134,9 +144,17 @@ impl Upstream {
         Ok(Self {
             client,
             base,
-            keys: KeyPool::new(&config.keys)?,
+            keys: KeyPool::new(
+                &config.keys,
+                &clock,
+                config.breaker_failures,
+                config.breaker_open,
+            )?,
             timeout: config.timeout,
+            deadline: config.deadline,
             max_retries: config.max_retries,
+            max_pace_wait: config.max_pace_wait,
+            clock,
             metrics,
         })
     }
@@ -151,30 +169,52 @@ impl Upstream {
         self.keys.route(account_id).is_some()
     }
 
-    /// Calls the upstream, retrying free failures.
+    /// Calls the upstream, retrying free failures, within the key's pace and
+    /// breaker and the overall deadline.
     pub async fn call(&self, call: &UpstreamCall) -> Result<UpstreamReply, GatewayError> {
         let key = self
             .keys
             .route(&call.account_id)
             .ok_or(GatewayError::InvalidAccount)?;
         let started = Instant::now();
+        let deadline = started + self.deadline;
         let mut attempt = 0u32;
         loop {
+            let permit = key.breaker.permit();
+            if let Permit::Refused(wait) = permit {
+                return Err(GatewayError::UpstreamCircuitOpen {
+                    retry_after_s: ceil_secs(wait),
+                });
+            }
+            if let Err(e) = self.pace(key, deadline).await {
+                if permit == Permit::Probe {
+                    key.breaker.abandon_probe();
+                }
+                return Err(e);
+            }
+            let budget = self
+                .timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
             let attempt_started = Instant::now();
-            let result = self.attempt(call, key, started).await;
-            let outcome = match &result {
-                Attempt::Done(Ok(_)) => "ok",
-                Attempt::Done(Err(e)) | Attempt::Retry(e, _) => outcome(e),
+            let result = self.attempt(call, key, started, budget).await;
+            let (outcome, healthy) = match &result {
+                Attempt::Done(Ok(_)) => ("ok", true),
+                Attempt::Done(Err(e)) | Attempt::Retry(e, _) => {
+                    (outcome(e), !e.is_transport_failure())
+                }
             };
             self.metrics
                 .upstream(&key.name, outcome, attempt_started.elapsed());
+            if key.breaker.record(healthy) {
+                tracing::warn!(upstream_key = %key.name, "circuit breaker opened after repeated upstream failures");
+            }
             match result {
                 Attempt::Done(result) => return result,
                 Attempt::Retry(error, retry_after) => {
-                    if attempt >= self.max_retries {
+                    let wait = backoff(attempt).max(retry_after.unwrap_or_default());
+                    if attempt >= self.max_retries || Instant::now() + wait >= deadline {
                         return Err(error);
                     }
-                    let wait = backoff(attempt).max(retry_after.unwrap_or_default());
                     tracing::warn!(
                         request_id = ?call.request_id,
                         upstream_key = %key.name,
@@ -190,7 +230,34 @@ impl Upstream {
         }
     }
 
-    async fn attempt(&self, call: &UpstreamCall, key: &UpstreamKey, started: Instant) -> Attempt {
+    /// Waits for the key's pace, up to `upstream.max_pace_wait_ms` (and the
+    /// deadline); past that the request gets 429 with the time to wait.
+    async fn pace(&self, key: &UpstreamKey, deadline: Instant) -> Result<(), GatewayError> {
+        let Some(pace) = &key.pace else {
+            return Ok(());
+        };
+        let give_up = (Instant::now() + self.max_pace_wait).min(deadline);
+        loop {
+            let Err(not_until) = pace.check() else {
+                return Ok(());
+            };
+            let wait = not_until.wait_time_from(self.clock.now());
+            if Instant::now() + wait > give_up {
+                return Err(GatewayError::RateLimited {
+                    retry_after_s: ceil_secs(wait),
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        call: &UpstreamCall,
+        key: &UpstreamKey,
+        started: Instant,
+        timeout: Duration,
+    ) -> Attempt {
         let uri = format!("{}{}", self.base, call.path);
         let request = Request::builder()
             .method(Method::POST)
@@ -221,7 +288,7 @@ impl Upstream {
                 .to_bytes();
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
         };
-        let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
+        let (parts, body) = match tokio::time::timeout(timeout, exchange).await {
             Err(_) => return Attempt::Done(Err(GatewayError::UpstreamTimeout)),
             Ok(Err(e)) => {
                 // Connect errors, resets and truncated bodies: nothing was billed.
@@ -297,11 +364,18 @@ fn outcome(error: &GatewayError) -> &'static str {
     match error {
         GatewayError::UpstreamTimeout => "timeout",
         GatewayError::UpstreamAuthFailed => "auth_failed",
+        GatewayError::UpstreamCircuitOpen { .. } => "circuit_open",
+        GatewayError::RateLimited { .. } => "paced",
         GatewayError::Upstream { status, .. } if status.as_u16() == 429 => "rate_limited",
         GatewayError::Upstream { status, .. } if status.is_server_error() => "error_5xx",
         GatewayError::Upstream { .. } => "error_4xx",
         _ => "unavailable",
     }
+}
+
+/// Whole seconds, rounded up, at least 1 (for `retry-after`).
+fn ceil_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// Exponential backoff with jitter: about 100 ms, 200 ms, 400 ms, ... capped at 5 s.
