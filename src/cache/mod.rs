@@ -55,12 +55,19 @@ pub struct CachedPage {
     pub fresh_until: Instant,
     /// Served as stale (upstream failing) until then.
     pub stale_until: Instant,
+    /// Served as stale while a background refresh runs until then.
+    pub revalidate_until: Instant,
 }
 
 impl CachedPage {
     /// Whether it is fresh at `now`.
     pub fn is_fresh(&self, now: Instant) -> bool {
         now < self.fresh_until
+    }
+
+    /// Whether it is expired but may be served while it is refreshed in the background.
+    pub fn may_revalidate(&self, now: Instant) -> bool {
+        !self.is_fresh(now) && now < self.revalidate_until
     }
 
     /// Whether it may stand in for a failed upstream at `now`.
@@ -84,6 +91,7 @@ pub struct PageCache {
     clock: Clock,
     ttl: Duration,
     stale_if_error: Duration,
+    stale_while_revalidate: Duration,
 }
 
 impl PageCache {
@@ -94,7 +102,7 @@ impl PageCache {
             .weigher(|k: &CacheKey, v: &Arc<CachedPage>| {
                 u32::try_from(k.weight() + v.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
-            .time_to_live(config.ttl + config.stale_if_error)
+            .time_to_live(config.ttl + config.stale_if_error.max(config.stale_while_revalidate))
             // Needed by purge_account (invalidate_entries_if).
             .support_invalidation_closures()
             .build();
@@ -103,6 +111,7 @@ impl PageCache {
             clock,
             ttl: config.ttl,
             stale_if_error: config.stale_if_error,
+            stale_while_revalidate: config.stale_while_revalidate,
         }
     }
 
@@ -129,6 +138,7 @@ impl PageCache {
             fetched,
             fresh_until,
             stale_until: fresh_until + self.stale_if_error,
+            revalidate_until: fresh_until + self.stale_while_revalidate,
         });
         self.pages.insert(key, Arc::clone(&page)).await;
         page

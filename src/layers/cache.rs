@@ -5,8 +5,10 @@
 //! task, stores the page and publishes it; identical requests arriving
 //! meanwhile follow and are answered from the leader's page at no charge. If
 //! the upstream fails and an expired page is still within
-//! `cache.stale_if_error_s`, that page is served as stale. Uncached actions
-//! go straight to the miss path.
+//! `cache.stale_if_error_s`, that page is served as stale. Within
+//! `cache.stale_while_revalidate_s` after expiry, the expired page is served
+//! as stale at once while one background refresh runs, charged to the tenant
+//! whose request triggered it. Uncached actions go straight to the miss path.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -15,16 +17,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, header};
+use tokio::task::JoinHandle;
 use tower::Service;
 
 use super::StageResult;
-use crate::cache::{CacheKey, CachedPage, PageCache, Role, SingleFlight};
+use crate::cache::{CacheKey, CachedPage, Leader, PageCache, Role, SingleFlight};
 use crate::call::ApiCall;
 use crate::clock::Clock;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::ledger::{Balance, Ledger};
-use crate::miss::MissPath;
+use crate::miss::{Charged, MissPath};
 use crate::response::{Body, CacheStatus, PageMeta, json_response, splice};
 use crate::tenant::Tenant;
 
@@ -167,26 +170,23 @@ impl Shared {
                 }
                 stale = Some(page);
             }
+            if let Some(page) = &stale
+                && !refresh
+                && page.may_revalidate(self.clock.now())
+            {
+                // Stale-while-revalidate: answer now with the expired page and
+                // refresh it in the background, once (single-flight), charged
+                // to this tenant. An in-flight refresh is simply not repeated.
+                if let Role::Leader(leader) = self.flights.join(&key) {
+                    drop(self.spawn_fetch(leader, &key, &tenant, &call, &context));
+                }
+                return self
+                    .answer(&tenant, &context, &call, page, CacheStatus::Stale, 0, None)
+                    .await;
+            }
             let outcome = match self.flights.join(&key) {
                 Role::Leader(leader) => {
-                    let this = Arc::clone(&self);
-                    let (task_tenant, task_call, key) =
-                        (Arc::clone(&tenant), Arc::clone(&call), key.clone());
-                    let request_id = context.request_id.clone();
-                    // Its own task: a leader whose client hangs up still finishes
-                    // the paid call, stores the page and feeds its followers.
-                    let task = tokio::spawn(async move {
-                        let result = this.miss.fetch(&task_tenant, &task_call, &request_id).await;
-                        let flight = match &result {
-                            Ok(c) => Ok(this
-                                .cache
-                                .store(key, c.reply.status, c.reply.data.clone(), c.reply.credits)
-                                .await),
-                            Err(e) => Err(e.clone()),
-                        };
-                        leader.complete(flight.clone());
-                        result.and_then(|charged| flight.map(|page| (charged, page)))
-                    });
+                    let task = self.spawn_fetch(leader, &key, &tenant, &call, &context);
                     match task.await {
                         Ok(Ok((charged, page))) => {
                             let credits = charged.reply.credits;
@@ -244,6 +244,34 @@ impl Shared {
         }
         Err(GatewayError::ServiceUnavailable {
             detail: "the page could not be fetched after repeated single-flight joins".into(),
+        })
+    }
+
+    /// Runs the miss path for `key` in its own task: a leader whose client
+    /// hangs up still finishes the paid call, stores the page and feeds its
+    /// followers.
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        leader: Leader<CacheKey, Flight>,
+        key: &CacheKey,
+        tenant: &Arc<Tenant>,
+        call: &Arc<ApiCall>,
+        context: &RequestContext,
+    ) -> JoinHandle<Result<(Charged, Arc<CachedPage>), GatewayError>> {
+        let this = Arc::clone(self);
+        let (tenant, call, key) = (Arc::clone(tenant), Arc::clone(call), key.clone());
+        let request_id = context.request_id.clone();
+        tokio::spawn(async move {
+            let result = this.miss.fetch(&tenant, &call, &request_id).await;
+            let flight = match &result {
+                Ok(c) => Ok(this
+                    .cache
+                    .store(key, c.reply.status, c.reply.data.clone(), c.reply.credits)
+                    .await),
+                Err(e) => Err(e.clone()),
+            };
+            leader.complete(flight.clone());
+            result.and_then(|charged| flight.map(|page| (charged, page)))
         })
     }
 

@@ -100,7 +100,12 @@ where
                 fields.error_code = Some(error.code().to_string());
                 fields.credits_charged = 0;
                 log_detail(&error, context.request_id_str());
-                fields.action.clone()
+                // Before the body is read the action is unknown; on the
+                // get_viewers endpoint it is, in all likelihood, get_viewers.
+                fields.action.clone().or_else(|| {
+                    (fields.category.as_deref() == Some("profiles"))
+                        .then(|| "get_viewers".to_string())
+                })
             }
             None => None,
         };

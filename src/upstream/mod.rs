@@ -325,6 +325,12 @@ impl Upstream {
                 key_name: key.name.clone(),
             }));
         }
+        if status.is_success() {
+            // `success: false` (or no `data`) with a 2xx status is not the V2 contract.
+            return Attempt::Done(Err(GatewayError::UpstreamUnavailable {
+                detail: format!("upstream answered {status} without a V2 success body"),
+            }));
+        }
         let (code, message) = match envelope.error {
             Some(e) => (e.code, e.message),
             None => ("INTERNAL_ERROR".to_string(), "upstream error".to_string()),
@@ -337,13 +343,9 @@ impl Upstream {
             .headers
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let status = if status.is_success() {
-            // `success: false` with a 2xx status is not the V2 contract.
-            StatusCode::BAD_GATEWAY
-        } else {
-            status
-        };
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            // A 429 always tells the client when to come back.
+            .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(1));
         let error = GatewayError::Upstream {
             status,
             code,
