@@ -249,6 +249,18 @@ impl Metrics {
             .record(took.as_secs_f64());
     }
 
+    /// A call that never left: refused by the key's breaker or pace.
+    pub fn upstream_refused(&self, key: &str, outcome: &'static str) {
+        self.counter(
+            "viewgate_upstream_requests_total",
+            vec![
+                Label::new("key", key.to_string()),
+                Label::new("outcome", outcome),
+            ],
+        )
+        .increment(1);
+    }
+
     /// A configuration reload.
     pub fn reload(&self, ok: bool) {
         self.counter(

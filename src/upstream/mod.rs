@@ -182,11 +182,13 @@ impl Upstream {
         loop {
             let permit = key.breaker.permit();
             if let Permit::Refused(wait) = permit {
+                self.metrics.upstream_refused(&key.name, "circuit_open");
                 return Err(GatewayError::UpstreamCircuitOpen {
                     retry_after_s: ceil_secs(wait),
                 });
             }
             if let Err(e) = self.pace(key, deadline).await {
+                self.metrics.upstream_refused(&key.name, "paced");
                 if permit == Permit::Probe {
                     key.breaker.abandon_probe();
                 }
@@ -366,8 +368,6 @@ fn outcome(error: &GatewayError) -> &'static str {
     match error {
         GatewayError::UpstreamTimeout => "timeout",
         GatewayError::UpstreamAuthFailed => "auth_failed",
-        GatewayError::UpstreamCircuitOpen { .. } => "circuit_open",
-        GatewayError::RateLimited { .. } => "paced",
         GatewayError::Upstream { status, .. } if status.as_u16() == 429 => "rate_limited",
         GatewayError::Upstream { status, .. } if status.is_server_error() => "error_5xx",
         GatewayError::Upstream { .. } => "error_4xx",

@@ -90,6 +90,12 @@ pub struct WorldSpec {
     pub ledger: Option<Arc<dyn Ledger>>,
     /// Point the gateway somewhere other than the simulator.
     pub base_url: Option<String>,
+    /// Extra YAML lines under `upstream:` (indented two spaces).
+    pub upstream_yaml: &'static str,
+    /// Extra YAML lines under the upstream key (indented six spaces).
+    pub key_yaml: &'static str,
+    /// Extra YAML lines under `cache:` (indented two spaces).
+    pub cache_yaml: &'static str,
 }
 
 impl Default for WorldSpec {
@@ -106,6 +112,9 @@ impl Default for WorldSpec {
             fake_clock: true,
             ledger: None,
             base_url: None,
+            upstream_yaml: "",
+            key_yaml: "",
+            cache_yaml: "",
         }
     }
 }
@@ -178,14 +187,17 @@ impl World {
         let mut keys = HashMap::new();
         let admin_key = mint_tenant_key().unwrap();
         let mut yaml = format!(
-            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nadmin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\n      accounts: [\"*\"]\ncache:\n  ttl_s: {}\n  stale_if_error_s: {}\nledger:\n  backend: memory\ntenants:\n",
+            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nadmin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n{}  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\n      accounts: [\"*\"]\n{}cache:\n  ttl_s: {}\n  stale_if_error_s: {}\n{}ledger:\n  backend: memory\ntenants:\n",
             spec.max_body_bytes,
             KeyHash::of(admin_key.as_bytes()).to_hex(),
             spec.base_url.clone().unwrap_or_else(|| sim.base_url()),
             spec.timeout_ms,
             spec.max_retries,
+            spec.upstream_yaml,
+            spec.key_yaml,
             spec.ttl_s,
-            spec.stale_if_error_s
+            spec.stale_if_error_s,
+            spec.cache_yaml,
         );
         for t in &spec.tenants {
             let key = mint_tenant_key().unwrap();
