@@ -72,6 +72,8 @@ pub struct UpstreamConfig {
     pub breaker_failures: u32,
     /// How long an open breaker refuses calls before letting one probe through.
     pub breaker_open: Duration,
+    /// Extra trusted root certificates (PEM), on top of the web PKI roots.
+    pub ca_file: Option<PathBuf>,
     /// Credits reserved for actions other than `get_viewers` (default 1).
     pub estimates: std::collections::BTreeMap<String, u64>,
     /// The real keys.

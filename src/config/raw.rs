@@ -48,6 +48,7 @@ pub struct RawUpstream {
     pub deadline_ms: Option<S<u64>>,
     pub max_retries: Option<S<u32>>,
     pub max_pace_wait_ms: Option<S<u64>>,
+    pub ca_file: Option<S<String>>,
     pub breaker: Option<RawBreaker>,
     pub estimates: Option<S<std::collections::BTreeMap<String, u64>>>,
     #[serde(default)]

@@ -465,11 +465,22 @@ fn validate_upstream(
             map.value.clone()
         }
     };
+    let ca_file = u.ca_file.as_ref().map(|f| {
+        if let Err(e) = std::fs::metadata(&f.value) {
+            p.at(
+                &f.referenced,
+                "upstream.ca_file",
+                format!("cannot read {}: {e}", f.value),
+            );
+        }
+        PathBuf::from(&f.value)
+    });
     UpstreamConfig {
         base_url,
         timeout,
         max_retries,
         deadline,
+        ca_file,
         max_pace_wait,
         breaker_failures,
         breaker_open,

@@ -118,11 +118,8 @@ impl Upstream {
         connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout.min(Duration::from_secs(10))));
-        // The crypto provider is named explicitly so two providers in the tree
-        // can never make rustls pick one at run time (or panic).
         let connector = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-            .map_err(|e| format!("cannot set up TLS: {e}"))?
+            .with_tls_config(tls_config(config.ca_file.as_deref())?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -373,6 +370,38 @@ fn outcome(error: &GatewayError) -> &'static str {
         GatewayError::Upstream { .. } => "error_4xx",
         _ => "unavailable",
     }
+}
+
+/// TLS for the upstream: the web PKI roots compiled in, plus `ca_file`'s.
+/// The crypto provider is named explicitly, so two providers in the
+/// dependency tree can never make rustls pick one at run time (or panic).
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "upstream.ca_file {}: no certificate in it",
+                path.display()
+            ));
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Whole seconds, rounded up, at least 1 (for `retry-after`).

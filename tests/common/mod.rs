@@ -90,6 +90,8 @@ pub struct WorldSpec {
     pub ledger: Option<Arc<dyn Ledger>>,
     /// Point the gateway somewhere other than the simulator.
     pub base_url: Option<String>,
+    /// The upstream key (default: a random one).
+    pub upstream_key: Option<String>,
     /// Extra YAML lines under `upstream:` (indented two spaces).
     pub upstream_yaml: &'static str,
     /// Extra YAML lines under the upstream key (indented six spaces).
@@ -112,6 +114,7 @@ impl Default for WorldSpec {
             fake_clock: true,
             ledger: None,
             base_url: None,
+            upstream_key: None,
             upstream_yaml: "",
             key_yaml: "",
             cache_yaml: "",
@@ -173,7 +176,10 @@ pub fn viewers(account: &str, offset: u32, count: u32) -> String {
 impl World {
     pub async fn start(spec: WorldSpec) -> World {
         install_log_capture();
-        let upstream_key = format!("test-upstream-{}", &mint_tenant_key().unwrap()[3..15]);
+        let upstream_key = spec
+            .upstream_key
+            .clone()
+            .unwrap_or_else(|| format!("test-upstream-{}", &mint_tenant_key().unwrap()[3..15]));
         let mut sim_config = spec.sim.clone();
         sim_config.keys.push(SimKey::new(
             "primary",
