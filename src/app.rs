@@ -9,12 +9,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::cache::PageCache;
 use crate::clock::Clock;
 use crate::config::{Config, LedgerConfig};
+use crate::layers::admission::AdmissionLayer;
 use crate::layers::auth::AuthLayer;
 use crate::layers::cache::CacheService;
 use crate::layers::parse::ParseLayer;
@@ -50,6 +52,8 @@ pub struct Gateway {
     pub upstream: Arc<Upstream>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Admission slots: `server.max_in_flight` requests at once.
+    pub slots: Arc<Semaphore>,
 }
 
 impl Gateway {
@@ -68,7 +72,8 @@ impl Gateway {
         };
         let metrics = Arc::new(Metrics::new());
         Ok(Self {
-            tenants: Arc::new(Tenants::new(&config.tenants, &clock)),
+            slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
+            tenants: Arc::new(Tenants::new(&config.tenants, &clock, None)),
             cache: PageCache::new(&config.cache, clock.clone()),
             upstream: Arc::new(Upstream::new(
                 &config.upstream,
@@ -80,6 +85,67 @@ impl Gateway {
             clock,
             config: Arc::new(config),
         })
+    }
+
+    /// The gateway `config` describes, built from this one: the clock,
+    /// ledger, cache (pages and in-flight fetches) and metrics carry over;
+    /// tenants are rebuilt, keeping the limiter state of those whose rate
+    /// limit did not change; the upstream client is rebuilt only if its
+    /// settings changed. Returns the settings that need a restart to change.
+    pub fn reconfigure(&self, mut config: Config) -> Result<(Gateway, Vec<&'static str>), String> {
+        let old = &self.config;
+        // What cannot change in a running process keeps its running value, so
+        // the configuration in force always describes what is really running.
+        let mut ignored = Vec::new();
+        if config.server.listen != old.server.listen {
+            ignored.push("server.listen");
+            config.server.listen = old.server.listen;
+        }
+        let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
+        if admin_listen(&config) != admin_listen(old) {
+            ignored.push("admin.listen");
+            match (&mut config.admin, &old.admin) {
+                (Some(new), Some(was)) => new.listen = was.listen,
+                (new, was) => *new = was.clone(),
+            }
+        }
+        if config.ledger != old.ledger {
+            ignored.push("ledger");
+            config.ledger = old.ledger.clone();
+        }
+        if config.cache.max_bytes != old.cache.max_bytes {
+            ignored.push("cache.max_bytes");
+            config.cache.max_bytes = old.cache.max_bytes;
+        }
+        let upstream = if config.upstream == old.upstream {
+            Arc::clone(&self.upstream)
+        } else {
+            Arc::new(Upstream::new(
+                &config.upstream,
+                self.clock.clone(),
+                Arc::clone(&self.metrics),
+            )?)
+        };
+        let slots = if config.server.max_in_flight == old.server.max_in_flight {
+            Arc::clone(&self.slots)
+        } else {
+            Arc::new(Semaphore::new(config.server.max_in_flight))
+        };
+        let gateway = Gateway {
+            slots,
+            tenants: Arc::new(Tenants::new(
+                &config.tenants,
+                &self.clock,
+                Some(&self.tenants),
+            )),
+            cache: self.cache.retimed(&config.cache),
+            upstream,
+            ledger: Arc::clone(&self.ledger),
+            metrics: Arc::clone(&self.metrics),
+            clock: self.clock.clone(),
+            config: Arc::new(config),
+        };
+        Ok((gateway, ignored))
     }
 
     /// The request path, outermost stage first.
@@ -99,6 +165,12 @@ impl Gateway {
             .layer(RequestIdLayer::new(Arc::clone(&self.metrics)))
             // The single place a GatewayError becomes a V2 error body.
             .layer(RescueLayer::new(self.clock.clone()))
+            // Load shedding (503 past server.max_in_flight) and the overall
+            // request deadline, before any work is done for the request.
+            .layer(AdmissionLayer::new(
+                Arc::clone(&self.slots),
+                self.config.server.request_timeout,
+            ))
             // 404 / 405 before auth: which paths exist is no secret.
             .layer(RouteLayer)
             // x-api-key → tenant; nothing about the body is read before this.

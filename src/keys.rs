@@ -96,6 +96,14 @@ pub fn mint_tenant_key() -> std::io::Result<String> {
 #[derive(Clone)]
 pub struct Secret(Box<str>);
 
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<Box<str>>) -> Self {

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod layers;
 pub mod ledger;
 pub mod listener;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod miss;

@@ -1,12 +1,15 @@
 //! The accept loop: HTTP/1.1 and h2c on one port, header limits, graceful drain.
 //!
 //! Headers must arrive within `server.header_timeout_ms` (slowloris) and fit
-//! in 16 KiB (else 431). On shutdown the listener stops accepting and waits
-//! for in-flight requests to finish, up to a grace period.
+//! in 16 KiB (else 431). At most `server.max_connections` connections are
+//! open; one more is closed as soon as it is accepted. On shutdown the
+//! listener stops accepting and waits for in-flight requests to finish, up
+//! to `server.shutdown_grace_s`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,20 +19,40 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneSyncService;
 
+use crate::config::ServerConfig;
 use crate::response::Body;
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// How long in-flight requests may take to finish after shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 /// Any service the listener can serve.
 pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+
+/// How a listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// Connections whose request headers take longer are closed.
+    pub header_timeout: Duration,
+    /// Open connections at most; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerOptions {
+    /// The options of `server:`.
+    pub fn from_config(server: &ServerConfig) -> Self {
+        Self {
+            header_timeout: server.header_timeout,
+            max_connections: server.max_connections,
+            shutdown_grace: server.shutdown_grace,
+        }
+    }
+}
 
 /// A server running in the background.
 pub struct RunningServer {
@@ -57,12 +80,12 @@ impl RunningServer {
 pub async fn spawn(
     addr: SocketAddr,
     service: HttpService,
-    header_timeout: Duration,
+    options: ServerOptions,
 ) -> std::io::Result<RunningServer> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, service, header_timeout, async {
+    let task = tokio::spawn(serve(listener, service, options, async {
         let _ = stopped.await;
     }));
     Ok(RunningServer {
@@ -76,20 +99,21 @@ pub async fn spawn(
 pub async fn serve(
     listener: TcpListener,
     service: HttpService,
-    header_timeout: Duration,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(options.header_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let connections = Arc::new(Semaphore::new(options.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -104,6 +128,12 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+                    // Over server.max_connections: refused by closing at once.
+                    tracing::debug!("connection refused: server.max_connections reached");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let io = TokioIo::new(stream);
                 let conn = builder
@@ -113,13 +143,14 @@ pub async fn serve(
                 tokio::spawn(async move {
                     // Connection errors (resets, timeouts) are the client's business.
                     let _ = conn.await;
+                    drop(slot);
                 });
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {

@@ -5,6 +5,7 @@
 //! (default `info`).
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -12,7 +13,9 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::clock::rfc3339;
 
@@ -35,14 +38,38 @@ pub const ACCESS_FIELDS: &[&str] = &[
     "error_code",
 ];
 
-/// Installs the JSON logger on stdout. Safe to call more than once (later calls do nothing).
+type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+static FILTER: OnceLock<FilterHandle> = OnceLock::new();
+
+/// Installs the JSON logger on stdout at `RUST_LOG`'s level, else `info`.
+/// Safe to call more than once (later calls do nothing).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .event_format(JsonLines)
-        .with_writer(std::io::stdout)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines)
+                .with_writer(std::io::stdout),
+        )
         .try_init();
+    if installed.is_ok() {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Applies the configuration's `log.level` (at start-up and on reload),
+/// unless `RUST_LOG` is set: the environment wins.
+pub fn set_level(level: Option<&str>) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return;
+    }
+    let Some(handle) = FILTER.get() else { return };
+    let filter =
+        EnvFilter::try_new(level.unwrap_or("info")).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = handle.modify(|current| *current = filter);
 }
 
 /// The formatter.

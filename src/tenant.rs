@@ -12,7 +12,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 
 use crate::clock::Clock;
-use crate::config::{AccountPattern, Budget, TenantConfig};
+use crate::config::{AccountPattern, Budget, RateLimit, TenantConfig};
 use crate::keys::KeyHash;
 
 /// A tenant's own GCRA limiter (one per tenant: quotas differ per tenant).
@@ -28,8 +28,11 @@ pub struct Tenant {
     pub accounts: Vec<AccountPattern>,
     /// Actions it may call; `None` means all.
     pub actions: Option<HashSet<String>>,
-    /// Its rate limiter, if it has a limit.
-    pub limiter: Option<TenantLimiter>,
+    /// Its rate limiter, if it has a limit (shared with the previous
+    /// generation of this tenant when its limit did not change).
+    pub limiter: Option<Arc<TenantLimiter>>,
+    /// The limit the limiter enforces.
+    pub rate_limit: Option<RateLimit>,
     /// Its budget; `None` is unlimited.
     pub budget: Option<Budget>,
     /// Whether it may force a refresh.
@@ -37,8 +40,9 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    /// Builds a tenant from its configuration.
-    pub fn new(config: &TenantConfig, clock: &Clock) -> Self {
+    /// Builds a tenant from its configuration, keeping `previous`'s limiter
+    /// (and so its state) when the rate limit is unchanged.
+    pub fn new(config: &TenantConfig, clock: &Clock, previous: Option<&Tenant>) -> Self {
         let actions = if config.actions.iter().any(|a| a == "*") {
             None
         } else {
@@ -48,9 +52,16 @@ impl Tenant {
             id: Arc::from(config.id.as_str()),
             accounts: config.accounts.clone(),
             actions,
-            limiter: config
-                .rate_limit
-                .map(|rl| governor::RateLimiter::direct_with_clock(rl.quota(), clock.clone())),
+            limiter: match previous {
+                Some(old) if old.rate_limit == config.rate_limit => old.limiter.clone(),
+                _ => config.rate_limit.map(|rl| {
+                    Arc::new(governor::RateLimiter::direct_with_clock(
+                        rl.quota(),
+                        clock.clone(),
+                    ))
+                }),
+            },
+            rate_limit: config.rate_limit,
             budget: config.budget,
             allow_refresh: config.allow_refresh,
         }
@@ -71,20 +82,29 @@ impl Tenant {
 #[derive(Debug, Default)]
 pub struct Tenants {
     by_hash: HashMap<KeyHash, Arc<Tenant>>,
+    by_id: HashMap<Arc<str>, Arc<Tenant>>,
     in_order: Vec<Arc<Tenant>>,
 }
 
 impl Tenants {
-    /// Builds the registry from configuration.
-    pub fn new(configs: &[TenantConfig], clock: &Clock) -> Self {
+    /// Builds the registry from configuration. With `previous` (a reload),
+    /// tenants whose id and rate limit are unchanged keep their limiter state.
+    pub fn new(configs: &[TenantConfig], clock: &Clock, previous: Option<&Tenants>) -> Self {
         let mut by_hash = HashMap::new();
+        let mut by_id = HashMap::new();
         let mut in_order = Vec::new();
         for config in configs {
-            let tenant = Arc::new(Tenant::new(config, clock));
+            let old = previous.and_then(|p| p.by_id(&config.id));
+            let tenant = Arc::new(Tenant::new(config, clock, old.map(|t| &**t)));
             by_hash.insert(config.key_sha256, Arc::clone(&tenant));
+            by_id.insert(Arc::clone(&tenant.id), Arc::clone(&tenant));
             in_order.push(tenant);
         }
-        Self { by_hash, in_order }
+        Self {
+            by_hash,
+            by_id,
+            in_order,
+        }
     }
 
     /// The tenant a presented key belongs to, if any.
@@ -92,6 +112,11 @@ impl Tenants {
         let digest = KeyHash::of(presented);
         let (stored, tenant) = self.by_hash.get_key_value(&digest)?;
         stored.ct_eq(&digest).then(|| Arc::clone(tenant))
+    }
+
+    /// The tenant with this id.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.by_id.get(id)
     }
 
     /// Every tenant, in configuration order.

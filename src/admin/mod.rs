@@ -16,18 +16,18 @@ use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
-use crate::app::Gateway;
 use crate::clock::rfc3339;
 use crate::error::GatewayError;
 use crate::keys::KeyHash;
 use crate::ledger::Usage;
 use crate::listener::HttpService;
+use crate::live::Live;
 use crate::response::{Body, json_response};
 
-/// What the admin endpoints read.
+/// What the admin endpoints read: the gateway in force (after any reload).
 #[derive(Clone)]
 pub struct Admin {
-    gateway: Gateway,
+    live: Arc<Live>,
     draining: Arc<AtomicBool>,
 }
 
@@ -85,9 +85,9 @@ struct PurgeRequest {
 }
 
 impl Admin {
-    /// The admin API over `gateway`; `draining` turns `/readyz` to 503 during shutdown.
-    pub fn new(gateway: Gateway, draining: Arc<AtomicBool>) -> Self {
-        Self { gateway, draining }
+    /// The admin API over `live`; `draining` turns `/readyz` to 503 during shutdown.
+    pub fn new(live: Arc<Live>, draining: Arc<AtomicBool>) -> Self {
+        Self { live, draining }
     }
 
     /// The admin endpoints as a service for the listener.
@@ -107,7 +107,7 @@ impl Admin {
         B: HttpBody<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let now = self.gateway.clock.wall();
+        let now = self.live.gateway().clock.wall();
         let path = request.uri().path().to_string();
         let result = match (request.method().clone(), path.as_str()) {
             (Method::GET, "/healthz") => {
@@ -127,7 +127,8 @@ impl Admin {
 
     fn authorize<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
         let expected = self
-            .gateway
+            .live
+            .gateway()
             .config
             .admin
             .as_ref()
@@ -158,7 +159,7 @@ impl Admin {
                 let rows = self.usage().await?;
                 Ok(json(
                     StatusCode::OK,
-                    &serde_json::json!({"generated_at": rfc3339(self.gateway.clock.wall()), "tenants": rows}),
+                    &serde_json::json!({"generated_at": rfc3339(self.live.gateway().clock.wall()), "tenants": rows}),
                 ))
             }
             (Method::POST, "/admin/cache/purge") => {
@@ -172,14 +173,14 @@ impl Admin {
                         r#"send {"account_id": "..."} or {"all": true}"#.into(),
                     )
                 })?;
-                let (entries_before, _) = self.gateway.cache.size();
+                let (entries_before, _) = self.live.gateway().cache.size();
                 let scope = match (purge.account_id, purge.all) {
                     (Some(account), false) => {
-                        self.gateway.cache.purge_account(&account);
+                        self.live.gateway().cache.purge_account(&account);
                         serde_json::json!({"purged": "account", "account_id": account})
                     }
                     (None, true) => {
-                        self.gateway.cache.purge_all();
+                        self.live.gateway().cache.purge_all();
                         serde_json::json!({"purged": "all"})
                     }
                     _ => {
@@ -198,18 +199,21 @@ impl Admin {
 
     /// Every tenant's usage in its current period.
     pub async fn usage(&self) -> Result<Vec<UsageRow>, GatewayError> {
-        let tenants: Vec<(String, Option<crate::config::Budget>)> = self
-            .gateway
+        let gateway = self.live.gateway();
+        let tenants: Vec<(String, Option<crate::config::Budget>)> = gateway
             .config
             .tenants
             .iter()
             .map(|t| (t.id.clone(), t.budget))
             .collect();
-        let usage = self.gateway.ledger.usage(&tenants).await.map_err(|e| {
-            GatewayError::ServiceUnavailable {
-                detail: e.to_string(),
-            }
-        })?;
+        let usage =
+            gateway
+                .ledger
+                .usage(&tenants)
+                .await
+                .map_err(|e| GatewayError::ServiceUnavailable {
+                    detail: e.to_string(),
+                })?;
         Ok(usage.iter().map(UsageRow::from).collect())
     }
 
@@ -217,7 +221,8 @@ impl Admin {
         if self.draining.load(Ordering::SeqCst) {
             return Err("shutting down".into());
         }
-        self.gateway
+        self.live
+            .gateway()
             .ledger
             .health()
             .await
@@ -235,7 +240,7 @@ impl Admin {
     }
 
     async fn metrics(&self) -> Response<Body> {
-        let g = &self.gateway;
+        let g = &self.live.gateway();
         g.metrics.set_ready(self.ready().await.is_ok());
         g.cache.sync().await;
         let (entries, bytes) = g.cache.size();

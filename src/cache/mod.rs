@@ -84,10 +84,18 @@ impl CachedPage {
 /// Per-entry bookkeeping moka does not see (key, Arc, timestamps).
 const ENTRY_OVERHEAD: usize = 160;
 
-/// The cache of pages.
+/// What a single-flight fetch publishes to the requests waiting on it.
+pub type Flight = Result<Arc<CachedPage>, crate::error::GatewayError>;
+
+/// The cache of pages, and the table of pages being fetched right now.
+///
+/// Clones share both, and so do reconfigured copies ([`PageCache::retimed`]),
+/// so a configuration reload keeps every page and every in-flight fetch.
 #[derive(Clone)]
 pub struct PageCache {
     pages: moka::future::Cache<CacheKey, Arc<CachedPage>>,
+    /// Fetches in flight, by key: identical misses wait on one upstream call.
+    pub flights: SingleFlight<CacheKey, Flight>,
     clock: Clock,
     ttl: Duration,
     stale_if_error: Duration,
@@ -108,10 +116,22 @@ impl PageCache {
             .build();
         Self {
             pages,
+            flights: SingleFlight::default(),
             clock,
             ttl: config.ttl,
             stale_if_error: config.stale_if_error,
             stale_while_revalidate: config.stale_while_revalidate,
+        }
+    }
+
+    /// The same pages and flights with new freshness settings (after a
+    /// reload). The size bound cannot change without a restart.
+    pub fn retimed(&self, config: &CacheConfig) -> Self {
+        Self {
+            ttl: config.ttl,
+            stale_if_error: config.stale_if_error,
+            stale_while_revalidate: config.stale_while_revalidate,
+            ..self.clone()
         }
     }
 

@@ -66,7 +66,12 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     );
     println!();
 
-    crate::cli::serve::run_gateway(gateway, listener, crate::cli::shutdown_signal()).await?;
+    crate::cli::serve::run_gateway(
+        crate::live::Live::new(gateway, None),
+        listener,
+        crate::cli::shutdown_signal(),
+    )
+    .await?;
     sim.shutdown();
     Ok(())
 }

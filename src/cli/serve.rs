@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -11,34 +12,46 @@ use crate::admin::Admin;
 use crate::app::Gateway;
 use crate::clock::Clock;
 use crate::config::{Config, LedgerConfig};
-use crate::listener;
+use crate::listener::{self, ServerOptions};
+use crate::live::Live;
+
+/// How often the config file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Loads the config, serves until SIGTERM / SIGINT, drains, returns.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    crate::logging::set_level(config.log_level.as_deref());
     let listen = config.server.listen;
     let gateway = Gateway::new(config, Clock::real()).map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    run_gateway(gateway, listener, crate::cli::shutdown_signal()).await
+    run_gateway(
+        Live::new(gateway, Some(path)),
+        listener,
+        crate::cli::shutdown_signal(),
+    )
+    .await
 }
 
-/// Serves `gateway` on `listener` (and its admin listener, if configured)
-/// until `shutdown` resolves; then drains in-flight requests and returns.
+/// Serves `live` on `listener` (and its admin listener, if configured) until
+/// `shutdown` resolves; then drains in-flight requests, flushes the ledger
+/// and returns. With a config file, SIGHUP and changes to the file reload it.
 pub async fn run_gateway(
-    gateway: Gateway,
+    live: Arc<Live>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let gateway = live.gateway();
+    let options = ServerOptions::from_config(&gateway.config.server);
     let draining = Arc::new(AtomicBool::new(false));
     let admin = match &gateway.config.admin {
         Some(admin) => {
-            let service = Admin::new(gateway.clone(), Arc::clone(&draining)).service();
-            let server =
-                listener::spawn(admin.listen, service, gateway.config.server.header_timeout)
-                    .await
-                    .with_context(|| format!("cannot listen on {} (admin)", admin.listen))?;
+            let service = Admin::new(Arc::clone(&live), Arc::clone(&draining)).service();
+            let server = listener::spawn(admin.listen, service, options)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", admin.listen))?;
             Some(server)
         }
         None => None,
@@ -48,6 +61,10 @@ pub async fn run_gateway(
         listener.local_addr()?,
         admin.as_ref().map(|a| a.addr()),
     );
+    let reloaders = [
+        tokio::spawn(Arc::clone(&live).reload_on_sighup()),
+        tokio::spawn(Arc::clone(&live).reload_on_change(WATCH_EVERY)),
+    ];
     let flag = Arc::clone(&draining);
     let shutdown = async move {
         shutdown.await;
@@ -55,14 +72,11 @@ pub async fn run_gateway(
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");
     };
-    listener::serve(
-        listener,
-        gateway.build_stack(),
-        gateway.config.server.header_timeout,
-        shutdown,
-    )
-    .await;
-    if let Err(e) = gateway.ledger.flush().await {
+    listener::serve(listener, live.service(), options, shutdown).await;
+    for task in reloaders {
+        task.abort();
+    }
+    if let Err(e) = live.gateway().ledger.flush().await {
         tracing::error!(error = %e, "could not flush the ledger at shutdown");
     }
     if let Some(admin) = admin {
@@ -99,8 +113,19 @@ pub fn announce(
         tenants = tenants.join(","),
         ledger = ledger.as_str(),
         cache_ttl_s = config.cache.ttl.as_secs(),
-        stale_if_error_s = config.cache.stale_if_error.as_secs(),
-        max_retries = config.upstream.max_retries,
+        max_in_flight = config.server.max_in_flight,
+        max_connections = config.server.max_connections,
+        // The failure policies in force, in one place.
+        on_upstream_failure = format!(
+            "retry 429/5xx/connect up to {} times within {} ms; breaker opens after {} failures for {} s; serve stale up to {} s after expiry",
+            config.upstream.max_retries,
+            config.upstream.deadline.as_millis(),
+            config.upstream.breaker_failures,
+            config.upstream.breaker_open.as_secs(),
+            config.cache.stale_if_error.as_secs()
+        ),
+        on_ledger_failure = "misses answer 503 SERVICE_UNAVAILABLE (credits fail closed); cache hits are still served",
+        on_overload = "past max_in_flight requests answer 503 at once; past max_connections connections are closed",
         "viewgate listening"
     );
 }

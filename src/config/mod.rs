@@ -33,6 +33,9 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Who may call, and with what limits.
     pub tenants: Vec<TenantConfig>,
+    /// `log.level` (an env-filter directive such as `info` or `viewgate=debug`);
+    /// `RUST_LOG`, when set, wins.
+    pub log_level: Option<String>,
 }
 
 /// `server:`.
@@ -44,6 +47,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Connections whose headers take longer are closed.
     pub header_timeout: Duration,
+    /// A request not answered by then gets 503.
+    pub request_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Open connections at most; further ones are closed at once.
+    pub max_connections: usize,
+    /// Requests being answered at most; further ones get 503 at once.
+    pub max_in_flight: usize,
 }
 
 /// `admin:`.
@@ -56,7 +67,7 @@ pub struct AdminConfig {
 }
 
 /// `upstream:`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Scheme and authority (and optional path prefix) of the upstream.
     pub base_url: http::Uri,
@@ -81,7 +92,7 @@ pub struct UpstreamConfig {
 }
 
 /// One real upstream key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamKeyConfig {
     /// Name used in logs and metrics instead of the key.
     pub name: String,

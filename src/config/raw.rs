@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub ledger: RawLedger,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub log: RawLog,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +33,16 @@ pub struct RawServer {
     pub listen: Option<S<String>>,
     pub max_body_bytes: Option<S<u64>>,
     pub header_timeout_ms: Option<S<u64>>,
+    pub request_timeout_ms: Option<S<u64>>,
+    pub shutdown_grace_s: Option<S<u64>>,
+    pub max_connections: Option<S<u64>>,
+    pub max_in_flight: Option<S<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

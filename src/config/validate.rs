@@ -181,6 +181,31 @@ fn validate(
             "server.header_timeout_ms",
             10_000,
         ),
+        request_timeout: millis(
+            p,
+            raw.server.request_timeout_ms.as_ref(),
+            "server.request_timeout_ms",
+            60_000,
+        ),
+        shutdown_grace: seconds(
+            p,
+            raw.server.shutdown_grace_s.as_ref(),
+            "server.shutdown_grace_s",
+            30,
+            true,
+        ),
+        max_connections: count(
+            p,
+            raw.server.max_connections.as_ref(),
+            "server.max_connections",
+            10_000,
+        ),
+        max_in_flight: count(
+            p,
+            raw.server.max_in_flight.as_ref(),
+            "server.max_in_flight",
+            4_096,
+        ),
     };
 
     let admin = raw.admin.as_ref().map(|a| AdminConfig {
@@ -297,6 +322,17 @@ fn validate(
 
     let tenants = validate_tenants(&raw.tenants, p);
 
+    let log_level = raw.log.level.as_ref().map(|l| {
+        if tracing_subscriber::EnvFilter::try_new(&l.value).is_err() {
+            p.at(
+                &l.referenced,
+                "log.level",
+                "is not a log filter (e.g. info, warn, viewgate=debug)",
+            );
+        }
+        l.value.clone()
+    });
+
     Config {
         server,
         admin,
@@ -304,6 +340,7 @@ fn validate(
         cache,
         ledger,
         tenants,
+        log_level,
     }
 }
 
@@ -616,6 +653,15 @@ fn seconds(
         );
     }
     Duration::from_secs(s)
+}
+
+fn count(p: &mut Problems, v: Option<&Spanned<u64>>, key: &str, default: u64) -> usize {
+    let n = v.map_or(default, |v| v.value);
+    if n == 0 || n > 1_000_000 {
+        let loc = v.map(|v| v.referenced).unwrap_or(Location::UNKNOWN);
+        p.at(&loc, key, "must be between 1 and 1000000");
+    }
+    n as usize
 }
 
 fn hash(p: &mut Problems, v: &Spanned<String>, key: &str) -> Option<KeyHash> {

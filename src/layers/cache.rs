@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tower::Service;
 
 use super::StageResult;
-use crate::cache::{CacheKey, CachedPage, Leader, PageCache, Role, SingleFlight};
+use crate::cache::{CacheKey, CachedPage, Flight, Leader, PageCache, Role};
 use crate::call::ApiCall;
 use crate::clock::Clock;
 use crate::context::RequestContext;
@@ -38,8 +38,6 @@ static X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-rema
 /// could not produce a page for it (leader out of budget, leader vanished).
 const MAX_JOINS: usize = 3;
 
-type Flight = Result<Arc<CachedPage>, GatewayError>;
-
 /// The cache stage (the innermost service).
 #[derive(Clone)]
 pub struct CacheService {
@@ -48,7 +46,6 @@ pub struct CacheService {
 
 struct Shared {
     cache: PageCache,
-    flights: SingleFlight<CacheKey, Flight>,
     miss: Arc<MissPath>,
     ledger: Arc<dyn Ledger>,
     clock: Clock,
@@ -67,7 +64,6 @@ impl CacheService {
         Self {
             shared: Arc::new(Shared {
                 cache,
-                flights: SingleFlight::default(),
                 miss,
                 ledger,
                 clock,
@@ -177,14 +173,14 @@ impl Shared {
                 // Stale-while-revalidate: answer now with the expired page and
                 // refresh it in the background, once (single-flight), charged
                 // to this tenant. An in-flight refresh is simply not repeated.
-                if let Role::Leader(leader) = self.flights.join(&key) {
+                if let Role::Leader(leader) = self.cache.flights.join(&key) {
                     drop(self.spawn_fetch(leader, &key, &tenant, &call, &context));
                 }
                 return self
                     .answer(&tenant, &context, &call, page, CacheStatus::Stale, 0, None)
                     .await;
             }
-            let outcome = match self.flights.join(&key) {
+            let outcome = match self.cache.flights.join(&key) {
                 Role::Leader(leader) => {
                     let task = self.spawn_fetch(leader, &key, &tenant, &call, &context);
                     match task.await {

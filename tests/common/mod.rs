@@ -23,10 +23,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use viewgate::app::Gateway;
 use viewgate::clock::Clock;
-use viewgate::config::{Config, from_yaml_with_env};
+use viewgate::config::Config;
 use viewgate::keys::{KeyHash, mint_tenant_key};
 use viewgate::ledger::Ledger;
 use viewgate::listener::{self, RunningServer};
+use viewgate::live::Live;
 use viewgate::sim::{SimConfig, SimHandle, SimKey, Simulator};
 
 /// A fixed start for fake clocks: a Friday afternoon, UTC.
@@ -125,7 +126,16 @@ impl Default for WorldSpec {
 /// A running simulator + gateway.
 pub struct World {
     pub sim: SimHandle,
+    /// The gateway as first built (its ledger, cache and clock outlive reloads).
     pub gateway: Gateway,
+    /// The configuration in force, reloadable.
+    pub live: Arc<Live>,
+    /// Holds the config and key files.
+    pub dir: tempfile::TempDir,
+    /// The configuration file (`live.reload()` reads it).
+    pub config_file: std::path::PathBuf,
+    /// The YAML the world was started with.
+    pub yaml: String,
     pub server: RunningServer,
     pub clock: Clock,
     pub keys: HashMap<&'static str, String>,
@@ -190,16 +200,25 @@ impl World {
             .await
             .expect("simulator starts");
 
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("upstream.key");
+        std::fs::write(&key_file, &upstream_key).unwrap();
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let mut keys = HashMap::new();
         let admin_key = mint_tenant_key().unwrap();
         let mut yaml = format!(
-            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nadmin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n{}  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\n      accounts: [\"*\"]\n{}cache:\n  ttl_s: {}\n  stale_if_error_s: {}\n{}ledger:\n  backend: memory\ntenants:\n",
+            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nadmin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n{}  keys:\n    - name: primary\n      api_key_file: \"{}\"\n      accounts: [\"*\"]\n{}cache:\n  ttl_s: {}\n  stale_if_error_s: {}\n{}ledger:\n  backend: memory\ntenants:\n",
             spec.max_body_bytes,
             KeyHash::of(admin_key.as_bytes()).to_hex(),
             spec.base_url.clone().unwrap_or_else(|| sim.base_url()),
             spec.timeout_ms,
             spec.max_retries,
             spec.upstream_yaml,
+            key_file.display(),
             spec.key_yaml,
             spec.ttl_s,
             spec.stale_if_error_s,
@@ -227,10 +246,10 @@ impl World {
             }
             keys.insert(t.id, key);
         }
-        let config: Config = from_yaml_with_env(&yaml, "test.yaml", &|name| {
-            (name == "TEST_UPSTREAM_KEY").then(|| upstream_key.clone())
-        })
-        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
+        let config_file = dir.path().join("viewgate.yaml");
+        std::fs::write(&config_file, &yaml).unwrap();
+        let config = Config::load(&config_file)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
         let clock = if spec.fake_clock {
             Clock::fake(T0.parse().unwrap())
         } else {
@@ -240,22 +259,28 @@ impl World {
         if let Some(ledger) = spec.ledger {
             gateway.ledger = ledger;
         }
+        let options = listener::ServerOptions::from_config(&gateway.config.server);
+        let live = Live::new(gateway.clone(), Some(config_file.clone()));
         let server = listener::spawn(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            gateway.build_stack(),
-            Duration::from_secs(10),
+            live.service(),
+            options,
         )
         .await
         .expect("gateway listens");
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let admin = listener::spawn(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            viewgate::admin::Admin::new(gateway.clone(), Arc::clone(&draining)).service(),
-            Duration::from_secs(10),
+            viewgate::admin::Admin::new(Arc::clone(&live), Arc::clone(&draining)).service(),
+            options,
         )
         .await
         .expect("admin listens");
         World {
+            dir,
+            config_file,
+            yaml,
+            live,
             admin,
             admin_key,
             draining,

@@ -1,0 +1,140 @@
+//! The running configuration, and reloading it without a restart.
+//!
+//! [`Live`] holds the current [`Gateway`] and its request stack behind
+//! `ArcSwap`s. The listener's service loads the current stack for every
+//! request, so a reload takes effect at once, on connections already open
+//! too, and requests already running finish on the stack they started on.
+//! A reload builds the new gateway from the old one (see
+//! [`Gateway::reconfigure`]) and swaps both; an invalid file changes
+//! nothing and says why.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::Request;
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use crate::app::{Gateway, Stack};
+use crate::config::Config;
+use crate::listener::HttpService;
+
+/// The gateway in force, swappable.
+pub struct Live {
+    gateway: ArcSwap<Gateway>,
+    stack: ArcSwap<Stack<Incoming>>,
+    source: Option<PathBuf>,
+}
+
+impl Live {
+    /// Serves `gateway`; `source` is the file reloads read.
+    pub fn new(gateway: Gateway, source: Option<PathBuf>) -> Arc<Self> {
+        let stack = gateway.build_stack();
+        Arc::new(Self {
+            gateway: ArcSwap::from_pointee(gateway),
+            stack: ArcSwap::from_pointee(stack),
+            source,
+        })
+    }
+
+    /// The gateway in force now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.load_full()
+    }
+
+    /// The tenant API: each request runs on the stack in force when it arrives.
+    pub fn service(self: &Arc<Self>) -> HttpService {
+        let live = Arc::clone(self);
+        tower::util::BoxCloneSyncService::new(tower::service_fn(
+            move |request: Request<Incoming>| {
+                let stack = Stack::clone(&live.stack.load());
+                async move {
+                    Ok::<_, Infallible>(stack.oneshot(request).await.unwrap_or_else(|e| match e {}))
+                }
+            },
+        ))
+    }
+
+    /// Applies a validated configuration: returns the settings that need a restart.
+    pub fn apply(&self, config: Config) -> Result<Vec<&'static str>, String> {
+        let current = self.gateway();
+        let (next, ignored) = current.reconfigure(config)?;
+        let stack = next.build_stack();
+        // Gateway first: a request that sees the new stack must find the new
+        // gateway too (the admin API reads it).
+        self.gateway.store(Arc::new(next));
+        self.stack.store(Arc::new(stack));
+        Ok(ignored)
+    }
+
+    /// Re-reads the source file and applies it; an invalid file changes nothing.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.source else {
+            return Err("this gateway was not started from a file".into());
+        };
+        let metrics = Arc::clone(&self.gateway().metrics);
+        let result = Config::load(path)
+            .map_err(|e| format!("invalid configuration, keeping the one in force:\n{e}"))
+            .and_then(|config| self.apply(config));
+        match &result {
+            Ok(ignored) => {
+                let gateway = self.gateway();
+                tracing::info!(
+                    config = %path.display(),
+                    tenants = gateway.config.tenants.len(),
+                    needs_restart = ignored.join(","),
+                    "configuration reloaded"
+                );
+                crate::logging::set_level(gateway.config.log_level.as_deref());
+            }
+            Err(reason) => {
+                tracing::error!(config = %path.display(), reason = reason.as_str(), "reload failed")
+            }
+        }
+        metrics.reload(result.is_ok());
+        result.map(|_| ())
+    }
+
+    /// Reloads on every SIGHUP, until the process ends.
+    pub async fn reload_on_sighup(self: Arc<Self>) {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP: reload on signal is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = self.reload();
+        }
+    }
+
+    /// Polls the source file every `every` and reloads once a change has
+    /// settled (two polls that agree), so an editor's half-written file or a
+    /// Kubernetes ConfigMap's symlink swap is read once, whole. Polling reads
+    /// the path afresh each time, so renames and symlink swaps are seen.
+    pub async fn reload_on_change(self: Arc<Self>, every: Duration) {
+        let Some(path) = self.source.clone() else {
+            return;
+        };
+        let mut applied = std::fs::read(&path).ok();
+        let mut seen = applied.clone();
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = std::fs::read(&path).ok();
+            if now.is_some() && now == seen && now != applied {
+                tracing::info!(config = %path.display(), "configuration file changed: reloading");
+                // Applied or not, this content has been handled: an invalid
+                // file is reported once, not every second.
+                let _ = self.reload();
+                applied = now.clone();
+            }
+            seen = now;
+        }
+    }
+}
