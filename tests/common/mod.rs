@@ -97,6 +97,8 @@ pub struct WorldSpec {
     pub upstream_yaml: &'static str,
     /// Extra YAML lines under the upstream key (indented six spaces).
     pub key_yaml: &'static str,
+    /// Extra YAML lines under `server:` (indented two spaces).
+    pub server_yaml: &'static str,
     /// Extra YAML lines under `cache:` (indented two spaces).
     pub cache_yaml: &'static str,
 }
@@ -119,6 +121,7 @@ impl Default for WorldSpec {
             upstream_yaml: "",
             key_yaml: "",
             cache_yaml: "",
+            server_yaml: "",
         }
     }
 }
@@ -211,8 +214,9 @@ impl World {
         let mut keys = HashMap::new();
         let admin_key = mint_tenant_key().unwrap();
         let mut yaml = format!(
-            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\nadmin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n{}  keys:\n    - name: primary\n      api_key_file: \"{}\"\n      accounts: [\"*\"]\n{}cache:\n  ttl_s: {}\n  stale_if_error_s: {}\n{}ledger:\n  backend: memory\ntenants:\n",
+            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\n{}admin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n{}  keys:\n    - name: primary\n      api_key_file: \"{}\"\n      accounts: [\"*\"]\n{}cache:\n  ttl_s: {}\n  stale_if_error_s: {}\n{}ledger:\n  backend: memory\ntenants:\n",
             spec.max_body_bytes,
+            spec.server_yaml,
             KeyHash::of(admin_key.as_bytes()).to_hex(),
             spec.base_url.clone().unwrap_or_else(|| sim.base_url()),
             spec.timeout_ms,

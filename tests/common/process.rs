@@ -15,10 +15,10 @@ impl Drop for Running {
 }
 
 /// Reads stdout lines until `done` returns a value (bounded by time).
-pub fn read_until<T>(
-    child: &mut Child,
-    mut done: impl FnMut(&str) -> Option<T>,
-) -> (T, Vec<String>) {
+/// Every line the child printed so far; it keeps filling until the child exits.
+pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+pub fn read_until<T>(child: &mut Child, mut done: impl FnMut(&str) -> Option<T>) -> (T, Lines) {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -33,9 +33,16 @@ pub fn read_until<T>(
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         seen.push(line.clone());
         if let Some(v) = done(&line) {
-            // Keep draining in the background so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in rx {});
-            return (v, seen);
+            // Keep reading in the background so the child never blocks on a
+            // full pipe, and so the test can look at later lines.
+            let lines: Lines = std::sync::Arc::new(std::sync::Mutex::new(seen));
+            let more = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in rx {
+                    more.lock().unwrap().push(line);
+                }
+            });
+            return (v, lines);
         }
     }
     panic!("expected output never came; saw:\n{}", seen.join("\n"));

@@ -1,0 +1,476 @@
+//! Operating viewgate: reloads under traffic, graceful shutdown, load
+//! shedding, the request deadline, the connection cap, HTTP/2, log levels.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::process::{Running, listening, read_until, signal, try_post, wait_exit, write_private};
+use common::{TenantSpec, World, WorldSpec, viewers};
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use tokio::io::AsyncReadExt;
+use viewgate::keys::KeyHash;
+use viewgate::sim::{Fault, SimConfig, SimKey, Simulator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
+
+/// Appends a tenant with key `key` to the world's YAML.
+fn with_tenant(yaml: &str, id: &str, key: &str, extra: &str) -> String {
+    format!(
+        "{yaml}  - id: {id}\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n{extra}",
+        KeyHash::of(key.as_bytes()).to_hex()
+    )
+}
+
+async fn post_with_key(w: &World, key: &str, body: &str) -> common::Reply {
+    w.request(
+        Method::POST,
+        "/v2/profiles",
+        &[
+            ("x-api-key", key.to_string()),
+            ("content-type", "application/json".into()),
+        ],
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_reload_adds_changes_and_removes_tenants_at_once() {
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["*"]).rate("{ per_minute: 2, burst: 2 }"),
+            TenantSpec::new("ops", &["acc-1"]),
+        ],
+        ..WorldSpec::default()
+    })
+    .await;
+    // crm spends one of its two cells before the reload.
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        200
+    );
+
+    // The new file: crm unchanged, ops may now read acc-2, and a new tenant.
+    let new_key = "vg_reload-test-new-tenant";
+    let base = w
+        .yaml
+        .replace("accounts: [\"acc-1\"]", "accounts: [\"acc-1\", \"acc-2\"]");
+    std::fs::write(&w.config_file, with_tenant(&base, "bi", new_key, "")).unwrap();
+    w.live.reload().expect("the new file is valid");
+
+    assert_eq!(
+        post_with_key(&w, new_key, &viewers("acc-3", 0, 10))
+            .await
+            .status,
+        200,
+        "new tenant"
+    );
+    assert_eq!(
+        w.post(Some("ops"), &viewers("acc-2", 0, 10)).await.status,
+        200,
+        "changed tenant"
+    );
+    // crm's limiter kept its state: one cell left, not a fresh bucket of two.
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        200
+    );
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        429
+    );
+    // Cached pages survive a reload.
+    assert_eq!(
+        w.post(Some("ops"), &viewers("acc-1", 0, 10)).await.meta()["cache"],
+        "hit"
+    );
+
+    // Remove ops: its key stops working at once.
+    let without_ops = with_tenant(&w.yaml, "bi", new_key, "")
+        .replace(&format!("  - id: ops\n    key_sha256: \"{}\"", KeyHash::of(w.key("ops").as_bytes()).to_hex()), "  - id: gone\n    key_sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"");
+    std::fs::write(&w.config_file, without_ops).unwrap();
+    w.live.reload().unwrap();
+    assert_eq!(
+        w.post(Some("ops"), &viewers("acc-1", 0, 10)).await.code(),
+        "INVALID_API_KEY"
+    );
+    assert_eq!(
+        post_with_key(&w, new_key, &viewers("acc-1", 0, 10))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_file_keeps_the_running_config_and_says_why() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        ..WorldSpec::default()
+    })
+    .await;
+    std::fs::write(
+        &w.config_file,
+        w.yaml.replace("tenants:\n", "tenants:\n  - id: broken\n"),
+    )
+    .unwrap();
+    let err = w.live.reload().unwrap_err();
+    assert!(
+        err.contains("viewgate.yaml:"),
+        "names the file and line: {err}"
+    );
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        200,
+        "still serving"
+    );
+    let metrics = w.admin(Method::GET, "/metrics", None, "").await.text();
+    assert!(
+        metrics.contains(r#"viewgate_config_reloads_total{outcome="error"} 1"#),
+        "{metrics}"
+    );
+    assert!(common::logs().contains("reload failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_under_continuous_traffic_fails_no_request() {
+    let w = Arc::new(
+        World::start(WorldSpec {
+            tenants: vec![
+                TenantSpec::new("crm", &["*"]).budget(1_000_000, "day"),
+                TenantSpec::new("ops", &["*"]),
+            ],
+            ..WorldSpec::default()
+        })
+        .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for c in 0..4u32 {
+        let (w, stop, ok, failed) = (
+            Arc::clone(&w),
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+        );
+        clients.push(tokio::spawn(async move {
+            // Bounded: at most 2,000 requests per client, and until told to stop.
+            for i in 0..2_000u32 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let tenant = if c % 2 == 0 { "crm" } else { "ops" };
+                let r = w
+                    .post(Some(tenant), &viewers(&format!("acc-{}", i % 50), 0, 10))
+                    .await;
+                if r.status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Twenty reloads, alternating two valid files, while the clients run.
+    let budget_a = w.yaml.clone();
+    let budget_b = w.yaml.replace("credits: 1000000", "credits: 2000000");
+    for i in 0..20 {
+        std::fs::write(
+            &w.config_file,
+            if i % 2 == 0 { &budget_b } else { &budget_a },
+        )
+        .unwrap();
+        w.live.reload().expect("valid");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(ok.load(Ordering::SeqCst) > 100, "traffic kept flowing");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed during reloads"
+    );
+    let metrics = w.admin(Method::GET, "/metrics", None, "").await.text();
+    assert!(metrics.contains(r#"viewgate_config_reloads_total{outcome="ok"} 20"#));
+    assert_eq!(
+        w.sim.calls_total(),
+        50,
+        "pages and single-flight survived every reload"
+    );
+}
+
+#[tokio::test]
+async fn past_max_in_flight_requests_are_shed_with_503() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        server_yaml: "  max_in_flight: 2\n",
+        ..WorldSpec::default()
+    })
+    .await;
+    w.sim.set_fault(Fault::latency(300));
+    let bodies: Vec<String> = (0..6)
+        .map(|i| viewers(&format!("acc-{i}"), 0, 10))
+        .collect();
+    let replies =
+        futures_util::future::join_all(bodies.iter().map(|b| w.post(Some("crm"), b))).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let shed: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok, 2);
+    assert_eq!(shed.len(), 4);
+    assert!(shed.iter().all(|r| r.code() == "SERVICE_UNAVAILABLE"));
+    assert_eq!(
+        w.sim.calls_total(),
+        2,
+        "shed requests cost the upstream nothing"
+    );
+    assert_eq!(w.used("crm").await, 2);
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_gets_503_and_its_fetch_still_fills_the_cache() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        server_yaml: "  request_timeout_ms: 200\n",
+        ..WorldSpec::default()
+    })
+    .await;
+    w.sim.set_fault(Fault::latency(600));
+    let slow = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(slow.status, 503);
+    assert_eq!(slow.code(), "SERVICE_UNAVAILABLE");
+    // The paid fetch carried on: once it lands, the page is a hit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.used("crm").await < 1 {
+        assert!(Instant::now() < deadline, "the fetch never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.sim.clear_fault();
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.meta()["cache"],
+        "hit"
+    );
+    assert_eq!(w.sim.calls_total(), 1);
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        server_yaml: "  max_connections: 2\n",
+        ..WorldSpec::default()
+    })
+    .await;
+    let _a = tokio::net::TcpStream::connect(w.server.addr())
+        .await
+        .unwrap();
+    let _b = tokio::net::TcpStream::connect(w.server.addr())
+        .await
+        .unwrap();
+    let mut c = tokio::net::TcpStream::connect(w.server.addr())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .expect("closed, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection is closed without an answer");
+    drop((_a, _b));
+}
+
+#[tokio::test]
+async fn the_tenant_port_speaks_http2_without_tls() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        ..WorldSpec::default()
+    })
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = http::Request::post(w.url("/v2/profiles"))
+        .header("x-api-key", w.key("crm"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(viewers("acc-1", 0, 10))))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["metadata"]["cache"], "miss");
+}
+
+/// A config file for the real binary in `dir`, against `sim_url`.
+/// `server_extra` is more YAML under `server:` (indented two spaces).
+fn binary_config(
+    dir: &std::path::Path,
+    sim_url: &str,
+    tenants: &str,
+    server_extra: &str,
+) -> std::path::PathBuf {
+    let key_file = dir.join("upstream.key");
+    write_private(&key_file, "ops-test-upstream");
+    let path = dir.join("viewgate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  listen: \"127.0.0.1:0\"\n{server_extra}upstream:\n  base_url: \"{sim_url}\"\n  keys:\n    - name: primary\n      api_key_file: \"{}\"\nledger:\n  backend: memory\ntenants:\n{tenants}",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn tenant_yaml(id: &str, key: &str) -> String {
+    format!(
+        "  - id: {id}\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n",
+        KeyHash::of(key.as_bytes()).to_hex()
+    )
+}
+
+fn body(account: &str) -> String {
+    format!(r#"{{"account_id":"{account}","action":"get_viewers"}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_file_changes_reload_the_real_binary() {
+    let sim = Simulator::start(
+        SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let old_key = "vg_ops-test-first";
+    let path = binary_config(
+        dir.path(),
+        &sim.base_url(),
+        &tenant_yaml("first", old_key),
+        "",
+    );
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ((addr, _), _) = read_until(&mut child.0, listening);
+    let url = format!("http://{addr}");
+    let post = |key: &'static str, account: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || try_post(&url, key, &body(account)).map(|(s, _)| s))
+    };
+    assert_eq!(post(old_key, "acc-1").await.unwrap(), Some(200));
+
+    // SIGHUP: a second tenant.
+    let second = "vg_ops-test-second";
+    let tenants = tenant_yaml("first", old_key) + &tenant_yaml("second", second);
+    binary_config(dir.path(), &sim.base_url(), &tenants, "");
+    signal(&child.0, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while post(second, "acc-2").await.unwrap() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not load the second tenant"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A file change alone (no signal): a third tenant, the first removed.
+    let third = "vg_ops-test-third";
+    let tenants = tenant_yaml("second", second) + &tenant_yaml("third", third);
+    binary_config(dir.path(), &sim.base_url(), &tenants, "");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while post(third, "acc-3").await.unwrap() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the file change was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        post(old_key, "acc-1").await.unwrap(),
+        Some(403),
+        "removed tenant refused"
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "still running: SIGHUP reloads, it does not kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let sim = Simulator::start(
+        SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sim.set_fault(Fault::latency(1_000));
+    let dir = tempfile::tempdir().unwrap();
+    let key = "vg_ops-test-drain";
+    let path = binary_config(dir.path(), &sim.base_url(), &tenant_yaml("crm", key), "");
+    // log.level keeps the start-up line but silences access lines.
+    let text =
+        std::fs::read_to_string(&path).unwrap() + "log:\n  level: \"info,viewgate::access=warn\"\n";
+    std::fs::write(&path, text).unwrap();
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ((addr, _), lines) = read_until(&mut child.0, listening);
+    let url = format!("http://{addr}");
+    let in_flight = tokio::task::spawn_blocking(move || try_post(&url, key, &body("acc-1")));
+    // SIGTERM once the call has reached the (slow) upstream.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.calls_total() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&child.0, "TERM");
+    let (status, reply) = in_flight.await.unwrap().expect("answered, not cut off");
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["metadata"]["cache"], "miss");
+    assert!(
+        wait_exit(&mut child.0, Duration::from_secs(20)).success(),
+        "exit 0"
+    );
+    assert_eq!(sim.credits_total(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("viewgate stopped"))
+    {
+        assert!(Instant::now() < deadline, "no final log line");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("draining in-flight requests"))
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("\"target\":\"viewgate::access\"")),
+        "log.level silenced the access lines: {lines:?}"
+    );
+}
