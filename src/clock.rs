@@ -98,11 +98,30 @@ impl governor::clock::Clock for Clock {
 
 /// Formats a timestamp as design.md wants it: RFC 3339, UTC, whole seconds, `Z`.
 pub fn rfc3339(ts: Timestamp) -> String {
-    let secs = ts.as_second();
-    Timestamp::from_second(secs)
-        .unwrap_or(ts)
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    let bytes = rfc3339_bytes(ts);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// [`rfc3339`] as 20 ASCII bytes, without allocating: it is written into
+/// every response. Years are 0000 to 9999 (jiff's range is wider; the ones
+/// outside never occur on a real clock).
+pub fn rfc3339_bytes(ts: Timestamp) -> [u8; 20] {
+    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, value: i32, digits: usize| {
+        let mut v = value.clamp(0, 9999) as u32;
+        for i in (0..digits).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, i32::from(dt.year()), 4);
+    put(5, i32::from(dt.month()), 2);
+    put(8, i32::from(dt.day()), 2);
+    put(11, i32::from(dt.hour()), 2);
+    put(14, i32::from(dt.minute()), 2);
+    put(17, i32::from(dt.second()), 2);
+    out
 }
 
 #[cfg(test)]
@@ -118,6 +137,19 @@ mod tests {
         clock.advance(Duration::from_secs(90));
         assert_eq!(clock.now() - t0, Duration::from_secs(90));
         assert_eq!(rfc3339(clock.wall()), "2026-04-26T10:36:30Z");
+    }
+
+    #[test]
+    fn fast_formatting_agrees_with_jiff() {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2026-02-28T23:59:59Z",
+            "2028-02-29T12:34:56Z",
+            "9000-01-01T01:02:03Z",
+        ] {
+            let ts: Timestamp = s.parse().unwrap();
+            assert_eq!(rfc3339(ts), ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        }
     }
 
     #[test]

@@ -17,8 +17,6 @@ use crate::response::CacheStatus;
 pub struct LogFields {
     /// The tenant, once authenticated.
     pub tenant: Option<Arc<str>>,
-    /// The endpoint category (`profiles` for `/v2/profiles`), once routed.
-    pub category: Option<String>,
     /// The action, once parsed.
     pub action: Option<String>,
     /// The account, once parsed.

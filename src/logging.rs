@@ -1,18 +1,28 @@
 //! Logs: one JSON object per line on stdout, flat, with `ts` and `level` first.
 //!
 //! Access lines (target `viewgate::access`) always carry every field of
-//! design.md, `null` where a stage never ran. Level comes from `RUST_LOG`
-//! (default `info`).
+//! design.md, `null` where a stage never ran. Level comes from `log.level`
+//! or `RUST_LOG` (which wins); default `info`.
+//!
+//! The access line is written on every request, so it is cheap: fields are
+//! streamed straight into the line (no intermediate map), the timestamp is
+//! formatted once per second, and lines go to an in-memory buffer that a
+//! background thread writes to stdout in batches, so no request waits on a
+//! `write` system call or on a slow reader of stdout. If the reader stalls
+//! long enough to fill the buffer (16 MiB), further lines are dropped and
+//! counted rather than blocking requests. [`flush`] writes what is pending.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
-use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -52,7 +62,7 @@ pub fn init() {
         .with(
             tracing_subscriber::fmt::layer()
                 .event_format(JsonLines)
-                .with_writer(std::io::stdout),
+                .with_writer(BufferedStdout),
         )
         .try_init();
     if installed.is_ok() {
@@ -72,38 +82,108 @@ pub fn set_level(level: Option<&str>) {
     let _ = handle.modify(|current| *current = filter);
 }
 
+/// Writes every pending log line to stdout and returns when done.
+pub fn flush() {
+    if let Some(out) = OUT.get() {
+        out.flush();
+    }
+}
+
 /// The formatter.
 #[derive(Debug, Default)]
 pub struct JsonLines;
 
-struct Fields(Map<String, Value>);
+/// Streams one event's fields into the line as `,"name":value`.
+struct Fields<'w, 'a> {
+    out: &'w mut Writer<'a>,
+    /// Which of [`ACCESS_FIELDS`] were written (bit i = field i).
+    seen: u32,
+    access: bool,
+}
 
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(key(field), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(key(field), Value::from(value));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(key(field), Value::from(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(key(field), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(key(field), Value::from(value));
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(key(field), Value::from(format!("{value:?}")));
+impl Fields<'_, '_> {
+    fn key(&mut self, field: &Field) {
+        let name = match field.name() {
+            "message" => "msg",
+            name => name,
+        };
+        if self.access
+            && let Some(i) = ACCESS_FIELDS.iter().position(|f| *f == name)
+        {
+            self.seen |= 1 << i;
+        }
+        let _ = self.out.write_str(",\"");
+        let _ = self.out.write_str(name);
+        let _ = self.out.write_str("\":");
     }
 }
 
-fn key(field: &Field) -> String {
-    match field.name() {
-        "message" => "msg".to_string(),
-        name => name.to_string(),
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        let _ = write_json_str(self.out, value);
     }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        let _ = if value.is_finite() {
+            write!(self.out, "{value}")
+        } else {
+            self.out.write_str("null")
+        };
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        let _ = self.out.write_str(if value { "true" } else { "false" });
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        let _ = write_json_str(self.out, &format!("{value:?}"));
+    }
+}
+
+/// Writes `s` as a JSON string (quotes, escapes of `"`, `\` and control characters).
+pub fn write_json_str(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    out.write_char('"')?;
+    let needs_escape = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+    if !s.bytes().any(needs_escape) {
+        out.write_str(s)?;
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.write_str("\\\"")?,
+                '\\' => out.write_str("\\\\")?,
+                '\n' => out.write_str("\\n")?,
+                '\r' => out.write_str("\\r")?,
+                '\t' => out.write_str("\\t")?,
+                c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
+                c => out.write_char(c)?,
+            }
+        }
+    }
+    out.write_char('"')
+}
+
+/// RFC 3339 for now, formatted once per second per thread.
+fn now_rfc3339(out: &mut Writer<'_>) -> fmt::Result {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = jiff::Timestamp::now();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != now.as_second() {
+            *last = (now.as_second(), rfc3339(now));
+        }
+        out.write_str(&last.1)
+    })
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -118,22 +198,155 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut fields = Fields(Map::new());
-        fields
-            .0
-            .insert("ts".into(), Value::from(rfc3339(jiff::Timestamp::now())));
-        fields.0.insert(
-            "level".into(),
-            Value::from(meta.level().as_str().to_ascii_lowercase()),
-        );
-        fields.0.insert("target".into(), Value::from(meta.target()));
+        writer.write_str("{\"ts\":\"")?;
+        now_rfc3339(&mut writer)?;
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(match *meta.level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warn",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        })?;
+        writer.write_str("\",\"target\":")?;
+        write_json_str(&mut writer, meta.target())?;
+        let access = meta.target() == ACCESS_TARGET;
+        let mut fields = Fields {
+            out: &mut writer,
+            seen: 0,
+            access,
+        };
         event.record(&mut fields);
-        if meta.target() == ACCESS_TARGET {
-            for name in ACCESS_FIELDS {
-                fields.0.entry(*name).or_insert(Value::Null);
+        let seen = fields.seen;
+        if access {
+            for (i, name) in ACCESS_FIELDS.iter().enumerate() {
+                if seen & (1 << i) == 0 {
+                    write!(writer, ",\"{name}\":null")?;
+                }
             }
         }
-        let line = serde_json::to_string(&fields.0).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{line}")
+        writer.write_str("}\n")
+    }
+}
+
+/// Lines waiting for the writer thread, at most this many bytes.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
+
+struct Out {
+    pending: Mutex<Vec<u8>>,
+    wake: Condvar,
+    dropped: AtomicU64,
+    /// Serialises writers of stdout (the background thread and `flush`).
+    stdout: Mutex<()>,
+}
+
+static OUT: OnceLock<&'static Out> = OnceLock::new();
+
+impl Out {
+    fn get() -> &'static Out {
+        OUT.get_or_init(|| {
+            let out: &'static Out = Box::leak(Box::new(Out {
+                pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+                wake: Condvar::new(),
+                dropped: AtomicU64::new(0),
+                stdout: Mutex::new(()),
+            }));
+            let spawned = std::thread::Builder::new()
+                .name("viewgate-log".into())
+                .spawn(move || out.run());
+            if spawned.is_err() {
+                // No thread: lines are still written by flush() calls.
+                eprintln!("viewgate: cannot start the log writer thread");
+            }
+            out
+        })
+    }
+
+    fn push(&self, line: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() + line.len() > MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        pending.extend_from_slice(line);
+        if pending.len() >= 64 * 1024 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *pending, Vec::with_capacity(64 * 1024))
+    }
+
+    fn write(&self, batch: &[u8]) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(batch);
+        if dropped > 0 {
+            let _ = writeln!(
+                stdout,
+                "{{\"level\":\"warn\",\"target\":\"viewgate::log\",\"msg\":\"log lines dropped: stdout too slow\",\"dropped\":{dropped}}}"
+            );
+        }
+        let _ = stdout.flush();
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                // Batches every 10 ms, or sooner when 64 KiB are waiting.
+                let _ = self.wake.wait_timeout(pending, Duration::from_millis(10));
+            }
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        let _order = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = self.take();
+        if !batch.is_empty() {
+            self.write(&batch);
+        }
+    }
+}
+
+/// A `MakeWriter` for the buffered stdout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BufferedStdout;
+
+/// One event's writer (the fmt layer writes each formatted line at once).
+pub struct BufferedLine;
+
+impl std::io::Write for BufferedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Out::get().push(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedStdout {
+    type Writer = BufferedLine;
+    fn make_writer(&'a self) -> Self::Writer {
+        BufferedLine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        write_json_str(&mut s, "plain").unwrap();
+        write_json_str(&mut s, "a\"b\\c\nd\u{1}é").unwrap();
+        assert_eq!(s, r#""plain""a\"b\\c\nd\u0001é""#);
+        let v: serde_json::Value = serde_json::from_str(&s[7..]).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é");
     }
 }

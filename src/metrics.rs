@@ -7,6 +7,8 @@
 //! configuration (plus `-` for unauthenticated requests); keys are labelled
 //! by name, never by value.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
@@ -30,6 +32,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     in_flight: Gauge,
     request_duration: Histogram,
+    tenants: RwLock<HashMap<Box<str>, Arc<TenantHandles>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +158,7 @@ impl Metrics {
             handle,
             in_flight,
             request_duration,
+            tenants: RwLock::new(HashMap::new()),
         }
     }
 
@@ -174,6 +178,30 @@ impl Metrics {
         InFlight(self.in_flight.clone())
     }
 
+    /// A tenant's handles, registered on first use and kept: the request
+    /// path then touches only atomics, never the registry or an allocation.
+    fn tenant(&self, tenant: &str) -> Arc<TenantHandles> {
+        if let Some(h) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+        {
+            return Arc::clone(h);
+        }
+        let label = || vec![Label::new("tenant", tenant.to_string())];
+        let handles = Arc::new(TenantHandles {
+            name: tenant.into(),
+            charged: self.counter("viewgate_credits_charged_total", label()),
+            saved: self.counter("viewgate_credits_saved_total", label()),
+            rate_limited: self.counter("viewgate_rate_limited_total", label()),
+            budget_rejected: self.counter("viewgate_budget_rejected_total", label()),
+            requests: RwLock::new(HashMap::new()),
+        });
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(tenants.entry(tenant.into()).or_insert(handles))
+    }
+
     /// A request was answered.
     pub fn request_done(
         &self,
@@ -182,27 +210,12 @@ impl Metrics {
         cache: Option<CacheStatus>,
         took: Duration,
     ) {
-        let tenant = tenant.unwrap_or("-").to_string();
-        let labels = vec![
-            Label::new("tenant", tenant.clone()),
-            Label::new("status", status.to_string()),
-            Label::new("cache", cache.map_or("none", |c| c.as_str())),
-        ];
-        self.counter("viewgate_requests_total", labels).increment(1);
+        let handles = self.tenant(tenant.unwrap_or("-"));
+        handles.requests(self, status, cache).increment(1);
         self.request_duration.record(took.as_secs_f64());
         match status {
-            429 => self
-                .counter(
-                    "viewgate_rate_limited_total",
-                    vec![Label::new("tenant", tenant)],
-                )
-                .increment(1),
-            402 => self
-                .counter(
-                    "viewgate_budget_rejected_total",
-                    vec![Label::new("tenant", tenant)],
-                )
-                .increment(1),
+            429 => handles.rate_limited.increment(1),
+            402 => handles.budget_rejected.increment(1),
             _ => {}
         }
     }
@@ -210,21 +223,13 @@ impl Metrics {
     /// Credits charged to a tenant.
     pub fn charged(&self, tenant: &str, credits: u64) {
         if credits > 0 {
-            self.counter(
-                "viewgate_credits_charged_total",
-                vec![Label::new("tenant", tenant.to_string())],
-            )
-            .increment(credits);
+            self.tenant(tenant).charged.increment(credits);
         }
     }
 
     /// Credits a cache hit saved a tenant.
     pub fn saved(&self, tenant: &str, credits: u64) {
-        self.counter(
-            "viewgate_credits_saved_total",
-            vec![Label::new("tenant", tenant.to_string())],
-        )
-        .increment(credits);
+        self.tenant(tenant).saved.increment(credits);
     }
 
     /// One upstream attempt.
@@ -296,6 +301,40 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.handle.run_upkeep();
         self.handle.render()
+    }
+}
+
+/// One tenant's counters.
+struct TenantHandles {
+    name: Box<str>,
+    charged: Counter,
+    saved: Counter,
+    rate_limited: Counter,
+    budget_rejected: Counter,
+    /// `viewgate_requests_total` by (status, cache outcome).
+    requests: RwLock<HashMap<(u16, Option<CacheStatus>), Counter>>,
+}
+
+impl TenantHandles {
+    fn requests(&self, metrics: &Metrics, status: u16, cache: Option<CacheStatus>) -> Counter {
+        if let Some(c) = self
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(status, cache))
+        {
+            return c.clone();
+        }
+        let counter = metrics.counter(
+            "viewgate_requests_total",
+            vec![
+                Label::new("tenant", self.name.to_string()),
+                Label::new("status", status.to_string()),
+                Label::new("cache", cache.map_or("none", |c| c.as_str())),
+            ],
+        );
+        let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
+        map.entry((status, cache)).or_insert(counter).clone()
     }
 }
 

@@ -11,7 +11,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use jiff::Timestamp;
 
-use crate::clock::rfc3339;
+use crate::clock::rfc3339_bytes;
 
 /// The response body type of the whole gateway: a page is always in memory.
 pub type Body = Full<Bytes>;
@@ -29,7 +29,7 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 /// How a page was served, for `metadata.cache` and `x-cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CacheStatus {
     /// Served from the cache.
     Hit,
@@ -92,18 +92,17 @@ pub fn splice(data: &[u8], meta: &PageMeta<'_>) -> Bytes {
     let _ = serde_json::to_writer(&mut out, meta.account_id);
     let _ = write!(
         out,
-        ",\"credits_consumed\":{},\"timestamp\":\"{}\"",
-        meta.credits_consumed,
-        rfc3339(meta.timestamp)
+        ",\"credits_consumed\":{},\"timestamp\":\"",
+        meta.credits_consumed
     );
+    out.extend_from_slice(&rfc3339_bytes(meta.timestamp));
     if let Some((status, cached_at)) = meta.cache {
-        let _ = write!(
-            out,
-            ",\"cache\":\"{}\",\"cached_at\":\"{}\"",
-            status.as_str(),
-            rfc3339(cached_at)
-        );
+        out.extend_from_slice(b"\",\"cache\":\"");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"cached_at\":\"");
+        out.extend_from_slice(&rfc3339_bytes(cached_at));
     }
+    out.push(b'"');
     match meta.credits_remaining {
         Some(n) => {
             let _ = write!(out, ",\"credits_remaining\":{n}");

@@ -93,7 +93,7 @@ pub type Flight = Result<Arc<CachedPage>, crate::error::GatewayError>;
 /// so a configuration reload keeps every page and every in-flight fetch.
 #[derive(Clone)]
 pub struct PageCache {
-    pages: moka::future::Cache<CacheKey, Arc<CachedPage>>,
+    pages: moka::future::Cache<CacheKey, Arc<CachedPage>, foldhash::fast::RandomState>,
     /// Fetches in flight, by key: identical misses wait on one upstream call.
     pub flights: SingleFlight<CacheKey, Flight>,
     clock: Clock,
@@ -113,7 +113,8 @@ impl PageCache {
             .time_to_live(config.ttl + config.stale_if_error.max(config.stale_while_revalidate))
             // Needed by purge_account (invalidate_entries_if).
             .support_invalidation_closures()
-            .build();
+            // A fast seeded hasher: the key is short and hashed on every request.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             pages,
             flights: SingleFlight::default(),

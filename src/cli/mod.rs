@@ -99,7 +99,9 @@ fn with_runtime(job: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(job) {
+    let result = runtime.block_on(job);
+    crate::logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("viewgate: {e:#}");

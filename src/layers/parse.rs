@@ -15,7 +15,6 @@ use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
 use super::StageResult;
@@ -200,40 +199,57 @@ pub fn parse_call(category: &str, body: &[u8]) -> Result<ApiCall, GatewayError> 
     })
 }
 
+/// `get_viewers` params as sent: numbers are checked from their text, so
+/// reading them allocates nothing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ViewerWire<'a> {
+    #[serde(borrow)]
+    count: Option<&'a RawValue>,
+    #[serde(borrow)]
+    offset: Option<&'a RawValue>,
+}
+
 fn viewer_params(raw: Option<&RawValue>) -> Result<CallParams, GatewayError> {
-    let mut count = DEFAULT_COUNT;
-    let mut offset = 0u32;
-    if let Some(raw) = raw {
-        let map: Map<String, Value> =
-            serde_json::from_str(raw.get()).map_err(|_| invalid("params must be a JSON object"))?;
-        for (name, value) in &map {
-            match name.as_str() {
-                "count" => {
-                    count = value
-                        .as_u64()
-                        .filter(|n| (1..=u64::from(MAX_COUNT)).contains(n))
-                        .map(|n| n as u32)
-                        .ok_or_else(|| {
-                            invalid(format!("count must be an integer from 1 to {MAX_COUNT}"))
-                        })?;
-                }
-                "offset" => {
-                    offset = value
-                        .as_u64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| invalid("offset must be a non-negative integer"))?;
-                }
-                // An unknown parameter could change the page the upstream returns,
-                // and the cache key would not know: refuse rather than mix pages up.
-                other => {
-                    return Err(invalid(format!(
-                        "unknown parameter {:?} for get_viewers (allowed: count, offset)",
-                        other.chars().take(64).collect::<String>()
-                    )));
-                }
-            }
-        }
+    let Some(raw) = raw else {
+        return Ok(CallParams::Viewers {
+            offset: 0,
+            count: DEFAULT_COUNT,
+        });
+    };
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(invalid("params must be a JSON object"));
     }
+    let wire: ViewerWire<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+        // An unknown parameter could change the page the upstream returns,
+        // and the cache key would not know: refuse rather than mix pages up.
+        let text = e.to_string();
+        match text
+            .strip_prefix("unknown field `")
+            .and_then(|t| t.split('`').next())
+        {
+            Some(name) => invalid(format!(
+                "unknown parameter {:?} for get_viewers (allowed: count, offset)",
+                name.chars().take(64).collect::<String>()
+            )),
+            None => invalid("params must be an object with count and offset, each at most once"),
+        }
+    })?;
+    let number = |v: Option<&RawValue>| v.map(|v| v.get().trim().parse::<u64>().ok());
+    let count = match number(wire.count) {
+        None => DEFAULT_COUNT,
+        Some(Some(n)) if (1..=u64::from(MAX_COUNT)).contains(&n) => n as u32,
+        Some(_) => {
+            return Err(invalid(format!(
+                "count must be an integer from 1 to {MAX_COUNT}"
+            )));
+        }
+    };
+    let offset = match number(wire.offset) {
+        None => 0,
+        Some(Some(n)) if n <= u64::from(u32::MAX) => n as u32,
+        Some(_) => return Err(invalid("offset must be a non-negative integer")),
+    };
     Ok(CallParams::Viewers { offset, count })
 }
 

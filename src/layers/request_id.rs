@@ -67,8 +67,14 @@ fn generate_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| getrandom::u64().unwrap_or(0x5eed));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:016x}{n:016x}");
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    let mut id = [0u8; 32];
+    for (i, word) in [prefix, n].into_iter().enumerate() {
+        for j in 0..16 {
+            let nibble = (word >> (60 - 4 * j)) & 0xf;
+            id[i * 16 + j] = b"0123456789abcdef"[nibble as usize];
+        }
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 impl<S, B> Service<Request<B>> for RequestId<S>

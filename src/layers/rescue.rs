@@ -64,9 +64,11 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let context = super::context(&request).cloned();
+        let profiles = request.uri().path() == "/v2/profiles";
         ResponseFuture {
             inner: self.inner.call(request),
             context,
+            profiles,
             clock: self.clock.clone(),
         }
     }
@@ -78,6 +80,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         context: Option<Arc<RequestContext>>,
+        // Whether the request was for the get_viewers endpoint.
+        profiles: bool,
         clock: Clock,
     }
 }
@@ -102,10 +106,11 @@ where
                 log_detail(&error, context.request_id_str());
                 // Before the body is read the action is unknown; on the
                 // get_viewers endpoint it is, in all likelihood, get_viewers.
-                fields.action.clone().or_else(|| {
-                    (fields.category.as_deref() == Some("profiles"))
-                        .then(|| "get_viewers".to_string())
-                })
+                let profiles = *this.profiles;
+                fields
+                    .action
+                    .clone()
+                    .or_else(|| profiles.then(|| "get_viewers".to_string()))
             }
             None => None,
         };

@@ -65,9 +65,6 @@ where
         if request.method() != Method::POST {
             return Either::Left(ready(Err(GatewayError::MethodNotAllowed)));
         }
-        if let Some(context) = super::context(&request) {
-            context.fields().category = Some(category.to_string());
-        }
         let category = Category(category.to_string());
         request.extensions_mut().insert(category);
         Either::Right(self.inner.call(request))
