@@ -9,6 +9,7 @@
 mod book;
 mod memory;
 mod period;
+mod redis;
 mod sqlite;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use futures_util::future::BoxFuture;
 
 use crate::config::{Budget, Period};
 
+pub use self::redis::RedisLedger;
 pub use memory::MemoryLedger;
 pub use period::period_key;
 pub use sqlite::{SqliteLedger, read_usage};
