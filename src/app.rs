@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -25,9 +26,10 @@ use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
-use crate::ledger::{Ledger, MemoryLedger, SqliteLedger};
+use crate::ledger::{Ledger, MemoryLedger, RedisLedger, SqliteLedger};
 use crate::metrics::Metrics;
 use crate::miss::MissPath;
+use crate::ratelimit::RedisGcra;
 use crate::response::Body;
 use crate::tenant::Tenants;
 use crate::upstream::Upstream;
@@ -54,32 +56,46 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Admission slots: `server.max_in_flight` requests at once.
     pub slots: Arc<Semaphore>,
+    /// Shared rate-limit state, when the ledger is on Redis.
+    pub redis: Option<Arc<RedisGcra>>,
 }
 
 impl Gateway {
     /// Builds the gateway's parts. Fails with a readable reason (never a key).
-    pub fn new(config: Config, clock: Clock) -> Result<Self, String> {
+    /// With the Redis ledger, Redis need not be up: the gateway starts, is
+    /// not ready, and serves cache hits until Redis answers.
+    pub async fn new(config: Config, clock: Clock) -> Result<Self, String> {
+        let mut redis = None;
         let ledger: Arc<dyn Ledger> = match &config.ledger {
             LedgerConfig::Memory => Arc::new(MemoryLedger::new(clock.clone())),
             LedgerConfig::Sqlite { path } => {
                 Arc::new(SqliteLedger::open(path, clock.clone()).map_err(|e| e.to_string())?)
             }
-            other => {
-                return Err(format!(
-                    "ledger backend {other:?} is not available in this build"
-                ));
+            LedgerConfig::Redis { url } => {
+                // A reservation open longer than any miss can take was left by a
+                // crashed replica: count it as spent.
+                let longest_miss = config.upstream.deadline + config.server.request_timeout;
+                let ledger = RedisLedger::connect(url, clock.clone())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .with_stale_after((longest_miss * 2).max(RedisLedger::DEFAULT_STALE_AFTER));
+                ledger.spawn_sweeper(Duration::from_secs(30));
+                redis = Some(RedisGcra::connect(url)?);
+                Arc::new(ledger)
             }
         };
         let metrics = Arc::new(Metrics::new());
         Ok(Self {
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
-            tenants: Arc::new(Tenants::new(&config.tenants, &clock, None)),
+            tenants: Arc::new(Tenants::new(&config.tenants, &clock, None, redis.as_ref())),
             cache: PageCache::new(&config.cache, clock.clone()),
             upstream: Arc::new(Upstream::new(
                 &config.upstream,
                 clock.clone(),
                 Arc::clone(&metrics),
+                redis.as_ref(),
             )?),
+            redis,
             metrics,
             ledger,
             clock,
@@ -124,6 +140,7 @@ impl Gateway {
                 &config.upstream,
                 self.clock.clone(),
                 Arc::clone(&self.metrics),
+                self.redis.as_ref(),
             )?)
         };
         let slots = if config.server.max_in_flight == old.server.max_in_flight {
@@ -137,7 +154,9 @@ impl Gateway {
                 &config.tenants,
                 &self.clock,
                 Some(&self.tenants),
+                self.redis.as_ref(),
             )),
+            redis: self.redis.clone(),
             cache: self.cache.retimed(&config.cache),
             upstream,
             ledger: Arc::clone(&self.ledger),

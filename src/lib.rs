@@ -19,6 +19,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod miss;
+pub mod ratelimit;
 pub mod response;
 pub mod sim;
 pub mod tenant;

@@ -14,6 +14,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use crate::clock::Clock;
 use crate::config::{AccountPattern, Budget, RateLimit, TenantConfig};
 use crate::keys::KeyHash;
+use crate::ratelimit::{Limiter, RedisGcra};
 
 /// A tenant's own GCRA limiter (one per tenant: quotas differ per tenant).
 pub type TenantLimiter =
@@ -30,7 +31,7 @@ pub struct Tenant {
     pub actions: Option<HashSet<String>>,
     /// Its rate limiter, if it has a limit (shared with the previous
     /// generation of this tenant when its limit did not change).
-    pub limiter: Option<Arc<TenantLimiter>>,
+    pub limiter: Option<Arc<Limiter>>,
     /// The limit the limiter enforces.
     pub rate_limit: Option<RateLimit>,
     /// Its budget; `None` is unlimited.
@@ -41,8 +42,14 @@ pub struct Tenant {
 
 impl Tenant {
     /// Builds a tenant from its configuration, keeping `previous`'s limiter
-    /// (and so its state) when the rate limit is unchanged.
-    pub fn new(config: &TenantConfig, clock: &Clock, previous: Option<&Tenant>) -> Self {
+    /// (and so its state) when the rate limit is unchanged. With `redis`,
+    /// limits whose scope is global keep their state there.
+    pub fn new(
+        config: &TenantConfig,
+        clock: &Clock,
+        previous: Option<&Tenant>,
+        redis: Option<&Arc<RedisGcra>>,
+    ) -> Self {
         let actions = if config.actions.iter().any(|a| a == "*") {
             None
         } else {
@@ -55,10 +62,15 @@ impl Tenant {
             limiter: match previous {
                 Some(old) if old.rate_limit == config.rate_limit => old.limiter.clone(),
                 _ => config.rate_limit.map(|rl| {
-                    Arc::new(governor::RateLimiter::direct_with_clock(
-                        rl.quota(),
-                        clock.clone(),
-                    ))
+                    Arc::new(match redis {
+                        Some(store) if rl.is_global(true) => Limiter::global(
+                            Arc::clone(store),
+                            format!("vg:{{t:{}}}:rate", config.id),
+                            &rl,
+                            clock,
+                        ),
+                        _ => Limiter::local(&rl, clock),
+                    })
                 }),
             },
             rate_limit: config.rate_limit,
@@ -89,13 +101,18 @@ pub struct Tenants {
 impl Tenants {
     /// Builds the registry from configuration. With `previous` (a reload),
     /// tenants whose id and rate limit are unchanged keep their limiter state.
-    pub fn new(configs: &[TenantConfig], clock: &Clock, previous: Option<&Tenants>) -> Self {
+    pub fn new(
+        configs: &[TenantConfig],
+        clock: &Clock,
+        previous: Option<&Tenants>,
+        redis: Option<&Arc<RedisGcra>>,
+    ) -> Self {
         let mut by_hash = HashMap::new();
         let mut by_id = HashMap::new();
         let mut in_order = Vec::new();
         for config in configs {
             let old = previous.and_then(|p| p.by_id(&config.id));
-            let tenant = Arc::new(Tenant::new(config, clock, old.map(|t| &**t)));
+            let tenant = Arc::new(Tenant::new(config, clock, old.map(|t| &**t), redis));
             by_hash.insert(config.key_sha256, Arc::clone(&tenant));
             by_id.insert(Arc::clone(&tenant.id), Arc::clone(&tenant));
             in_order.push(tenant);

@@ -44,7 +44,9 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         }
     };
     let addr = listener.local_addr()?;
-    let gateway = Gateway::new(config, Clock::real()).map_err(anyhow::Error::msg)?;
+    let gateway = Gateway::new(config, Clock::real())
+        .await
+        .map_err(anyhow::Error::msg)?;
 
     println!("viewgate demo");
     println!("  simulator (the upstream): {}", sim.base_url());

@@ -23,7 +23,9 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     crate::logging::set_level(config.log_level.as_deref());
     let listen = config.server.listen;
-    let gateway = Gateway::new(config, Clock::real()).map_err(anyhow::Error::msg)?;
+    let gateway = Gateway::new(config, Clock::real())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -155,9 +155,20 @@ pub struct TenantConfig {
     pub allow_refresh: bool,
 }
 
+/// Where a rate limit's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// In this process: each replica allows the full rate.
+    Local,
+    /// In Redis: all replicas together allow the rate.
+    Global,
+}
+
 /// A GCRA quota: `count` per `period`, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
+    /// `scope` as written; `None` means global when the ledger is on Redis.
+    pub scope: Option<Scope>,
     /// Requests per period.
     pub count: NonZeroU32,
     /// The period.
@@ -167,6 +178,15 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// Whether this limit is kept in Redis, given whether Redis is configured.
+    pub fn is_global(&self, redis: bool) -> bool {
+        match self.scope {
+            Some(Scope::Global) => true,
+            Some(Scope::Local) => false,
+            None => redis,
+        }
+    }
+
     /// The governor quota for this limit.
     pub fn quota(&self) -> governor::Quota {
         let per_cell = self.period / self.count.get();

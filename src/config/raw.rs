@@ -87,6 +87,7 @@ pub struct RawUpstreamKey {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
+    pub scope: Option<S<String>>,
     pub per_second: Option<S<u32>>,
     pub per_minute: Option<S<u32>>,
     pub per_hour: Option<S<u32>>,

@@ -307,20 +307,28 @@ fn validate(
             }
         }
     };
-    if let LedgerConfig::Redis { .. } = ledger
-        && let Some(b) = &raw.ledger.backend
-    {
-        p.at(
-            &b.referenced,
-            "ledger.backend",
-            format!(
-                "backend {:?} is not available in this build yet; use memory",
-                b.value
-            ),
-        );
-    }
 
     let tenants = validate_tenants(&raw.tenants, p);
+
+    if !matches!(ledger, LedgerConfig::Redis { .. }) {
+        let global = |rl: &Option<RateLimit>| rl.is_some_and(|r| r.scope == Some(Scope::Global));
+        for (i, t) in tenants.iter().enumerate() {
+            if global(&t.rate_limit) {
+                p.nowhere(
+                    format!("tenants[{i}].rate_limit.scope"),
+                    "global rate limits live in Redis: set ledger.backend: redis",
+                );
+            }
+        }
+        for (i, k) in upstream.keys.iter().enumerate() {
+            if global(&k.rate_limit) {
+                p.nowhere(
+                    format!("upstream.keys[{i}].rate_limit.scope"),
+                    "global rate limits live in Redis: set ledger.backend: redis",
+                );
+            }
+        }
+    }
 
     let log_level = raw.log.level.as_ref().map(|l| {
         if tracing_subscriber::EnvFilter::try_new(&l.value).is_err() {
@@ -740,7 +748,23 @@ fn rate_limit(
             }
         },
     };
+    let scope = match &r.scope {
+        None => None,
+        Some(s) => match s.value.as_str() {
+            "local" => Some(Scope::Local),
+            "global" => Some(Scope::Global),
+            other => {
+                p.at(
+                    &s.referenced,
+                    format!("{key}.scope"),
+                    format!("unknown scope {other:?}; use local or global"),
+                );
+                return None;
+            }
+        },
+    };
     Some(RateLimit {
+        scope,
         count: count_nz,
         period,
         burst,

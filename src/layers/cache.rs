@@ -155,14 +155,7 @@ impl Shared {
         for _ in 0..MAX_JOINS {
             if !refresh && let Some(page) = self.cache.get(&key).await {
                 if page.is_fresh(self.clock.now()) {
-                    let _ = self
-                        .ledger
-                        .record_hit(&tenant.id, tenant.budget, page.credits)
-                        .await;
-                    context.fields().credits_saved = page.credits;
-                    return self
-                        .answer(&tenant, &context, &call, &page, CacheStatus::Hit, 0, None)
-                        .await;
+                    return self.hit(&tenant, &context, &call, &page).await;
                 }
                 stale = Some(page);
             }
@@ -182,6 +175,17 @@ impl Shared {
             }
             let outcome = match self.cache.flights.join(&key) {
                 Role::Leader(leader) => {
+                    // Check again now that we lead: a leader that finished
+                    // between our cache lookup and our join has stored the
+                    // page already (it stores before it leaves the table), and
+                    // fetching it again would be a second paid call.
+                    if !refresh
+                        && let Some(page) = self.cache.get(&key).await
+                        && page.is_fresh(self.clock.now())
+                    {
+                        leader.complete(Ok(Arc::clone(&page)));
+                        return self.hit(&tenant, &context, &call, &page).await;
+                    }
                     let task = self.spawn_fetch(leader, &key, &tenant, &call, &context);
                     match task.await {
                         Ok(Ok((charged, page))) => {
@@ -269,6 +273,23 @@ impl Shared {
             leader.complete(flight.clone());
             result.and_then(|charged| flight.map(|page| (charged, page)))
         })
+    }
+
+    /// Answers with a fresh cached page: no charge, a hit counted with what it saved.
+    async fn hit(
+        &self,
+        tenant: &Tenant,
+        context: &RequestContext,
+        call: &ApiCall,
+        page: &CachedPage,
+    ) -> StageResult {
+        let _ = self
+            .ledger
+            .record_hit(&tenant.id, tenant.budget, page.credits)
+            .await;
+        context.fields().credits_saved = page.credits;
+        self.answer(tenant, context, call, page, CacheStatus::Hit, 0, None)
+            .await
     }
 
     /// Answers with a page, reading the tenant's balance for the metadata.

@@ -9,7 +9,7 @@
 mod book;
 mod memory;
 mod period;
-mod redis;
+pub(crate) mod redis;
 mod sqlite;
 
 use std::sync::Arc;

@@ -196,18 +196,7 @@ impl RedisLedger {
     /// Connection attempts give up after 1 s, commands after 1 s, and a whole
     /// call after [`RedisLedger::CALL_TIMEOUT`].
     pub async fn connect(url: &str, clock: Clock) -> Result<RedisLedger, LedgerError> {
-        let secrets = secrets_in(url);
-        let client =
-            ::redis::Client::open(url).map_err(|e| redact(&secrets, format!("bad url: {e}")))?;
-        // No retries inside the connection manager: a call that finds the
-        // connection lost triggers one reconnect and waits for it (bounded by
-        // CONNECT_TIMEOUT) instead of a series of backoffs.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| redact(&secrets, e))?;
+        let (conn, secrets) = connection(url)?;
         let inner = Arc::new(Inner {
             conn,
             clock,
@@ -813,6 +802,25 @@ fn count(value: i64) -> u64 {
 }
 
 /// The password of `url`, as written and percent-decoded, to keep out of messages.
+/// A lazily connected, self-reconnecting Redis connection with short,
+/// bounded timeouts, and the secrets of `url` (to scrub from messages).
+/// Shared by the ledger and the global rate limiter.
+pub(crate) fn connection(url: &str) -> Result<(ConnectionManager, Vec<String>), LedgerError> {
+    let secrets = secrets_in(url);
+    let client =
+        ::redis::Client::open(url).map_err(|e| redact(&secrets, format!("bad url: {e}")))?;
+    // No retries inside the connection manager: a call that finds the
+    // connection lost triggers one reconnect and waits for it (bounded by
+    // CONNECT_TIMEOUT) instead of a series of backoffs.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(0);
+    let conn =
+        ConnectionManager::new_lazy_with_config(client, config).map_err(|e| redact(&secrets, e))?;
+    Ok((conn, secrets))
+}
+
 fn secrets_in(url: &str) -> Vec<String> {
     let Some((_, rest)) = url.split_once("://") else {
         return Vec::new();
@@ -853,7 +861,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// `Unavailable("redis: …")` with every secret replaced by `***`.
-fn redact(secrets: &[String], reason: impl fmt::Display) -> LedgerError {
+pub(crate) fn redact(secrets: &[String], reason: impl fmt::Display) -> LedgerError {
     let mut message = format!("redis: {reason}");
     for secret in secrets {
         message = message.replace(secret.as_str(), "***");

@@ -6,6 +6,7 @@
 //! upstream plan's rate, a GCRA limiter on viewgate's clock) and its own
 //! circuit breaker.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -13,7 +14,7 @@ use http::HeaderValue;
 use super::breaker::Breaker;
 use crate::clock::Clock;
 use crate::config::{AccountPattern, UpstreamKeyConfig};
-use crate::tenant::TenantLimiter;
+use crate::ratelimit::{Limiter, RedisGcra};
 
 /// One upstream key, ready to put on a request.
 #[derive(Debug)]
@@ -22,8 +23,9 @@ pub struct UpstreamKey {
     pub name: String,
     /// The `x-api-key` header value, marked sensitive so it never prints.
     pub header: HeaderValue,
-    /// The upstream plan's pace for this key, if configured.
-    pub pace: Option<TenantLimiter>,
+    /// The upstream plan's pace for this key, if configured (global: shared
+    /// by all replicas through Redis).
+    pub pace: Option<Limiter>,
     /// Fails calls fast while the upstream keeps failing for this key.
     pub breaker: Breaker,
     accounts: Vec<AccountPattern>,
@@ -42,6 +44,7 @@ impl KeyPool {
         clock: &Clock,
         breaker_failures: u32,
         breaker_open: Duration,
+        redis: Option<&Arc<RedisGcra>>,
     ) -> Result<Self, String> {
         let mut keys = Vec::new();
         for c in configs {
@@ -55,9 +58,15 @@ impl KeyPool {
             keys.push(UpstreamKey {
                 name: c.name.clone(),
                 header,
-                pace: c
-                    .rate_limit
-                    .map(|rl| governor::RateLimiter::direct_with_clock(rl.quota(), clock.clone())),
+                pace: c.rate_limit.map(|rl| match redis {
+                    Some(store) if rl.is_global(true) => Limiter::global(
+                        Arc::clone(store),
+                        format!("vg:{{k:{}}}:pace", c.name),
+                        &rl,
+                        clock,
+                    ),
+                    _ => Limiter::local(&rl, clock),
+                }),
                 breaker: Breaker::new(breaker_failures, breaker_open, clock.clone()),
                 accounts: c.accounts.clone(),
             });
@@ -114,6 +123,7 @@ mod tests {
             &Clock::real(),
             5,
             Duration::from_secs(30),
+            None,
         )
         .unwrap();
         let name = |a: &str| pool.route(a).map(|k| k.name.as_str());
@@ -130,6 +140,7 @@ mod tests {
             &Clock::real(),
             5,
             Duration::from_secs(30),
+            None,
         )
         .unwrap();
         assert!(pool.route("b").is_none());

@@ -30,6 +30,7 @@ use crate::clock::Clock;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::ratelimit::{RedisGcra, ceil_secs};
 
 /// Largest upstream body viewgate will read.
 const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
@@ -112,6 +113,7 @@ impl Upstream {
         config: &UpstreamConfig,
         clock: Clock,
         metrics: Arc<Metrics>,
+        redis: Option<&Arc<RedisGcra>>,
     ) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         // The TLS wrapper below decides per URI; without this https:// is refused.
@@ -146,6 +148,7 @@ impl Upstream {
                 &clock,
                 config.breaker_failures,
                 config.breaker_open,
+                redis,
             )?,
             timeout: config.timeout,
             deadline: config.deadline,
@@ -236,18 +239,11 @@ impl Upstream {
             return Ok(());
         };
         let give_up = (Instant::now() + self.max_pace_wait).min(deadline);
-        loop {
-            let Err(not_until) = pace.check() else {
-                return Ok(());
-            };
-            let wait = not_until.wait_time_from(self.clock.now());
-            if Instant::now() + wait > give_up {
-                return Err(GatewayError::RateLimited {
-                    retry_after_s: ceil_secs(wait),
-                });
-            }
-            tokio::time::sleep(wait).await;
-        }
+        crate::ratelimit::wait_for(pace, &self.clock, give_up)
+            .await
+            .map_err(|wait| GatewayError::RateLimited {
+                retry_after_s: ceil_secs(wait),
+            })
     }
 
     async fn attempt(
@@ -402,11 +398,6 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("cannot set up TLS: {e}"))
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-}
-
-/// Whole seconds, rounded up, at least 1 (for `retry-after`).
-fn ceil_secs(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// Exponential backoff with jitter: about 100 ms, 200 ms, 400 ms, ... capped at 5 s.

@@ -259,7 +259,9 @@ impl World {
         } else {
             Clock::real()
         };
-        let mut gateway = Gateway::new(config, clock.clone()).expect("gateway builds");
+        let mut gateway = Gateway::new(config, clock.clone())
+            .await
+            .expect("gateway builds");
         if let Some(ledger) = spec.ledger {
             gateway.ledger = ledger;
         }
