@@ -15,6 +15,7 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::cache::PageCache;
+use crate::cache::shared::SharedTier;
 use crate::clock::Clock;
 use crate::config::{Config, LedgerConfig};
 use crate::layers::admission::AdmissionLayer;
@@ -85,10 +86,14 @@ impl Gateway {
             }
         };
         let metrics = Arc::new(Metrics::new());
+        let mut cache = PageCache::new(&config.cache, clock.clone());
+        if let (true, LedgerConfig::Redis { url }) = (config.cache.shared, &config.ledger) {
+            cache = cache.with_shared(SharedTier::connect(url)?);
+        }
         Ok(Self {
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
             tenants: Arc::new(Tenants::new(&config.tenants, &clock, None, redis.as_ref())),
-            cache: PageCache::new(&config.cache, clock.clone()),
+            cache,
             upstream: Arc::new(Upstream::new(
                 &config.upstream,
                 clock.clone(),
@@ -128,6 +133,10 @@ impl Gateway {
         if config.ledger != old.ledger {
             ignored.push("ledger");
             config.ledger = old.ledger.clone();
+        }
+        if config.cache.shared != old.cache.shared {
+            ignored.push("cache.shared");
+            config.cache.shared = old.cache.shared;
         }
         if config.cache.max_bytes != old.cache.max_bytes {
             ignored.push("cache.max_bytes");

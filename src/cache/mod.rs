@@ -5,6 +5,7 @@
 //! decided here (and testable with a fake clock) while moka only evicts: its
 //! own TTL is set to the stale bound so nothing useful is dropped early.
 
+pub mod shared;
 mod single_flight;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use jiff::Timestamp;
 
+use shared::{SharedPage, SharedTier};
 pub use single_flight::{Follower, Leader, Role, SingleFlight};
 
 use crate::clock::Clock;
@@ -100,6 +102,7 @@ pub struct PageCache {
     ttl: Duration,
     stale_if_error: Duration,
     stale_while_revalidate: Duration,
+    shared: Option<Arc<SharedTier>>,
 }
 
 impl PageCache {
@@ -122,7 +125,14 @@ impl PageCache {
             ttl: config.ttl,
             stale_if_error: config.stale_if_error,
             stale_while_revalidate: config.stale_while_revalidate,
+            shared: None,
         }
+    }
+
+    /// Adds the shared tier (pages in Redis, seen by every replica).
+    pub fn with_shared(mut self, shared: Arc<SharedTier>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// The same pages and flights with new freshness settings (after a
@@ -136,9 +146,64 @@ impl PageCache {
         }
     }
 
-    /// The page stored under `key`, fresh or not.
+    /// The page stored under `key`, fresh or not. A page missing or expired
+    /// here is looked up in the shared tier, if there is one, and kept here
+    /// when that copy is fresher.
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedPage>> {
-        self.pages.get(key).await
+        let local = self.pages.get(key).await;
+        let Some(shared) = &self.shared else {
+            return local;
+        };
+        if local.as_ref().is_some_and(|p| p.is_fresh(self.clock.now())) {
+            return local;
+        }
+        let Some(remote) = shared.load(key).await else {
+            return local;
+        };
+        if local
+            .as_ref()
+            .is_some_and(|p| p.cached_at >= remote.cached_at)
+        {
+            return local;
+        }
+        let page = Arc::new(self.page_fetched_at(
+            remote.status,
+            remote.data,
+            remote.credits,
+            remote.cached_at,
+        ));
+        self.pages.insert(key.clone(), Arc::clone(&page)).await;
+        Some(page)
+    }
+
+    /// A page fetched at `cached_at` (wall clock), with its deadlines on the
+    /// monotonic clock.
+    fn page_fetched_at(
+        &self,
+        status: StatusCode,
+        data: Bytes,
+        credits: u64,
+        cached_at: jiff::Timestamp,
+    ) -> CachedPage {
+        let now = self.clock.now();
+        let age = self
+            .clock
+            .wall()
+            .duration_since(cached_at)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let fetched = now.checked_sub(age).unwrap_or(now);
+        let fresh_until = fetched + self.ttl;
+        CachedPage {
+            status,
+            data,
+            credits,
+            cached_at,
+            fetched,
+            fresh_until,
+            stale_until: fresh_until + self.stale_if_error,
+            revalidate_until: fresh_until + self.stale_while_revalidate,
+        }
     }
 
     /// Builds a page fetched now and stores it.
@@ -149,18 +214,17 @@ impl PageCache {
         data: Bytes,
         credits: u64,
     ) -> Arc<CachedPage> {
-        let fetched = self.clock.now();
-        let fresh_until = fetched + self.ttl;
-        let page = Arc::new(CachedPage {
-            status,
-            data,
-            credits,
-            cached_at: self.clock.wall(),
-            fetched,
-            fresh_until,
-            stale_until: fresh_until + self.stale_if_error,
-            revalidate_until: fresh_until + self.stale_while_revalidate,
-        });
+        let page = Arc::new(self.page_fetched_at(status, data, credits, self.clock.wall()));
+        if let Some(shared) = &self.shared {
+            let keep = self.ttl + self.stale_if_error.max(self.stale_while_revalidate);
+            let copy = SharedPage {
+                status,
+                credits,
+                cached_at: page.cached_at,
+                data: page.data.clone(),
+            };
+            shared.save(&key, copy, keep);
+        }
         self.pages.insert(key, Arc::clone(&page)).await;
         page
     }
@@ -172,11 +236,17 @@ impl PageCache {
         let _ = self
             .pages
             .invalidate_entries_if(move |k, _| *k.account_id == *account);
+        if let Some(shared) = &self.shared {
+            shared.purge(Some(account_id));
+        }
     }
 
     /// Drops every page.
     pub fn purge_all(&self) {
         self.pages.invalidate_all();
+        if let Some(shared) = &self.shared {
+            shared.purge(None);
+        }
     }
 
     /// Applies pending evictions and insertions so [`PageCache::size`] is exact.

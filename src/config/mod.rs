@@ -117,6 +117,8 @@ pub struct CacheConfig {
     pub stale_while_revalidate: Duration,
     /// Actions whose answers are cached.
     pub actions: HashSet<String>,
+    /// Whether pages are shared by replicas through Redis (`cache.shared: redis`).
+    pub shared: bool,
 }
 
 /// `ledger:`.

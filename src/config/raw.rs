@@ -102,6 +102,7 @@ pub struct RawCache {
     pub stale_if_error_s: Option<S<u64>>,
     pub stale_while_revalidate_s: Option<S<u64>>,
     pub actions: Option<S<Vec<String>>>,
+    pub shared: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -255,6 +255,15 @@ fn validate(
                 list.value.iter().cloned().collect()
             }
         },
+        shared: match &raw.cache.shared {
+            None => false,
+            Some(s) if s.value == "redis" => true,
+            Some(s) if s.value == "none" => false,
+            Some(s) => {
+                p.at(&s.referenced, "cache.shared", "must be redis or none");
+                false
+            }
+        },
     };
 
     let ledger = {
@@ -310,6 +319,18 @@ fn validate(
 
     let tenants = validate_tenants(&raw.tenants, p);
 
+    if cache.shared && !matches!(ledger, LedgerConfig::Redis { .. }) {
+        let loc = raw
+            .cache
+            .shared
+            .as_ref()
+            .map_or(Location::UNKNOWN, |s| s.referenced);
+        p.at(
+            &loc,
+            "cache.shared",
+            "the shared cache tier lives in Redis: set ledger.backend: redis",
+        );
+    }
     if !matches!(ledger, LedgerConfig::Redis { .. }) {
         let global = |rl: &Option<RateLimit>| rl.is_some_and(|r| r.scope == Some(Scope::Global));
         for (i, t) in tenants.iter().enumerate() {

@@ -91,6 +91,10 @@ pub struct WorldSpec {
     pub ledger: Option<Arc<dyn Ledger>>,
     /// Point the gateway somewhere other than the simulator.
     pub base_url: Option<String>,
+    /// The `ledger:` section's lines (indented two spaces; default memory).
+    pub ledger_yaml: Option<String>,
+    /// Tenant keys to use instead of fresh ones (replicas share tenants).
+    pub tenant_keys: Option<HashMap<&'static str, String>>,
     /// The upstream key (default: a random one).
     pub upstream_key: Option<String>,
     /// Extra YAML lines under `upstream:` (indented two spaces).
@@ -118,6 +122,8 @@ impl Default for WorldSpec {
             ledger: None,
             base_url: None,
             upstream_key: None,
+            ledger_yaml: None,
+            tenant_keys: None,
             upstream_yaml: "",
             key_yaml: "",
             cache_yaml: "",
@@ -214,7 +220,7 @@ impl World {
         let mut keys = HashMap::new();
         let admin_key = mint_tenant_key().unwrap();
         let mut yaml = format!(
-            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\n{}admin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n{}  keys:\n    - name: primary\n      api_key_file: \"{}\"\n      accounts: [\"*\"]\n{}cache:\n  ttl_s: {}\n  stale_if_error_s: {}\n{}ledger:\n  backend: memory\ntenants:\n",
+            "server:\n  listen: \"127.0.0.1:0\"\n  max_body_bytes: {}\n{}admin:\n  listen: \"127.0.0.1:0\"\n  key_sha256: \"{}\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: {}\n  max_retries: {}\n{}  keys:\n    - name: primary\n      api_key_file: \"{}\"\n      accounts: [\"*\"]\n{}cache:\n  ttl_s: {}\n  stale_if_error_s: {}\n{}ledger:\n{}tenants:\n",
             spec.max_body_bytes,
             spec.server_yaml,
             KeyHash::of(admin_key.as_bytes()).to_hex(),
@@ -227,9 +233,14 @@ impl World {
             spec.ttl_s,
             spec.stale_if_error_s,
             spec.cache_yaml,
+            spec.ledger_yaml.as_deref().unwrap_or("  backend: memory\n"),
         );
         for t in &spec.tenants {
-            let key = mint_tenant_key().unwrap();
+            let key = spec
+                .tenant_keys
+                .as_ref()
+                .and_then(|keys| keys.get(t.id).cloned())
+                .unwrap_or_else(|| mint_tenant_key().unwrap());
             let accounts: Vec<String> = t.accounts.iter().map(|a| format!("\"{a}\"")).collect();
             let actions: Vec<String> = t.actions.iter().map(|a| format!("\"{a}\"")).collect();
             yaml.push_str(&format!(

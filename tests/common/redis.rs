@@ -1,6 +1,7 @@
-//! A real `redis-server` for one test: its own free port, no persistence,
-//! killed when the test ends. Tests can stop it (as a crash would) and start
-//! it again on the same port, empty.
+//! A real `redis-server` for one test: its own free port, killed when the
+//! test ends. Tests can stop it (as a crash would) and start it again on the
+//! same port: empty, or, for a durable server (append-only file, fsync on
+//! every write, as an operator runs a ledger's Redis), with its data.
 
 #![allow(dead_code)]
 
@@ -18,6 +19,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RedisServer {
     port: u16,
     password: Option<String>,
+    durable: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -26,15 +28,21 @@ impl RedisServer {
     /// Starts a server without a password, or `None` when `redis-server` is
     /// not installed and this is not CI (where it must run: then it panics).
     pub fn start_new() -> Option<RedisServer> {
-        Self::start_with(None)
+        Self::start_with(None, false)
+    }
+
+    /// As [`RedisServer::start_new`], with an append-only file fsynced on
+    /// every write: what was written survives [`RedisServer::stop`].
+    pub fn start_durable() -> Option<RedisServer> {
+        Self::start_with(None, true)
     }
 
     /// As [`RedisServer::start_new`], with `requirepass`.
     pub fn start_with_password(password: &str) -> Option<RedisServer> {
-        Self::start_with(Some(password.to_string()))
+        Self::start_with(Some(password.to_string()), false)
     }
 
-    fn start_with(password: Option<String>) -> Option<RedisServer> {
+    fn start_with(password: Option<String>, durable: bool) -> Option<RedisServer> {
         if !installed() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -50,6 +58,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 port: free_port(),
                 password: password.clone(),
+                durable,
                 dir: tempfile::tempdir().expect("a temporary directory"),
                 child: None,
             };
@@ -101,7 +110,7 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    /// Starts it again on the same port, empty, and waits until it answers.
+    /// Starts it again on the same port (empty unless durable) and waits until it answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
         if let Err(e) = self.try_start() {
@@ -119,7 +128,8 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(["--appendonly", if self.durable { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path());
         if let Some(password) = &self.password {

@@ -1,0 +1,205 @@
+//! The shared cache tier: pages in Redis, so a page one replica fetched is a
+//! hit on the others (`cache.shared: redis`).
+//!
+//! moka stays the first tier; Redis is asked only when a page is missing or
+//! expired locally, and only briefly (a slow or absent Redis is a miss, never
+//! an error). A page is written to Redis in the background after a fetch,
+//! with the same freshness and stale windows as the local copy. Pages are
+//! stored as `VG1`, the status (2 bytes), the credits (8), the fetch time in
+//! Unix milliseconds (8), then the upstream's `data` bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::StatusCode;
+use jiff::Timestamp;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::CacheKey;
+
+/// How long a lookup may take before it counts as a miss.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A page as the shared tier holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedPage {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// What the upstream charged for it.
+    pub credits: u64,
+    /// When it was fetched.
+    pub cached_at: Timestamp,
+    /// The upstream's `data`.
+    pub data: Bytes,
+}
+
+/// Pages in Redis.
+pub struct SharedTier {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for SharedTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedTier")
+    }
+}
+
+/// The Redis key of a page; the account is a hash tag, so one account's
+/// pages share a Cluster slot and a purge pattern.
+fn redis_key(key: &CacheKey) -> String {
+    format!(
+        "vg:page:{{{}}}:{}:{}:{}",
+        key.account_id, key.action, key.offset, key.count
+    )
+}
+
+/// Escapes glob characters so an account id matches itself only in SCAN.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Encodes a page for Redis.
+pub fn encode(page: &SharedPage) -> Bytes {
+    let mut out = BytesMut::with_capacity(21 + page.data.len());
+    out.put_slice(b"VG1");
+    out.put_u16(page.status.as_u16());
+    out.put_u64(page.credits);
+    out.put_i64(page.cached_at.as_millisecond());
+    out.put_slice(&page.data);
+    out.freeze()
+}
+
+/// Decodes a page written by [`encode`]; anything else is `None`.
+pub fn decode(mut raw: Bytes) -> Option<SharedPage> {
+    if raw.len() < 21 || &raw[..3] != b"VG1" {
+        return None;
+    }
+    raw.advance(3);
+    let status = StatusCode::from_u16(raw.get_u16()).ok()?;
+    let credits = raw.get_u64();
+    let cached_at = Timestamp::from_millisecond(raw.get_i64()).ok()?;
+    Some(SharedPage {
+        status,
+        credits,
+        cached_at,
+        data: raw,
+    })
+}
+
+impl SharedTier {
+    /// The tier on the Redis at `url` (connects lazily, reconnects by itself).
+    pub fn connect(url: &str) -> Result<Arc<Self>, String> {
+        let (conn, _secrets) = crate::ledger::redis::connection(url).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self { conn }))
+    }
+
+    /// The page under `key`, if Redis has it and answers quickly.
+    pub async fn load(&self, key: &CacheKey) -> Option<SharedPage> {
+        let mut conn = self.conn.clone();
+        let name = redis_key(key);
+        let get = conn.get::<_, Option<Vec<u8>>>(name);
+        match tokio::time::timeout(LOOKUP_TIMEOUT, get).await {
+            Ok(Ok(Some(raw))) => decode(Bytes::from(raw)),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "shared cache lookup failed; treating it as a miss");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Writes a page in the background, kept for `keep`.
+    pub fn save(self: &Arc<Self>, key: &CacheKey, page: SharedPage, keep: Duration) {
+        let this = Arc::clone(self);
+        let name = redis_key(key);
+        tokio::spawn(async move {
+            let mut conn = this.conn.clone();
+            let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
+            let result: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&name)
+                .arg(encode(&page).as_ref())
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "shared cache write failed");
+            }
+        });
+    }
+
+    /// Deletes the pages of one account (or all, with `None`) in the background.
+    pub fn purge(self: &Arc<Self>, account_id: Option<&str>) {
+        let pattern = match account_id {
+            Some(account) => format!("vg:page:{{{}}}:*", glob_escape(account)),
+            None => "vg:page:*".to_string(),
+        };
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut conn = this.conn.clone();
+            let mut cursor: u64 = 0;
+            // Bounded: SCAN visits each key at most a few times; stop after many rounds regardless.
+            for _ in 0..100_000 {
+                let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await;
+                let Ok((next, keys)) = scanned else {
+                    tracing::warn!("shared cache purge interrupted: Redis unreachable");
+                    return;
+                };
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<u64> = conn.del(keys).await;
+                }
+                if next == 0 {
+                    return;
+                }
+                cursor = next;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_round_trip_and_garbage_is_refused() {
+        let page = SharedPage {
+            status: StatusCode::OK,
+            credits: 2,
+            cached_at: Timestamp::from_millisecond(1_795_000_000_123).unwrap(),
+            data: Bytes::from_static(br#"{"viewers":[]}"#),
+        };
+        assert_eq!(decode(encode(&page)), Some(page));
+        assert_eq!(decode(Bytes::from_static(b"not a page at all, no")), None);
+        assert_eq!(decode(Bytes::new()), None);
+    }
+
+    #[test]
+    fn account_ids_cannot_widen_a_purge() {
+        assert_eq!(glob_escape("acc-*"), "acc-\\*");
+        let key = CacheKey {
+            action: "get_viewers".into(),
+            account_id: "acc-1".into(),
+            offset: 10,
+            count: 20,
+        };
+        assert_eq!(redis_key(&key), "vg:page:{acc-1}:get_viewers:10:20");
+    }
+}
