@@ -108,7 +108,7 @@ impl Fields<'_, '_> {
             name => name,
         };
         if self.access
-            && let Some(i) = ACCESS_FIELDS.iter().position(|f| *f == name)
+            && let Some(i) = access_index(name)
         {
             self.seen |= 1 << i;
         }
@@ -125,7 +125,7 @@ impl Visit for Fields<'_, '_> {
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.out, "{value}");
+        let _ = self.out.write_str(itoa(value, &mut [0u8; 20]));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
@@ -133,10 +133,24 @@ impl Visit for Fields<'_, '_> {
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
-        let _ = if value.is_finite() {
-            write!(self.out, "{value}")
-        } else {
+        let _ = if !value.is_finite() {
             self.out.write_str("null")
+        } else if (0.0..1e12).contains(&value) {
+            // Milliseconds with microsecond precision, without float formatting.
+            let micros = (value * 1000.0).round() as u64;
+            let mut buf = [0u8; 20];
+            let _ = self.out.write_str(itoa(micros / 1000, &mut buf));
+            let frac = micros % 1000;
+            let digits = [
+                b'.',
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ];
+            self.out
+                .write_str(std::str::from_utf8(&digits).unwrap_or(""))
+        } else {
+            write!(self.out, "{value}")
         };
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -147,6 +161,39 @@ impl Visit for Fields<'_, '_> {
         self.key(field);
         let _ = write_json_str(self.out, &format!("{value:?}"));
     }
+}
+
+/// The position of an access-line field in [`ACCESS_FIELDS`].
+fn access_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "request_id" => 0,
+        "tenant" => 1,
+        "action" => 2,
+        "account_id" => 3,
+        "offset" => 4,
+        "count" => 5,
+        "status" => 6,
+        "cache" => 7,
+        "credits_charged" => 8,
+        "upstream_ms" => 9,
+        "total_ms" => 10,
+        "error_code" => 11,
+        _ => return None,
+    })
+}
+
+/// Decimal digits of `value`, written at the end of `buf`.
+fn itoa(mut value: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 /// Writes `s` as a JSON string (quotes, escapes of `"`, `\` and control characters).
@@ -339,6 +386,16 @@ impl<'a> MakeWriter<'a> for BufferedStdout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_field_positions_match_the_list() {
+        for (i, name) in ACCESS_FIELDS.iter().enumerate() {
+            assert_eq!(access_index(name), Some(i));
+        }
+        assert_eq!(access_index("msg"), None);
+        assert_eq!(itoa(0, &mut [0; 20]), "0");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), "18446744073709551615");
+    }
 
     #[test]
     fn json_strings_are_escaped() {

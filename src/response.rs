@@ -2,25 +2,93 @@
 //!
 //! A cached page is stored as the upstream's `data` bytes. Every answer is
 //! written as `{"success":true,"data":` + those bytes + fresh metadata, so a
-//! cache hit never parses or re-serialises the page.
+//! cache hit never parses or re-serialises the page, and never copies it
+//! either: the body is three buffers (head, the shared page bytes, the
+//! metadata tail) that hyper writes out with one vectored write.
 
 use std::io::Write;
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body::{Frame, SizeHint};
 use jiff::Timestamp;
 
 use crate::clock::rfc3339_bytes;
 
-/// The response body type of the whole gateway: a page is always in memory.
-pub type Body = Full<Bytes>;
+/// The response body of the whole gateway: up to three in-memory buffers.
+#[derive(Debug, Default)]
+pub struct Body {
+    chunks: [Bytes; 3],
+    next: usize,
+}
+
+impl Body {
+    /// A body of one buffer.
+    pub fn new(bytes: Bytes) -> Self {
+        Self {
+            chunks: [bytes, Bytes::new(), Bytes::new()],
+            next: 0,
+        }
+    }
+
+    /// A page: `head`, then `data` (shared, not copied), then `tail`.
+    pub fn page(head: Bytes, data: Bytes, tail: Bytes) -> Self {
+        Self {
+            chunks: [head, data, tail],
+            next: 0,
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.chunks[self.next.min(3)..]
+            .iter()
+            .map(|c| c.len() as u64)
+            .sum()
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        while self.next < 3 {
+            let i = self.next;
+            self.next += 1;
+            let chunk = std::mem::take(&mut self.chunks[i]);
+            if !chunk.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining())
+    }
+}
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A response with a JSON body.
 pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body));
+    page_response(status, Body::new(body))
+}
+
+/// A response with a JSON body made of parts.
+pub fn page_response(status: StatusCode, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -80,11 +148,28 @@ pub struct PageMeta<'a> {
     pub credits_remaining: Option<u64>,
 }
 
-/// Writes `{"success":true,"data":DATA,"metadata":{...}}` around `data`.
+/// The constant start of every success body.
+static PAGE_HEAD: Bytes = Bytes::from_static(b"{\"success\":true,\"data\":");
+
+/// The body `{"success":true,"data":DATA,"metadata":{...}}` around `data`,
+/// without copying `data`.
+pub fn page_body(data: &Bytes, meta: &PageMeta<'_>) -> Body {
+    Body::page(PAGE_HEAD.clone(), data.clone(), metadata_tail(meta))
+}
+
+/// [`page_body`] as one buffer.
 pub fn splice(data: &[u8], meta: &PageMeta<'_>) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 256);
-    out.extend_from_slice(b"{\"success\":true,\"data\":");
+    let tail = metadata_tail(meta);
+    let mut out = Vec::with_capacity(PAGE_HEAD.len() + data.len() + tail.len());
+    out.extend_from_slice(&PAGE_HEAD);
     out.extend_from_slice(data);
+    out.extend_from_slice(&tail);
+    Bytes::from(out)
+}
+
+/// `,"metadata":{...}}`: what follows the page's `data`.
+fn metadata_tail(meta: &PageMeta<'_>) -> Bytes {
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b",\"metadata\":{\"action\":");
     // Strings go through serde_json so every character is escaped correctly.
     let _ = serde_json::to_writer(&mut out, meta.action);

@@ -28,7 +28,7 @@ use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::ledger::{Balance, Ledger};
 use crate::miss::{Charged, MissPath};
-use crate::response::{Body, CacheStatus, PageMeta, json_response, splice};
+use crate::response::{Body, CacheStatus, PageMeta, page_body, page_response};
 use crate::tenant::Tenant;
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -146,7 +146,7 @@ impl Shared {
                 credits_remaining: charged.balance.remaining(),
             };
             let mut response =
-                json_response(charged.reply.status, splice(&charged.reply.data, &meta));
+                page_response(charged.reply.status, page_body(&charged.reply.data, &meta));
             remaining_header(&mut response, &tenant, &charged.balance);
             return Ok(response);
         };
@@ -343,7 +343,7 @@ impl Shared {
             cache: Some((status, page.cached_at)),
             credits_remaining: balance.remaining(),
         };
-        let mut response = json_response(page.status, splice(&page.data, &meta));
+        let mut response = page_response(page.status, page_body(&page.data, &meta));
         let headers = response.headers_mut();
         headers.insert(X_CACHE.clone(), status.header());
         headers.insert(header::AGE, HeaderValue::from(page.age_s(self.clock.now())));
