@@ -184,10 +184,16 @@ pub fn parse_call(category: &str, body: &[u8]) -> Result<ApiCall, GatewayError> 
     let params = if category == "profiles" && action == "get_viewers" {
         viewer_params(params)?
     } else {
-        if let Some(raw) = params
-            && !raw.get().trim_start().starts_with('{')
-        {
-            return Err(invalid("params must be a JSON object"));
+        if let Some(raw) = params {
+            // Forwarded as written, so it must be JSON any parser reads the
+            // same way: an object, with numbers a double can hold.
+            let ok = raw.get().trim_start().starts_with('{')
+                && serde_json::from_str::<serde_json::Value>(raw.get()).is_ok();
+            if !ok {
+                return Err(invalid(
+                    "params must be a JSON object (numbers within the range of a double)",
+                ));
+            }
         }
         CallParams::Other(params.map(|raw| raw.to_owned()))
     };
@@ -314,6 +320,17 @@ mod tests {
             "a".repeat(129)
         );
         assert!(parse_call("profiles", long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn other_params_must_be_readable_json() {
+        // Found by fuzzing: a number no double can hold was forwarded upstream as is.
+        let body =
+            br#"{"account_id":"acc-2","action":"get_candidates","params":{"count":21e4000}}"#;
+        assert_eq!(
+            parse_call("recruiter", body).unwrap_err().code(),
+            "INVALID_PARAMS"
+        );
     }
 
     #[test]
