@@ -76,10 +76,42 @@ impl RunningServer {
     }
 }
 
+/// What the listener can serve: a hyper service answering every request.
+pub trait Serve:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Serve for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A boxed tower service, served as a hyper one.
+pub fn tower(service: HttpService) -> TowerToHyperService<HttpService> {
+    TowerToHyperService::new(service)
+}
+
 /// Binds `addr` and serves `service` in a background task.
 pub async fn spawn(
     addr: SocketAddr,
-    service: HttpService,
+    service: impl Serve,
     options: ServerOptions,
 ) -> std::io::Result<RunningServer> {
     let listener = TcpListener::bind(addr).await?;
@@ -98,7 +130,7 @@ pub async fn spawn(
 /// Serves connections from `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: TcpListener,
-    service: HttpService,
+    service: impl Serve,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -137,7 +169,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let io = TokioIo::new(stream);
                 let conn = builder
-                    .serve_connection(io, TowerToHyperService::new(service.clone()))
+                    .serve_connection(io, service.clone())
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

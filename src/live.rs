@@ -20,7 +20,20 @@ use tower::ServiceExt;
 
 use crate::app::{Gateway, Stack};
 use crate::config::Config;
-use crate::listener::HttpService;
+
+/// The tenant API as a hyper service: one clone of the current stack per request.
+#[derive(Clone)]
+pub struct LiveService(Arc<Live>);
+
+impl hyper::service::Service<Request<Incoming>> for LiveService {
+    type Response = http::Response<crate::response::Body>;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<Stack<Incoming>, Request<Incoming>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        Stack::clone(&self.0.stack.load()).oneshot(request)
+    }
+}
 
 /// The gateway in force, swappable.
 pub struct Live {
@@ -46,16 +59,8 @@ impl Live {
     }
 
     /// The tenant API: each request runs on the stack in force when it arrives.
-    pub fn service(self: &Arc<Self>) -> HttpService {
-        let live = Arc::clone(self);
-        tower::util::BoxCloneSyncService::new(tower::service_fn(
-            move |request: Request<Incoming>| {
-                let stack = Stack::clone(&live.stack.load());
-                async move {
-                    Ok::<_, Infallible>(stack.oneshot(request).await.unwrap_or_else(|e| match e {}))
-                }
-            },
-        ))
+    pub fn service(self: &Arc<Self>) -> LiveService {
+        LiveService(Arc::clone(self))
     }
 
     /// Applies a validated configuration: returns the settings that need a restart.

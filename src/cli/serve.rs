@@ -51,7 +51,7 @@ pub async fn run_gateway(
     let admin = match &gateway.config.admin {
         Some(admin) => {
             let service = Admin::new(Arc::clone(&live), Arc::clone(&draining)).service();
-            let server = listener::spawn(admin.listen, service, options)
+            let server = listener::spawn(admin.listen, listener::tower(service), options)
                 .await
                 .with_context(|| format!("cannot listen on {} (admin)", admin.listen))?;
             Some(server)
@@ -127,6 +127,11 @@ pub fn announce(
             config.cache.stale_if_error.as_secs()
         ),
         on_ledger_failure = "misses answer 503 SERVICE_UNAVAILABLE (credits fail closed); cache hits are still served",
+        on_redis_failure = if gateway.redis.is_some() {
+            "global rate limits fall back to this replica's local limiters; /readyz answers 503 until Redis is back"
+        } else {
+            "not used"
+        },
         on_overload = "past max_in_flight requests answer 503 at once; past max_connections connections are closed",
         "viewgate listening"
     );

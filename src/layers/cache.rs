@@ -283,13 +283,23 @@ impl Shared {
         call: &ApiCall,
         page: &CachedPage,
     ) -> StageResult {
-        let _ = self
+        // A hit is served even when the ledger cannot be read; it then shows no remaining figure.
+        let balance = self
             .ledger
-            .record_hit(&tenant.id, tenant.budget, page.credits)
-            .await;
-        context.fields().credits_saved = page.credits;
-        self.answer(tenant, context, call, page, CacheStatus::Hit, 0, None)
+            .hit(&tenant.id, tenant.budget, page.credits)
             .await
+            .unwrap_or_default();
+        context.fields().credits_saved = page.credits;
+        self.answer_with(
+            tenant,
+            context,
+            call,
+            page,
+            CacheStatus::Hit,
+            0,
+            None,
+            balance,
+        )
     }
 
     /// Answers with a page, reading the tenant's balance for the metadata.

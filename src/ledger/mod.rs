@@ -138,6 +138,21 @@ pub trait Ledger: Send + Sync + 'static {
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<(), LedgerError>>;
 
+    /// Counts a cache hit and returns the tenant's balance: what a hit needs,
+    /// in one call (implementations may do it under one lock).
+    fn hit<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        Box::pin(async move {
+            // A hit that cannot be counted is still served.
+            let _ = self.record_hit(tenant, budget, credits_saved).await;
+            self.balance(tenant, budget).await
+        })
+    }
+
     /// Usage of each `(tenant, budget)` in its current period.
     fn usage<'a>(
         &'a self,

@@ -7,6 +7,26 @@ use crate::config::Period;
 
 /// The key of the period containing `now` (UTC): `2026-11-27`, `2026-W48`, `2026-11` or `total`.
 pub fn period_key(period: Period, now: Timestamp) -> String {
+    // Asked on every cache hit: remember the last answer for the second.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Period, i64, String)>> = const { std::cell::RefCell::new(None) };
+    }
+    let second = now.as_second();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((p, s, key)) = &*last
+            && *p == period
+            && *s == second
+        {
+            return key.clone();
+        }
+        let key = compute(period, now);
+        *last = Some((period, second, key.clone()));
+        key
+    })
+}
+
+fn compute(period: Period, now: Timestamp) -> String {
     let date = Offset::UTC.to_datetime(now).date();
     match period {
         Period::Day => format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day()),

@@ -364,6 +364,22 @@ impl Ledger for SqliteLedger {
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
     }
 
+    fn hit<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        // One key, one lock: the hit path's whole ledger cost.
+        let key = (tenant.to_string(), self.current_period(budget));
+        let mut mirror = lock(&self.mirror);
+        let account = mirror.accounts.get(&key).copied().unwrap_or_default();
+        let pending = mirror.pending_hits.entry(key).or_default();
+        pending.hits = pending.hits.saturating_add(1);
+        pending.credits_saved = pending.credits_saved.saturating_add(credits_saved);
+        futures_util::future::ready(Ok(account.balance(budget))).boxed()
+    }
+
     fn record_hit<'a>(
         &'a self,
         tenant: &'a str,

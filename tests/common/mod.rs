@@ -288,7 +288,9 @@ impl World {
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let admin = listener::spawn(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            viewgate::admin::Admin::new(Arc::clone(&live), Arc::clone(&draining)).service(),
+            listener::tower(
+                viewgate::admin::Admin::new(Arc::clone(&live), Arc::clone(&draining)).service(),
+            ),
             options,
         )
         .await
