@@ -214,6 +214,10 @@ impl PageCache {
         data: Bytes,
         credits: u64,
     ) -> Arc<CachedPage> {
+        // A slice of the upstream body can keep hyper's whole read buffer
+        // (several times the page) alive for as long as the page is cached:
+        // store an exact copy, so `cache.max_bytes` bounds real memory.
+        let data = Bytes::copy_from_slice(&data);
         let page = Arc::new(self.page_fetched_at(status, data, credits, self.clock.wall()));
         if let Some(shared) = &self.shared {
             let keep = self.ttl + self.stale_if_error.max(self.stale_while_revalidate);
