@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -103,6 +104,24 @@ impl<S> Serve for S where
 {
 }
 
+/// Notes that a connection has started its first request.
+#[derive(Clone)]
+struct FirstRequest<S> {
+    inner: S,
+    started: Arc<AtomicBool>,
+}
+
+impl<S: Serve> hyper::service::Service<Request<Incoming>> for FirstRequest<S> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.started.store(true, Ordering::Relaxed);
+        self.inner.call(request)
+    }
+}
+
 /// A boxed tower service, served as a hyper one.
 pub fn tower(service: HttpService) -> TowerToHyperService<HttpService> {
     TowerToHyperService::new(service)
@@ -168,13 +187,28 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let io = TokioIo::new(stream);
-                let conn = builder
-                    .serve_connection(io, service.clone())
-                    .into_owned();
+                let started = Arc::new(AtomicBool::new(false));
+                let service = FirstRequest {
+                    inner: service.clone(),
+                    started: Arc::clone(&started),
+                };
+                let conn = builder.serve_connection(io, service).into_owned();
                 let conn = graceful.watch(conn);
+                let header_timeout = options.header_timeout;
                 tokio::spawn(async move {
-                    // Connection errors (resets, timeouts) are the client's business.
-                    let _ = conn.await;
+                    tokio::pin!(conn);
+                    // hyper's header timeout covers HTTP/1 request heads only:
+                    // a connection that sends nothing (or only an HTTP/2
+                    // preface) would otherwise hold a slot forever.
+                    tokio::select! {
+                        _ = &mut conn => {}
+                        _ = tokio::time::sleep(header_timeout) => {
+                            if started.load(Ordering::Relaxed) {
+                                // Connection errors (resets, timeouts) are the client's business.
+                                let _ = conn.await;
+                            }
+                        }
+                    }
                     drop(slot);
                 });
             }
