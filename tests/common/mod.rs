@@ -372,10 +372,35 @@ impl World {
             .expect("request succeeds");
         let (parts, body) = response.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
-        Reply {
+        let reply = Reply {
             status: parts.status,
             headers: parts.headers,
             body,
+        };
+        // Every answer of every test is checked: no configured key, tenant,
+        // admin or upstream, ever comes back.
+        self.assert_no_key_in(&reply.body, "a response body");
+        for (name, value) in &reply.headers {
+            self.assert_no_key_in(value.as_bytes(), name.as_str());
+        }
+        reply
+    }
+
+    /// The keys this world configured (tenant, admin, upstream).
+    pub fn secrets(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.keys.values().map(String::as_str).collect();
+        all.push(&self.admin_key);
+        all.push(&self.upstream_key);
+        all
+    }
+
+    fn assert_no_key_in(&self, haystack: &[u8], what: &str) {
+        for secret in self.secrets() {
+            let needle = secret.as_bytes();
+            assert!(
+                !haystack.windows(needle.len()).any(|w| w == needle),
+                "a configured key appeared in {what}"
+            );
         }
     }
 
@@ -409,6 +434,20 @@ impl World {
             .await
             .unwrap()
             .reserved
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // At the end of every test, its keys must not be in any log line
+        // (the log buffer is shared by the test binary, keys are per world).
+        if std::thread::panicking() {
+            return;
+        }
+        let logs = logs();
+        for secret in self.secrets() {
+            assert!(!logs.contains(secret), "a configured key appeared in the logs");
+        }
     }
 }
 
