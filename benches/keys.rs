@@ -32,7 +32,11 @@ fn main() {
     let tenants = Tenants::new(&[config], &Clock::real(), None, None);
     let mut last_differs = key.clone().into_bytes();
     let end = last_differs.len() - 1;
-    last_differs[end] = if last_differs[end] == b'A' { b'B' } else { b'A' };
+    last_differs[end] = if last_differs[end] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
     let mut first_differs = key.clone().into_bytes();
     first_differs[0] = b'x';
     let shorter = key.as_bytes()[..20].to_vec();
@@ -43,7 +47,11 @@ fn main() {
         ("20-character prefix", shorter),
     ];
     assert!(tenants.authenticate(&cases[0].1).is_some());
-    assert!(cases[1..].iter().all(|(_, k)| tenants.authenticate(k).is_none()));
+    assert!(
+        cases[1..]
+            .iter()
+            .all(|(_, k)| tenants.authenticate(k).is_none())
+    );
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         for (i, (_, presented)) in cases.iter().enumerate() {

@@ -446,7 +446,10 @@ impl Drop for World {
         }
         let logs = logs();
         for secret in self.secrets() {
-            assert!(!logs.contains(secret), "a configured key appeared in the logs");
+            assert!(
+                !logs.contains(secret),
+                "a configured key appeared in the logs"
+            );
         }
     }
 }
