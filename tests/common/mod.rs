@@ -404,36 +404,25 @@ impl World {
         }
     }
 
-    /// Credits the ledger says `tenant` has used this period.
-    pub async fn used(&self, tenant: &str) -> u64 {
-        let t = self
+    /// The ledger's balance of `tenant` in its current period.
+    pub async fn balance(&self, tenant: &str) -> viewgate::ledger::Balance {
+        let budget = self
             .gateway
             .tenants
-            .iter()
-            .find(|t| &*t.id == tenant)
-            .unwrap();
-        self.gateway
-            .ledger
-            .balance(tenant, t.budget)
-            .await
-            .unwrap()
-            .used
+            .by_id(tenant)
+            .expect("a configured tenant")
+            .budget;
+        self.gateway.ledger.balance(tenant, budget).await.unwrap()
+    }
+
+    /// Credits the ledger says `tenant` has used this period.
+    pub async fn used(&self, tenant: &str) -> u64 {
+        self.balance(tenant).await.used
     }
 
     /// Credits held by in-flight reservations of `tenant`.
     pub async fn reserved(&self, tenant: &str) -> u64 {
-        let t = self
-            .gateway
-            .tenants
-            .iter()
-            .find(|t| &*t.id == tenant)
-            .unwrap();
-        self.gateway
-            .ledger
-            .balance(tenant, t.budget)
-            .await
-            .unwrap()
-            .reserved
+        self.balance(tenant).await.reserved
     }
 }
 
