@@ -36,7 +36,10 @@ pub enum GatewayError {
     NotFound,
     /// The route exists, the method does not.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed {
+        /// The methods the route takes, for the `allow` header (RFC 9110 §15.5.6).
+        allow: &'static str,
+    },
 
     // ---- the tenant's policy ---------------------------------------------
     /// The account is not on the tenant's list (or does not exist: never said which).
@@ -111,7 +114,7 @@ impl GatewayError {
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             InvalidAccount => StatusCode::NOT_FOUND,
             ActionNotAllowed => StatusCode::FORBIDDEN,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -133,7 +136,7 @@ impl GatewayError {
             PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             NotFound => "NOT_FOUND",
-            MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             InvalidAccount => "INVALID_ACCOUNT",
             ActionNotAllowed => "ACTION_NOT_ALLOWED",
             RateLimited { .. } => "RATE_LIMITED",
@@ -202,6 +205,11 @@ impl GatewayError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

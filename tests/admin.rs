@@ -145,6 +145,21 @@ async fn purging_an_account_makes_its_pages_miss_again() {
         )
         .await;
     assert_eq!(bad.code(), "INVALID_PARAMS");
+    // `null` is not an account (found by schemathesis: the spec says string).
+    for body in [
+        r#"{"account_id":null,"all":true}"#,
+        r#"{"account_id":null}"#,
+    ] {
+        let null = w
+            .admin(Method::POST, "/admin/cache/purge", Some(&w.admin_key), body)
+            .await;
+        assert_eq!(null.code(), "INVALID_PARAMS", "{body}");
+    }
+    let wrong = w
+        .admin(Method::GET, "/admin/cache/purge", Some(&w.admin_key), "")
+        .await;
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), Some("POST"));
 }
 
 #[tokio::test]

@@ -109,10 +109,12 @@ async fn client_errors_are_400_413_415_404_405_403() {
         404,
         "NOT_FOUND",
     );
-    assert_v2_error(
-        &w.request(Method::GET, "/v2/profiles", &key, "").await,
-        405,
-        "METHOD_NOT_ALLOWED",
+    let get = w.request(Method::GET, "/v2/profiles", &key, "").await;
+    assert_v2_error(&get, 405, "METHOD_NOT_ALLOWED");
+    assert_eq!(
+        get.header("allow"),
+        Some("POST"),
+        "RFC 9110: a 405 names the allowed methods"
     );
     // An action the tenant's list does not allow.
     let invite = w

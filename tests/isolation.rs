@@ -271,6 +271,77 @@ async fn a_forbidden_account_answers_exactly_like_a_nonexistent_one() {
     assert_eq!(w.used("alpha").await, 0);
 }
 
+/// Timing class: an answer is either decided inside the gateway, from the
+/// caller's own lists, or waits on the upstream. With the simulator slowed to
+/// 25 ms a call the two classes are far apart, so a probe that timed the
+/// answers could tell them apart at once. A forbidden account (one that
+/// exists upstream and is cached for its owner) and a nonexistent one must
+/// both be in the first class. The control, an account the tenant may use
+/// but the upstream does not know, is a 404 INVALID_ACCOUNT in the second class:
+/// it shows the measurement would catch a refusal that consulted anything
+/// beyond the caller's lists (and tells the tenant only about its own accounts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_account_is_refused_in_the_same_time_class_as_a_nonexistent_one() {
+    const UPSTREAM_MS: u64 = 25;
+    const ROUNDS: usize = 30;
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("alpha", &["a-*"]),
+            TenantSpec::new("beta", &["b-1"]),
+        ],
+        upstream_accounts: vec!["a-1", "b-1"],
+        ..WorldSpec::default()
+    })
+    .await;
+    assert_eq!(
+        w.post(Some("beta"), &viewers("b-1", 0, 10)).await.status,
+        200
+    );
+    w.sim.set_fault(viewgate::sim::Fault::latency(UPSTREAM_MS));
+
+    async fn timed(w: &World, account: &str) -> (std::time::Duration, Reply) {
+        let started = std::time::Instant::now();
+        let reply = w.post(Some("alpha"), &viewers(account, 0, 10)).await;
+        (started.elapsed(), reply)
+    }
+    let median = |mut v: Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut forbidden, mut missing, mut control) = (Vec::new(), Vec::new(), Vec::new());
+    let calls = w.sim.calls_total();
+    for _ in 0..ROUNDS {
+        // Interleaved, so any drift of the machine hits all three alike.
+        let (t, a) = timed(&w, "b-1").await;
+        forbidden.push(t);
+        let (t, b) = timed(&w, "zz-no-such-account").await;
+        missing.push(t);
+        let (t, c) = timed(&w, "a-404").await;
+        control.push(t);
+        assert_eq!(comparable(&a), comparable(&b));
+        assert_eq!(
+            (c.status.as_u16(), c.code()),
+            (404, a.code()),
+            "the control is a 404 too"
+        );
+    }
+    let (forbidden, missing, control) = (median(forbidden), median(missing), median(control));
+    eprintln!(
+        "median: forbidden {forbidden:?}, nonexistent {missing:?}, upstream-checked {control:?}"
+    );
+    let upstream = std::time::Duration::from_millis(UPSTREAM_MS);
+    assert!(control >= upstream, "the control waited on the upstream");
+    assert!(
+        forbidden < upstream / 2 && missing < upstream / 2,
+        "forbidden {forbidden:?} and nonexistent {missing:?} must both be answered without the upstream"
+    );
+    assert_eq!(
+        w.sim.calls_total() - calls,
+        ROUNDS as u64,
+        "only the control reached the upstream"
+    );
+}
+
 #[tokio::test]
 async fn tenants_cannot_purge_or_read_usage_and_admins_can() {
     let w = two_tenants().await;

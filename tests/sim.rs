@@ -409,6 +409,7 @@ async fn requests_are_checked_in_upstream_order() {
         .expect("request");
     let get = h.send(get).await;
     assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(get.headers.get("allow").unwrap(), "POST");
     assert_eq!(get.error_code(), "METHOD_NOT_ALLOWED");
     assert_eq!(h.sim.credits_total(), 0);
 }

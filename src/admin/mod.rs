@@ -79,9 +79,15 @@ impl From<&Usage> for UsageRow {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PurgeRequest {
+    /// Absent, or a string: `null` is refused like any other wrong type.
+    #[serde(default, deserialize_with = "some_string")]
     account_id: Option<String>,
     #[serde(default)]
     all: bool,
+}
+
+fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 impl Admin {
@@ -119,7 +125,9 @@ impl Admin {
                 Err(e) => Err(e),
                 Ok(()) => self.admin_api(request, &path).await,
             },
-            (_, "/healthz" | "/readyz" | "/metrics") => Err(GatewayError::MethodNotAllowed),
+            (_, "/healthz" | "/readyz" | "/metrics") => {
+                Err(GatewayError::MethodNotAllowed { allow: "GET" })
+            }
             _ => Err(GatewayError::NotFound),
         };
         result.unwrap_or_else(|e| e.to_response(None, now))
@@ -192,7 +200,8 @@ impl Admin {
                 tracing::info!(scope = %scope, entries_before, "cache purged by an admin call");
                 Ok(json(StatusCode::OK, &scope))
             }
-            (_, "/admin/usage" | "/admin/cache/purge") => Err(GatewayError::MethodNotAllowed),
+            (_, "/admin/usage") => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (_, "/admin/cache/purge") => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             _ => Err(GatewayError::NotFound),
         }
     }

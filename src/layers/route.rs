@@ -63,7 +63,7 @@ where
             return Either::Left(ready(Err(GatewayError::NotFound)));
         }
         if request.method() != Method::POST {
-            return Either::Left(ready(Err(GatewayError::MethodNotAllowed)));
+            return Either::Left(ready(Err(GatewayError::MethodNotAllowed { allow: "POST" })));
         }
         let category = Category(category.to_string());
         request.extensions_mut().insert(category);

@@ -146,7 +146,7 @@ async fn v2(shared: &Shared, req: Request<Incoming>, route: &str) -> Handled {
     let method = req.method().clone();
     if route == "accounts" {
         if method != Method::GET {
-            return Ok(method_not_allowed(shared));
+            return Ok(method_not_allowed(shared, "GET"));
         }
         let key = shared.authenticate(api_key(req.headers()));
         return list_accounts(shared, key).await;
@@ -156,17 +156,22 @@ async fn v2(shared: &Shared, req: Request<Incoming>, route: &str) -> Handled {
         return Ok(reject(shared, &err, None));
     };
     if method != Method::POST {
-        return Ok(method_not_allowed(shared));
+        return Ok(method_not_allowed(shared, "POST"));
     }
     run_action(shared, req, category).await
 }
 
-fn method_not_allowed(shared: &Shared) -> Response<SimBody> {
+/// 405 with the `allow` header RFC 9110 requires.
+fn method_not_allowed(shared: &Shared, allow: &'static str) -> Response<SimBody> {
     let err = SimError::new(
         ErrorCode::MethodNotAllowed,
         "Method not allowed on this endpoint",
     );
-    reject(shared, &err, None)
+    let mut response = reject(shared, &err, None);
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
 }
 
 fn api_key(headers: &http::HeaderMap) -> Option<&str> {
@@ -358,11 +363,11 @@ async fn read_body(body: Incoming) -> Result<Option<Bytes>, Dropped> {
 async fn control(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let not_allowed = || method_not_allowed(shared);
+    let not_allowed = |allow| method_not_allowed(shared, allow);
     match path.as_str() {
         "/_sim/stats" => match method {
             Method::GET => envelope::json(StatusCode::OK, &shared.counters.snapshot()),
-            _ => not_allowed(),
+            _ => not_allowed("GET"),
         },
         "/_sim/fault" => match method {
             Method::GET => envelope::json(StatusCode::OK, &shared.fault.current()),
@@ -371,14 +376,14 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
                 shared.fault.clear();
                 envelope::no_content()
             }
-            _ => not_allowed(),
+            _ => not_allowed("GET, POST, DELETE"),
         },
         "/_sim/reset" => match method {
             Method::POST => {
                 shared.counters.reset();
                 envelope::no_content()
             }
-            _ => not_allowed(),
+            _ => not_allowed("POST"),
         },
         other => {
             let revoke = other
@@ -393,7 +398,7 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
                 }
             };
             if method != Method::POST {
-                return not_allowed();
+                return not_allowed("POST");
             }
             let name = revoke.map(|(name, _)| name).unwrap_or_default();
             if shared.set_revoked(name, revoked) {
