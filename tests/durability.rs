@@ -260,16 +260,32 @@ async fn usage_works_while_serve_runs_and_prints_a_table() {
     .await
     .unwrap();
     assert_eq!(status, 200);
-    let out = Command::new(BIN)
-        .args(["usage", "--config", s.config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
+    // A settle is written with the next reservation or within 50 ms: until
+    // then the file shows the credit as reserved. Poll, bounded.
+    let usage = || {
+        let out = Command::new(BIN)
+            .args(["usage", "--config", s.config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut table = usage();
+    for _ in 0..100 {
+        if table
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.split_whitespace().nth(5) == Some("0"))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        table = usage();
+    }
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(

@@ -212,7 +212,9 @@ async fn concurrent_reservations_never_overspend() {
             (used, 0, requests)
         );
     }
-    // The file agrees with memory, and it is the same after a restart.
+    // The file agrees with memory once flushed (settles that charge no more
+    // than held ride with the next write), and it is the same after a restart.
+    ledger.flush().await.unwrap();
     assert_eq!(read_usage(&path, &report, &Clock::real()).unwrap(), usage);
     drop(Arc::into_inner(ledger).expect("every task finished"));
     let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
@@ -396,6 +398,8 @@ async fn a_report_beside_a_running_ledger_sees_spend_and_open_reservations() {
     // The report took no lock the writer needs.
     let balance = ledger.settle(open, 1, b).await.unwrap();
     assert_eq!((balance.used, balance.reserved), (7, 0));
+    // Written with the next durable batch or within 50 ms; flush now.
+    ledger.flush().await.unwrap();
     assert_eq!(
         read_usage(&path, &tenants, &clock).unwrap()[0].balance.used,
         7
@@ -445,4 +449,42 @@ async fn flush_and_drop_write_pending_hit_counts() {
     drop(ledger);
     let report = read_usage(&path, &tenants, &Clock::real()).unwrap();
     assert_eq!((report[0].cache_hits, report[0].credits_saved), (2, 10));
+}
+
+/// A settle that charges no more than was held is answered before it is on
+/// disk. A crash before it is written leaves the reservation to be counted in
+/// full (over, never under); once its write delay has passed, it is written
+/// before the ledger does anything else, crash included.
+#[tokio::test]
+async fn an_answered_settle_is_written_before_its_delay_runs_out_or_over_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let clock = clock_at("2026-11-27T10:00:00Z");
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(16, Period::Total);
+    let report = [("crm".to_string(), b)];
+
+    // Crash at once: the settle of 1 (held 3) is lost, the 3 held count.
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let r = ledger.reserve(&t, b, 3, "r1").await.unwrap();
+    let told = ledger.settle(r, 1, b).await.unwrap();
+    assert_eq!((told.used, told.reserved), (1, 0));
+    assert_eq!(
+        ledger.balance("crm", b).await.unwrap(),
+        told,
+        "readers see it at once"
+    );
+    ledger.crash();
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let u = &ledger.usage(&report).await.unwrap()[0];
+    assert_eq!((u.balance.used, u.orphaned), (3, 3));
+
+    // Crash after the delay: the settle was written first.
+    let r = ledger.reserve(&t, b, 3, "r2").await.unwrap();
+    ledger.settle(r, 1, b).await.unwrap();
+    clock.advance(std::time::Duration::from_millis(50));
+    ledger.crash();
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let u = &ledger.usage(&report).await.unwrap()[0];
+    assert_eq!((u.balance.used, u.orphaned, u.requests), (4, 3, 1));
 }

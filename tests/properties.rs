@@ -101,6 +101,10 @@ struct Held {
 struct Model {
     accounts: HashMap<(usize, String), Account>,
     held: Vec<Held>,
+    /// Closes the SQLite ledger answered but has not written yet (it writes
+    /// them with the next reservation, an over-budget settle, or a restart;
+    /// its fake clock never makes them due): a crash undoes them.
+    unwritten: Vec<(usize, Option<u64>)>,
 }
 
 enum Store {
@@ -158,6 +162,7 @@ fn run_ledger(durable: bool, ops: Vec<Op>, daily: u64, total: u64) -> Result<(),
                     let result = ledger
                         .reserve(&names[tenant], budget, estimate, &format!("req-{step}"))
                         .await;
+                    model.unwritten.clear();
                     match remaining {
                         Some(remaining) if remaining < estimate => {
                             prop_assert_eq!(
@@ -224,6 +229,11 @@ fn run_ledger(durable: bool, ops: Vec<Op>, daily: u64, total: u64) -> Result<(),
                         account.used += actual;
                         account.settled += actual;
                         account.overcharged |= actual > amount;
+                        if actual > amount {
+                            model.unwritten.clear();
+                        } else {
+                            model.unwritten.push((i, Some(actual)));
+                        }
                     }
                 }
                 Op::Release { pick } => {
@@ -244,15 +254,38 @@ fn run_ledger(durable: bool, ops: Vec<Op>, daily: u64, total: u64) -> Result<(),
                             .get_mut(&(held.tenant, held.period.clone()))
                             .unwrap();
                         account.reserved -= held.reservation.amount;
+                        model.unwritten.push((i, None));
                     }
                 }
-                Op::NextDay => clock.advance(Duration::from_secs(86_400)),
+                Op::NextDay => {
+                    clock.advance(Duration::from_secs(86_400));
+                    // Answered closes are now past their write delay: the
+                    // ledger writes them before it does anything else.
+                    model.unwritten.clear();
+                }
                 Op::Restart | Op::Crash => {
                     match store.take().unwrap() {
                         Store::Sqlite(l) if matches!(op, Op::Crash) => l.crash(),
                         other => drop(other),
                     }
                     store = Some(open(&clock));
+                    // A crash undoes the closes not yet written: open again.
+                    let undone = std::mem::take(&mut model.unwritten);
+                    if matches!(op, Op::Crash) {
+                        for (i, actual) in undone {
+                            let held = &mut model.held[i];
+                            held.open = true;
+                            let account = model
+                                .accounts
+                                .get_mut(&(held.tenant, held.period.clone()))
+                                .unwrap();
+                            account.reserved += held.reservation.amount;
+                            if let Some(actual) = actual {
+                                account.used -= actual;
+                                account.settled -= actual;
+                            }
+                        }
+                    }
                     // Every reservation left open counts as spent, and orphaned.
                     for held in model.held.iter_mut().filter(|h| h.open) {
                         held.open = false;

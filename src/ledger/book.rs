@@ -195,6 +195,16 @@ impl Book {
         })
     }
 
+    /// Credits reservation `id` holds, if it is open.
+    pub(crate) fn held(&self, id: u64) -> Option<u64> {
+        self.holds.get(&id).map(|hold| hold.amount)
+    }
+
+    /// Whether changes since [`Book::begin`] are waiting to be kept or undone.
+    pub(crate) fn in_batch(&self) -> bool {
+        self.journal.is_some()
+    }
+
     /// Turns reservation `id` into spend of `actual`; false if it was not open.
     pub(crate) fn settle(&mut self, id: u64, actual: u64) -> bool {
         self.close(id, |account, held| {

@@ -10,6 +10,16 @@
 //! If the commit fails the book is rolled back and the whole batch answers
 //! `Unavailable`, so memory never holds what the disk does not.
 //!
+//! One exception, because it can only err toward over-counting: a settle that
+//! charges no more than its reservation held, or a release, is answered as
+//! soon as it is applied to the book, and written with the next batch that
+//! must be durable (the next reservation) or after [`CLOSE_WRITE_DELAY`]. If
+//! the process dies first, the reservation is still open on disk and the next
+//! start counts its whole amount as spent (`orphaned`): the ledger may then
+//! over-count by what those last closes gave back, never under-count. This
+//! halves the fsyncs of a miss (one instead of two). A settle that charges
+//! more than was held is answered only once it is on disk.
+//!
 //! After each commit the writer copies the accounts it touched into a shared
 //! mirror, which answers `balance` and `usage` without a disk read or a trip
 //! through the writer.
@@ -35,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -61,6 +71,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often pending cache-hit counts are written when nothing else is.
 const HIT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an answered settle or release may wait for a batch to ride with.
+const CLOSE_WRITE_DELAY: Duration = Duration::from_millis(50);
 
 const SCHEMA: &str = "
 CREATE TABLE accounts (
@@ -91,7 +104,9 @@ CREATE INDEX reservations_by_account ON reservations (tenant, period);
 ///
 /// One thread (`viewgate-ledger`) owns the file; calls queue to it and are
 /// answered after their batch is committed and fsynced, so a reservation is
-/// durable before the upstream is called. `balance` and `usage` read an
+/// durable before the upstream is called (settles that charge no more than
+/// was held, and releases, are answered at once and written within
+/// [`CLOSE_WRITE_DELAY`]: see the module notes). `balance` and `usage` read an
 /// in-memory copy of what is committed. Cache hits are written with the next
 /// batch or within a second. Reservations a crash left open are counted as
 /// spent (and `orphaned`) by the next [`SqliteLedger::open`].
@@ -225,6 +240,8 @@ impl SqliteLedger {
             mirror: Arc::clone(&mirror),
             commands: receiver,
             hit_flush_interval,
+            closes_waiting_since: None,
+            answered: Vec::new(),
         };
         let writer = std::thread::Builder::new()
             .name("viewgate-ledger".into())
@@ -533,6 +550,10 @@ struct Writer {
     mirror: Arc<Mutex<Mirror>>,
     commands: mpsc::Receiver<Command>,
     hit_flush_interval: Duration,
+    /// When the book first held answered closes not yet on disk.
+    closes_waiting_since: Option<Instant>,
+    /// Accounts those closes changed, shown to readers before the write.
+    answered: Vec<AccountKey>,
 }
 
 /// A command applied to the book, waiting for the commit to be answered.
@@ -570,7 +591,11 @@ enum Next {
 impl Writer {
     fn run(mut self) {
         loop {
-            let first = match self.commands.recv_timeout(self.hit_flush_interval) {
+            let wait = match self.closes_waiting_since {
+                Some(since) => CLOSE_WRITE_DELAY.saturating_sub(self.since(since)),
+                None => self.hit_flush_interval,
+            };
+            let first = match self.commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
                 // Nothing came: a good moment to write pending hit counts.
                 Err(RecvTimeoutError::Timeout) => None,
@@ -594,12 +619,16 @@ impl Writer {
         let mut next = Next::Continue;
         let mut probe = false;
         let mut answers = Vec::with_capacity(batch.len());
-        self.book.begin();
-        // A copy, not a take: until the commit, `usage` still sees them as pending.
-        let hits = lock(&self.mirror).pending_hits.clone();
-        for (key, pending) in &hits {
-            self.book.hit(key, pending.hits, pending.credits_saved);
+        let due = |since| self.since(since) >= CLOSE_WRITE_DELAY;
+        if !batch.is_empty() && self.closes_waiting_since.is_some_and(due) {
+            // Closes past their delay are written before anything new.
+            self.apply(Vec::new());
         }
+        // Closes answered earlier may still be in the book's open batch.
+        if !self.book.in_batch() {
+            self.book.begin();
+        }
+        let quiet = batch.is_empty();
         for command in batch {
             match command {
                 Command::Reserve {
@@ -624,12 +653,30 @@ impl Writer {
                     reply,
                 } => {
                     // An id that is no longer open changes nothing.
+                    let held = self.book.held(id);
                     match actual {
                         Some(actual) => self.book.settle(id, actual),
                         None => self.book.release(id),
                     };
                     let balance = self.book.account(&tenant, &period).balance(budget);
-                    answers.push(Answer::Balance(reply, balance));
+                    let gives_back = match (actual, held) {
+                        (Some(actual), Some(held)) => actual <= held,
+                        _ => true,
+                    };
+                    if gives_back {
+                        // Lost in a crash, the reservation is counted in full:
+                        // answer now, once readers see what the caller is told.
+                        let key = (tenant.to_string(), period);
+                        lock(&self.mirror)
+                            .accounts
+                            .insert(key.clone(), self.book.account(&key.0, &key.1));
+                        self.answered.push(key);
+                        let now = self.clock.now();
+                        self.closes_waiting_since.get_or_insert(now);
+                        let _ = reply.send(Ok(balance));
+                    } else {
+                        answers.push(Answer::Balance(reply, balance));
+                    }
                 }
                 Command::Flush { reply } => answers.push(Answer::Flush(reply)),
                 Command::Probe { reply } => {
@@ -649,6 +696,22 @@ impl Writer {
             }
         }
 
+        let closes_due = self
+            .closes_waiting_since
+            .map(|since| self.since(since) >= CLOSE_WRITE_DELAY);
+        // A quiet tick writes pending hit counts, unless closes wait their turn.
+        let tick = quiet && closes_due.is_none();
+        let must_write = !answers.is_empty() || probe || tick || next == Next::Stop;
+        if !must_write && closes_due != Some(true) {
+            // Only answered closes: they ride with the next durable batch.
+            return next;
+        }
+        // A copy, not a take: until the commit, `usage` still sees them as pending.
+        let hits = lock(&self.mirror).pending_hits.clone();
+        for (key, pending) in &hits {
+            self.book.hit(key, pending.hits, pending.credits_saved);
+        }
+        self.closes_waiting_since = None;
         let written = {
             let changes = self.book.changes();
             if changes.is_empty() {
@@ -671,10 +734,18 @@ impl Writer {
             }
             Err(e) => {
                 self.book.rollback();
+                // Undone answered closes: readers see the reservations held again.
+                self.show_answered();
+                self.answered.clear();
                 let error = unavailable(&self.path, format!("cannot commit: {e}"));
                 if answers.is_empty() {
-                    // Only hit counts were in it; they stay pending for the next try.
-                    tracing::warn!(error = %error, "ledger could not write cache-hit counts");
+                    // Hit counts stay pending for the next try; answered
+                    // closes are undone, their reservations counted as held.
+                    tracing::warn!(
+                        error = %error,
+                        "ledger could not write cache-hit counts or answered settles; \
+                         their reservations stay held (over-count, never under)"
+                    );
                 }
                 for answer in answers {
                     answer.send(Some(&error));
@@ -684,8 +755,23 @@ impl Writer {
         next
     }
 
+    /// Time since `then` on the ledger's clock (fake in tests).
+    fn since(&self, then: Instant) -> Duration {
+        self.clock.now().saturating_duration_since(then)
+    }
+
+    /// Copies the accounts a rollback restored from the book to the mirror.
+    fn show_answered(&self) {
+        let mut mirror = lock(&self.mirror);
+        for key in &self.answered {
+            let account = self.book.account(&key.0, &key.1);
+            mirror.accounts.insert(key.clone(), account);
+        }
+    }
+
     /// Shows committed accounts to readers and retires the hits written.
-    fn publish(&self, touched: Vec<(AccountKey, Account)>, hits: &HashMap<AccountKey, Hits>) {
+    fn publish(&mut self, touched: Vec<(AccountKey, Account)>, hits: &HashMap<AccountKey, Hits>) {
+        self.answered.clear();
         let mut mirror = lock(&self.mirror);
         if !touched.is_empty() {
             mirror.commits += 1;
@@ -967,8 +1053,9 @@ mod tests {
         let before = ledger.balance("crm", b).await.unwrap();
 
         ledger.break_writes(true);
+        // A settle charging more than was held must be on disk to be answered.
         let (settled, reserved) = futures_util::join!(
-            ledger.settle(held.clone(), 4, b),
+            ledger.settle(held.clone(), 5, b),
             ledger.reserve(&t, b, 1, "r2")
         );
         for error in [settled.unwrap_err(), reserved.unwrap_err()] {
@@ -978,6 +1065,12 @@ mod tests {
             assert!(message.contains("ledger.db"), "{message}");
         }
         assert!(ledger.health().await.is_err());
+        assert_eq!(ledger.balance("crm", b).await.unwrap(), before);
+        // One charging no more than was held is answered at once; when its
+        // write fails it is undone, and the reservation stays held in full.
+        let early = ledger.settle(held.clone(), 4, b).await.unwrap();
+        assert_eq!((early.used, early.reserved), (4, 0));
+        ledger.flush().await.unwrap_err();
         assert_eq!(ledger.balance("crm", b).await.unwrap(), before);
 
         // Once writes work again, the reservation is still open and settles once.
