@@ -45,7 +45,8 @@ fn main() {
         }
         report("reserve latency, 1 caller", &mut solo);
         // What the ledger adds to a miss: one reserve before the upstream call
-        // and one settle after it, each waiting for its commit.
+        // and one settle after it (answered at once: it gives credits back,
+        // and is written with the next reserve's commit).
         report("reserve+settle (added to a miss), 1 caller", &mut pair);
 
         // 64 callers: their commands share commits.
