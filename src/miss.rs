@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 
 use crate::call::ApiCall;
+use crate::config::Budget;
 use crate::error::GatewayError;
-use crate::ledger::{Balance, Ledger, LedgerError};
+use crate::ledger::{Balance, Ledger, LedgerError, Reservation};
 use crate::tenant::Tenant;
 use crate::upstream::{Upstream, UpstreamCall, UpstreamReply};
 
@@ -68,24 +70,73 @@ impl MissPath {
             Ok(reply) => {
                 let balance = match self
                     .ledger
-                    .settle(reservation, reply.credits, tenant.budget)
+                    .settle(reservation.clone(), reply.credits, tenant.budget)
                     .await
                 {
                     Ok(balance) => balance,
                     Err(e) => {
-                        // The reservation stays open and counts as spent: over-count, never under.
-                        tracing::error!(tenant = &*tenant.id, error = %e, "could not settle a charge");
+                        tracing::error!(
+                            tenant = &*tenant.id,
+                            held = reservation.amount,
+                            charged = reply.credits,
+                            error = %e,
+                            "could not settle a charge; retrying in the background"
+                        );
+                        close_later(
+                            Arc::clone(&self.ledger),
+                            reservation,
+                            Some(reply.credits),
+                            tenant.budget,
+                        );
                         Balance::default()
                     }
                 };
                 Ok(Charged { reply, balance })
             }
             Err(error) => {
-                if let Err(e) = self.ledger.release(reservation, tenant.budget).await {
-                    tracing::error!(tenant = &*tenant.id, error = %e, "could not release a reservation");
+                if let Err(e) = self
+                    .ledger
+                    .release(reservation.clone(), tenant.budget)
+                    .await
+                {
+                    tracing::error!(tenant = &*tenant.id, error = %e, "could not release a reservation; retrying in the background");
+                    close_later(Arc::clone(&self.ledger), reservation, None, tenant.budget);
                 }
                 Err(error)
             }
         }
     }
+}
+
+/// Settles (`Some(actual)`) or releases (`None`) a reservation once the
+/// ledger takes it, retrying with backoff for as long as the process runs.
+/// Until then the reservation stays open and counts in full; that is an
+/// over-count unless the upstream charged more than was held, which only the
+/// settle can record (settles are idempotent per reservation, so retrying is
+/// safe). If the process stops first, the next start counts the reservation
+/// as spent at its held amount: the error log line above names both amounts.
+fn close_later(
+    ledger: Arc<dyn Ledger>,
+    reservation: Reservation,
+    actual: Option<u64>,
+    budget: Option<Budget>,
+) {
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(wait).await;
+            let closed = match actual {
+                Some(actual) => ledger.settle(reservation.clone(), actual, budget).await,
+                None => ledger.release(reservation.clone(), budget).await,
+            };
+            if closed.is_ok() {
+                tracing::info!(
+                    tenant = &*reservation.tenant,
+                    "a charge that had failed to settle is recorded"
+                );
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    });
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::{Reply, TenantSpec, World, WorldSpec, viewers};
@@ -364,10 +364,12 @@ async fn other_actions_are_forwarded_uncached_and_charged_what_the_upstream_says
     assert_eq!(w.used("net").await, 2);
 }
 
-/// A ledger that can be switched off, to play an unreachable store.
+/// A ledger that can be switched off, to play an unreachable store, or
+/// made to fail its next settles.
 struct SwitchableLedger {
     inner: MemoryLedger,
     down: AtomicBool,
+    failing_settles: AtomicU32,
 }
 
 impl SwitchableLedger {
@@ -399,6 +401,16 @@ impl Ledger for SwitchableLedger {
         actual: u64,
         budget: Option<Budget>,
     ) -> BoxFuture<'_, Result<Balance, LedgerError>> {
+        let failing = self.failing_settles.load(Ordering::SeqCst);
+        if failing > 0 {
+            self.failing_settles.store(failing - 1, Ordering::SeqCst);
+            return async {
+                Err(LedgerError::Unavailable(
+                    "settle refused by the test".into(),
+                ))
+            }
+            .boxed();
+        }
         self.inner.settle(r, actual, budget)
     }
     fn release(
@@ -439,6 +451,7 @@ async fn an_unreachable_ledger_refuses_misses_with_503_and_still_serves_hits() {
     let ledger = Arc::new(SwitchableLedger {
         inner: MemoryLedger::new(Clock::real()),
         down: AtomicBool::new(false),
+        failing_settles: AtomicU32::new(0),
     });
     let w = World::start(world(WorldSpec {
         ledger: Some(ledger.clone()),
@@ -463,6 +476,38 @@ async fn an_unreachable_ledger_refuses_misses_with_503_and_still_serves_hits() {
         1,
         "no upstream call without a reservation"
     );
+}
+
+/// A settle the ledger refuses is retried until it is recorded: the charge
+/// the upstream billed ends up in the ledger exactly (here 3 credits held,
+/// 2 charged by a short last page), not left as an open reservation.
+#[tokio::test]
+async fn a_settle_the_ledger_refuses_is_retried_until_recorded() {
+    let ledger = Arc::new(SwitchableLedger {
+        inner: MemoryLedger::new(Clock::real()),
+        down: AtomicBool::new(false),
+        failing_settles: AtomicU32::new(2),
+    });
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["acc-1"])],
+        sim: SimConfig::default().with_total("acc-1", 25),
+        ledger: Some(ledger.clone()),
+        ..WorldSpec::default()
+    })
+    .await;
+    let page = w.post(Some("crm"), &viewers("acc-1", 10, 30)).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(w.sim.credits_total(), 2);
+    // Retries after 100 and 200 ms; bounded wait for them.
+    for _ in 0..100 {
+        if w.reserved("crm").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ledger.failing_settles.load(Ordering::SeqCst), 0);
+    assert_eq!((w.used("crm").await, w.reserved("crm").await), (2, 0));
+    assert!(common::logs().contains("could not settle a charge; retrying"));
 }
 
 #[tokio::test]

@@ -85,6 +85,9 @@ struct Account {
     reserved: u64,
     /// What settles charged, orphans excluded.
     settled: u64,
+    /// What the upstream billed for every settle ever answered: only grows,
+    /// even when a crash undoes a settle not yet written.
+    billed: u64,
     orphaned: u64,
     /// A settle charged more than its reservation held (the upstream's truth).
     overcharged: bool,
@@ -228,6 +231,7 @@ fn run_ledger(durable: bool, ops: Vec<Op>, daily: u64, total: u64) -> Result<(),
                         account.reserved -= amount;
                         account.used += actual;
                         account.settled += actual;
+                        account.billed += actual;
                         account.overcharged |= actual > amount;
                         if actual > amount {
                             model.unwritten.clear();
@@ -324,6 +328,12 @@ fn run_ledger(durable: bool, ops: Vec<Op>, daily: u64, total: u64) -> Result<(),
                 );
                 // Never under-counted: every settled credit and every orphan is in `used`.
                 prop_assert!(balance.used >= want.settled + want.orphaned);
+                prop_assert!(
+                    balance.used >= want.billed,
+                    "step {}: {} under-counts what was billed",
+                    step,
+                    name
+                );
                 if let Some(b) = budget
                     && !want.overcharged
                 {

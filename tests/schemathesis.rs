@@ -44,6 +44,9 @@ fn schemathesis() -> Option<PathBuf> {
 /// `header` sent on every request. Returns (passed, everything it printed).
 fn run(tool: &Path, scratch: &Path, tag: &str, url: &str, header: &str) -> (bool, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // To a file, not a pipe: a long report must not block the tool.
+    let log_path = scratch.join(format!("schemathesis-{tag}.log"));
+    let log = std::fs::File::create(&log_path).expect("a log file");
     let mut child = Command::new(tool)
         .current_dir(scratch)
         .env("NO_COLOR", "1")
@@ -62,29 +65,28 @@ fn run(tool: &Path, scratch: &Path, tag: &str, url: &str, header: &str) -> (bool
         ])
         .args(["--workers", "2", "--request-timeout", "10"])
         .args(["--no-shrink", "--generation-database", "none"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(log.try_clone().expect("a log file"))
+        .stderr(log)
         .spawn()
         .expect("schemathesis starts");
-    // Bounded even if the tool hangs: --max-time, then a hard stop.
+    // Bounded even if the tool hangs: a hard stop after 300 s.
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            break;
+            let _ = child.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    match status {
+        Some(status) => (status.success(), text),
+        None => (false, format!("stopped after 300 s\n{text}")),
     }
-    let output = child.wait_with_output().expect("schemathesis output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

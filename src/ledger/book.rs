@@ -34,6 +34,16 @@ pub(crate) struct Account {
 }
 
 impl Account {
+    /// Closes a reservation of `held` credits: spends `actual` (a settle) or
+    /// nothing (a release, `None`).
+    pub(crate) fn close(&mut self, held: u64, actual: Option<u64>) {
+        self.reserved = self.reserved.saturating_sub(held);
+        if let Some(actual) = actual {
+            self.used = self.used.saturating_add(actual);
+            self.requests = self.requests.saturating_add(1);
+        }
+    }
+
     /// The balance against `budget`.
     pub(crate) fn balance(&self, budget: Option<Budget>) -> Balance {
         Balance {
@@ -195,9 +205,11 @@ impl Book {
         })
     }
 
-    /// Credits reservation `id` holds, if it is open.
-    pub(crate) fn held(&self, id: u64) -> Option<u64> {
-        self.holds.get(&id).map(|hold| hold.amount)
+    /// The account reservation `id` holds credits in, and how many, if it is open.
+    pub(crate) fn held(&self, id: u64) -> Option<(AccountKey, u64)> {
+        self.holds
+            .get(&id)
+            .map(|hold| (hold.key.clone(), hold.amount))
     }
 
     /// Whether changes since [`Book::begin`] are waiting to be kept or undone.
@@ -207,18 +219,12 @@ impl Book {
 
     /// Turns reservation `id` into spend of `actual`; false if it was not open.
     pub(crate) fn settle(&mut self, id: u64, actual: u64) -> bool {
-        self.close(id, |account, held| {
-            account.reserved = account.reserved.saturating_sub(held);
-            account.used = account.used.saturating_add(actual);
-            account.requests = account.requests.saturating_add(1);
-        })
+        self.close(id, |account, held| account.close(held, Some(actual)))
     }
 
     /// Frees reservation `id`; false if it was not open.
     pub(crate) fn release(&mut self, id: u64) -> bool {
-        self.close(id, |account, held| {
-            account.reserved = account.reserved.saturating_sub(held);
-        })
+        self.close(id, |account, held| account.close(held, None))
     }
 
     /// Counts every open reservation as spent and orphaned (the process that

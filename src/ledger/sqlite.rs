@@ -18,7 +18,8 @@
 //! start counts its whole amount as spent (`orphaned`): the ledger may then
 //! over-count by what those last closes gave back, never under-count. This
 //! halves the fsyncs of a miss (one instead of two). A settle that charges
-//! more than was held is answered only once it is on disk.
+//! more than was held is answered only once it is on disk. An answered close
+//! whose write fails is kept and retried with the next batch.
 //!
 //! After each commit the writer copies the accounts it touched into a shared
 //! mirror, which answers `balance` and `usage` without a disk read or a trip
@@ -126,7 +127,7 @@ pub struct SqliteLedger {
 /// What async callers can read without asking the writer.
 #[derive(Debug, Default)]
 struct Mirror {
-    /// Accounts as last committed.
+    /// Accounts as last committed, plus the answered closes not yet written.
     accounts: HashMap<AccountKey, Account>,
     /// Cache hits counted but not yet committed.
     pending_hits: HashMap<AccountKey, Hits>,
@@ -552,8 +553,9 @@ struct Writer {
     hit_flush_interval: Duration,
     /// When the book first held answered closes not yet on disk.
     closes_waiting_since: Option<Instant>,
-    /// Accounts those closes changed, shown to readers before the write.
-    answered: Vec<AccountKey>,
+    /// Those closes: `(reservation id, actual)` (`None`: a release). Kept
+    /// until written, and applied again if their write fails.
+    answered: Vec<(u64, Option<u64>)>,
 }
 
 /// A command applied to the book, waiting for the commit to be answered.
@@ -658,23 +660,32 @@ impl Writer {
                         Some(actual) => self.book.settle(id, actual),
                         None => self.book.release(id),
                     };
-                    let balance = self.book.account(&tenant, &period).balance(budget);
-                    let gives_back = match (actual, held) {
-                        (Some(actual), Some(held)) => actual <= held,
+                    let gives_back = match (actual, &held) {
+                        (Some(actual), Some((_, held))) => actual <= *held,
                         _ => true,
                     };
                     if gives_back {
                         // Lost in a crash, the reservation is counted in full:
-                        // answer now, once readers see what the caller is told.
-                        let key = (tenant.to_string(), period);
-                        lock(&self.mirror)
+                        // answer now. Readers (the mirror: what is committed)
+                        // see this close, and nothing else uncommitted, before
+                        // the caller is told.
+                        let mut mirror = lock(&self.mirror);
+                        if let Some((key, held)) = held {
+                            mirror.accounts.entry(key).or_default().close(held, actual);
+                            self.answered.push((id, actual));
+                        }
+                        let balance = mirror
                             .accounts
-                            .insert(key.clone(), self.book.account(&key.0, &key.1));
-                        self.answered.push(key);
+                            .get(&(tenant.to_string(), period))
+                            .copied()
+                            .unwrap_or_default()
+                            .balance(budget);
+                        drop(mirror);
                         let now = self.clock.now();
                         self.closes_waiting_since.get_or_insert(now);
                         let _ = reply.send(Ok(balance));
                     } else {
+                        let balance = self.book.account(&tenant, &period).balance(budget);
                         answers.push(Answer::Balance(reply, balance));
                     }
                 }
@@ -734,18 +745,28 @@ impl Writer {
             }
             Err(e) => {
                 self.book.rollback();
-                // Undone answered closes: readers see the reservations held again.
-                self.show_answered();
-                self.answered.clear();
                 let error = unavailable(&self.path, format!("cannot commit: {e}"));
-                if answers.is_empty() {
-                    // Hit counts stay pending for the next try; answered
-                    // closes are undone, their reservations counted as held.
+                if !self.answered.is_empty() {
+                    // Their callers were told: apply them again, to be
+                    // written with the next batch (readers kept seeing them).
+                    self.book.begin();
+                    for &(id, actual) in &self.answered {
+                        match actual {
+                            Some(actual) => self.book.settle(id, actual),
+                            None => self.book.release(id),
+                        };
+                    }
+                    let now = self.clock.now();
+                    self.closes_waiting_since = Some(now);
                     tracing::warn!(
                         error = %error,
-                        "ledger could not write cache-hit counts or answered settles; \
-                         their reservations stay held (over-count, never under)"
+                        closes = self.answered.len(),
+                        "ledger could not write answered settles; they are kept and retried \
+                         (a crash before they are written counts their reservations in full)"
                     );
+                } else if answers.is_empty() {
+                    // Only hit counts were in it; they stay pending for the next try.
+                    tracing::warn!(error = %error, "ledger could not write cache-hit counts");
                 }
                 for answer in answers {
                     answer.send(Some(&error));
@@ -758,15 +779,6 @@ impl Writer {
     /// Time since `then` on the ledger's clock (fake in tests).
     fn since(&self, then: Instant) -> Duration {
         self.clock.now().saturating_duration_since(then)
-    }
-
-    /// Copies the accounts a rollback restored from the book to the mirror.
-    fn show_answered(&self) {
-        let mut mirror = lock(&self.mirror);
-        for key in &self.answered {
-            let account = self.book.account(&key.0, &key.1);
-            mirror.accounts.insert(key.clone(), account);
-        }
     }
 
     /// Shows committed accounts to readers and retires the hits written.
@@ -1043,7 +1055,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_commit_answers_unavailable_and_memory_stays_as_on_disk() {
+    async fn a_failed_commit_answers_unavailable_and_answered_closes_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
         let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
@@ -1066,18 +1078,21 @@ mod tests {
         }
         assert!(ledger.health().await.is_err());
         assert_eq!(ledger.balance("crm", b).await.unwrap(), before);
-        // One charging no more than was held is answered at once; when its
-        // write fails it is undone, and the reservation stays held in full.
+        // One charging no more than was held is answered at once. Its write
+        // fails (with the flush, or on its own after 50 ms): it is kept, and
+        // readers go on seeing what its caller was told.
         let early = ledger.settle(held.clone(), 4, b).await.unwrap();
         assert_eq!((early.used, early.reserved), (4, 0));
         ledger.flush().await.unwrap_err();
-        assert_eq!(ledger.balance("crm", b).await.unwrap(), before);
+        ledger.flush().await.unwrap_err();
+        assert_eq!(ledger.balance("crm", b).await.unwrap(), early);
 
-        // Once writes work again, the reservation is still open and settles once.
+        // Once writes work again it is written; settling again changes nothing.
         ledger.break_writes(false);
+        ledger.flush().await.unwrap();
         assert!(ledger.health().await.is_ok());
         let after = ledger.settle(held.clone(), 4, b).await.unwrap();
-        assert_eq!((after.used, after.reserved), (4, 0));
+        assert_eq!(after, early);
         assert_eq!(ledger.settle(held, 4, b).await.unwrap(), after);
         drop(ledger);
         let usage = read_usage(&path, &[("crm".into(), b)], &Clock::real()).unwrap();
