@@ -281,6 +281,10 @@ const MAX_PENDING: usize = 16 * 1024 * 1024;
 
 struct Out {
     pending: Mutex<Vec<u8>>,
+    /// The last written batch, emptied, to become the next `pending`: its
+    /// capacity is kept, so lines are appended without reallocating (and
+    /// copying) the buffer under the lock.
+    spare: Mutex<Vec<u8>>,
     wake: Condvar,
     dropped: AtomicU64,
     /// Serialises writers of stdout (the background thread and `flush`).
@@ -294,6 +298,7 @@ impl Out {
         OUT.get_or_init(|| {
             let out: &'static Out = Box::leak(Box::new(Out {
                 pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+                spare: Mutex::new(Vec::with_capacity(64 * 1024)),
                 wake: Condvar::new(),
                 dropped: AtomicU64::new(0),
                 stdout: Mutex::new(()),
@@ -322,8 +327,18 @@ impl Out {
     }
 
     fn take(&self) -> Vec<u8> {
+        let spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *pending, Vec::with_capacity(64 * 1024))
+        std::mem::replace(&mut *pending, spare)
+    }
+
+    /// Keeps a written batch's buffer for reuse (a burst's huge one is dropped).
+    fn recycle(&self, mut batch: Vec<u8>) {
+        if batch.capacity() > 4 * 1024 * 1024 {
+            batch = Vec::with_capacity(64 * 1024);
+        }
+        batch.clear();
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = batch;
     }
 
     fn write(&self, batch: &[u8]) {
@@ -356,6 +371,7 @@ impl Out {
         if !batch.is_empty() {
             self.write(&batch);
         }
+        self.recycle(batch);
     }
 }
 
