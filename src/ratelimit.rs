@@ -142,6 +142,22 @@ impl Limiter {
         }
     }
 
+    /// The limiter `limit` asks for: global under `key` when a Redis store is
+    /// configured and the limit's scope is global, local otherwise.
+    pub fn for_limit(
+        limit: &RateLimit,
+        redis: Option<&Arc<RedisGcra>>,
+        key: impl FnOnce() -> String,
+        clock: &Clock,
+    ) -> Self {
+        match redis {
+            Some(store) if limit.is_global(true) => {
+                Limiter::global(Arc::clone(store), key(), limit, clock)
+            }
+            _ => Limiter::local(limit, clock),
+        }
+    }
+
     /// Takes a cell now, or says how long to wait (local limiters only;
     /// `None` for a global one, which needs [`Limiter::check`]).
     pub fn check_local(&self, clock: &Clock) -> Option<Decision> {

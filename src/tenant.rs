@@ -62,15 +62,8 @@ impl Tenant {
             limiter: match previous {
                 Some(old) if old.rate_limit == config.rate_limit => old.limiter.clone(),
                 _ => config.rate_limit.map(|rl| {
-                    Arc::new(match redis {
-                        Some(store) if rl.is_global(true) => Limiter::global(
-                            Arc::clone(store),
-                            format!("vg:{{t:{}}}:rate", config.id),
-                            &rl,
-                            clock,
-                        ),
-                        _ => Limiter::local(&rl, clock),
-                    })
+                    let key = || format!("vg:{{t:{}}}:rate", config.id);
+                    Arc::new(Limiter::for_limit(&rl, redis, key, clock))
                 }),
             },
             rate_limit: config.rate_limit,

@@ -13,25 +13,33 @@ use http::Method;
 use redis_server::RedisServer;
 
 /// Replica A (with its own simulator) and replica B, which shares A's
-/// simulator, upstream key, tenant keys and the Redis at `redis`.
-async fn two_replicas(redis: &RedisServer, tenants: Vec<TenantSpec>) -> (World, World) {
+/// simulator, upstream key, tenant keys and the Redis at `redis`; both are
+/// otherwise built from `spec`.
+async fn replicas(redis: &RedisServer, spec: impl Fn() -> WorldSpec) -> (World, World) {
     let ledger = format!("  backend: redis\n  redis_url: \"{}\"\n", redis.url());
     let a = World::start(WorldSpec {
-        tenants: tenants.clone(),
         ledger_yaml: Some(ledger.clone()),
-        ..WorldSpec::default()
+        ..spec()
     })
     .await;
     let b = World::start(WorldSpec {
-        tenants,
         ledger_yaml: Some(ledger),
         base_url: Some(a.sim.base_url()),
         upstream_key: Some(a.upstream_key.clone()),
         tenant_keys: Some(a.keys.clone()),
-        ..WorldSpec::default()
+        ..spec()
     })
     .await;
     (a, b)
+}
+
+/// [`replicas`] with only `tenants` configured.
+async fn two_replicas(redis: &RedisServer, tenants: Vec<TenantSpec>) -> (World, World) {
+    replicas(redis, || WorldSpec {
+        tenants: tenants.clone(),
+        ..WorldSpec::default()
+    })
+    .await
 }
 
 /// How many keys match `pattern` (redis-cli comes with redis-server).
@@ -141,19 +149,13 @@ async fn the_upstream_key_pace_is_global_too() {
     let Some(redis) = RedisServer::start_new() else {
         return;
     };
-    let ledger = format!("  backend: redis\n  redis_url: \"{}\"\n", redis.url());
-    let spec = |a: Option<&World>| WorldSpec {
+    let (a, b) = replicas(&redis, || WorldSpec {
         tenants: vec![TenantSpec::new("crm", &["*"])],
-        ledger_yaml: Some(ledger.clone()),
         key_yaml: "      rate_limit: { per_minute: 4, burst: 4 }\n",
         upstream_yaml: "  max_pace_wait_ms: 0\n",
-        base_url: a.map(|a| a.sim.base_url()),
-        upstream_key: a.map(|a| a.upstream_key.clone()),
-        tenant_keys: a.map(|a| a.keys.clone()),
         ..WorldSpec::default()
-    };
-    let a = World::start(spec(None)).await;
-    let b = World::start(spec(Some(&a))).await;
+    })
+    .await;
     for i in 0..12 {
         let body = viewers(&format!("acc-{i}"), 0, 10);
         let _ = if i % 2 == 0 {
@@ -241,18 +243,12 @@ async fn with_the_shared_tier_a_page_fetched_by_one_replica_is_a_hit_on_the_othe
     let Some(redis) = RedisServer::start_new() else {
         return;
     };
-    let ledger = format!("  backend: redis\n  redis_url: \"{}\"\n", redis.url());
-    let spec = |a: Option<&World>| WorldSpec {
+    let (a, b) = replicas(&redis, || WorldSpec {
         tenants: vec![TenantSpec::new("crm", &["*"]).budget(100, "total")],
-        ledger_yaml: Some(ledger.clone()),
         cache_yaml: "  shared: redis\n",
-        base_url: a.map(|a| a.sim.base_url()),
-        upstream_key: a.map(|a| a.upstream_key.clone()),
-        tenant_keys: a.map(|a| a.keys.clone()),
         ..WorldSpec::default()
-    };
-    let a = World::start(spec(None)).await;
-    let b = World::start(spec(Some(&a))).await;
+    })
+    .await;
     // Ten pages fetched through A...
     for i in 0..10 {
         assert_eq!(

@@ -53,9 +53,12 @@ fn serve(config: &Path) -> (Running, String) {
     (child, format!("http://{addr}"))
 }
 
-fn usage(config: &Path) -> serde_json::Value {
+/// `viewgate usage [extra] --config CONFIG`'s output; it must succeed.
+fn run_usage(config: &Path, extra: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args(["usage", "--json", "--config", config.to_str().unwrap()])
+        .arg("usage")
+        .args(extra)
+        .args(["--config", config.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(
@@ -63,7 +66,12 @@ fn usage(config: &Path) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The first tenant's row of `viewgate usage --json`.
+fn usage(config: &Path) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&run_usage(config, &["--json"])).unwrap();
     v["tenants"][0].clone()
 }
 
@@ -262,19 +270,7 @@ async fn usage_works_while_serve_runs_and_prints_a_table() {
     assert_eq!(status, 200);
     // A settle is written with the next reservation or within 50 ms: until
     // then the file shows the credit as reserved. Poll, bounded.
-    let usage = || {
-        let out = Command::new(BIN)
-            .args(["usage", "--config", s.config.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let mut table = usage();
+    let mut table = run_usage(&s.config, &[]);
     for _ in 0..100 {
         if table
             .lines()
@@ -284,7 +280,7 @@ async fn usage_works_while_serve_runs_and_prints_a_table() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-        table = usage();
+        table = run_usage(&s.config, &[]);
     }
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();

@@ -284,6 +284,21 @@ fn odd_but_valid_viewer_bodies_parse_to_their_page() {
 
 // ---- upstream answers through the real gateway -----------------------------------
 
+/// A world whose upstream is [`fake_upstream`]; set the returned answer.
+async fn over_fake_upstream(upstream_yaml: &'static str) -> (Arc<Mutex<(u16, Vec<u8>)>>, World) {
+    let next = Arc::new(Mutex::new((200u16, Vec::new())));
+    let base_url = fake_upstream(Arc::clone(&next)).await;
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        base_url: Some(base_url),
+        max_retries: 0,
+        upstream_yaml,
+        ..WorldSpec::default()
+    })
+    .await;
+    (next, w)
+}
+
 /// A one-request-per-connection HTTP/1.1 server answering whatever `next` holds.
 async fn fake_upstream(next: Arc<Mutex<(u16, Vec<u8>)>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -356,16 +371,7 @@ fn clean_success(v: &Value) -> bool {
 
 #[tokio::test]
 async fn mutated_upstream_answers_never_break_the_gateway() {
-    let next = Arc::new(Mutex::new((200u16, Vec::new())));
-    let base_url = fake_upstream(Arc::clone(&next)).await;
-    let w = World::start(WorldSpec {
-        tenants: vec![TenantSpec::new("crm", &["*"])],
-        base_url: Some(base_url),
-        max_retries: 0,
-        upstream_yaml: "  breaker:\n    failures: 1000000\n",
-        ..WorldSpec::default()
-    })
-    .await;
+    let (next, w) = over_fake_upstream("  breaker:\n    failures: 1000000\n").await;
     let seeds = corpus("splice");
     let mut rng = Rng(0x5eed_0004);
     let statuses = [200u16, 200, 200, 200, 400, 404, 429, 500, 503];
@@ -437,15 +443,7 @@ async fn mutated_upstream_answers_never_break_the_gateway() {
 /// only forward it byte for byte or refuse it (502); it must not mangle it.
 #[tokio::test]
 async fn upstream_data_with_a_lone_surrogate_is_forwarded_verbatim_or_refused() {
-    let next = Arc::new(Mutex::new((200u16, Vec::new())));
-    let base_url = fake_upstream(Arc::clone(&next)).await;
-    let w = World::start(WorldSpec {
-        tenants: vec![TenantSpec::new("crm", &["*"])],
-        base_url: Some(base_url),
-        max_retries: 0,
-        ..WorldSpec::default()
-    })
-    .await;
+    let (next, w) = over_fake_upstream("").await;
     let data = r#"{"viewers":[{"name":"\ud800"}],"total_results":1}"#;
     let body = format!(r#"{{"success":true,"data":{data},"metadata":{{"credits_consumed":1}}}}"#);
     *next.lock().unwrap() = (200, body.into_bytes());

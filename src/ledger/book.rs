@@ -217,14 +217,20 @@ impl Book {
         self.journal.is_some()
     }
 
-    /// Turns reservation `id` into spend of `actual`; false if it was not open.
-    pub(crate) fn settle(&mut self, id: u64, actual: u64) -> bool {
-        self.close(id, |account, held| account.close(held, Some(actual)))
+    /// Closes reservation `id`: turns it into spend of `actual` (a settle) or
+    /// frees it (`None`, a release). False if it was not open.
+    pub(crate) fn finish(&mut self, id: u64, actual: Option<u64>) -> bool {
+        self.close(id, |account, held| account.close(held, actual))
     }
 
-    /// Frees reservation `id`; false if it was not open.
-    pub(crate) fn release(&mut self, id: u64) -> bool {
-        self.close(id, |account, held| account.close(held, None))
+    #[cfg(test)]
+    fn settle(&mut self, id: u64, actual: u64) -> bool {
+        self.finish(id, Some(actual))
+    }
+
+    #[cfg(test)]
+    fn release(&mut self, id: u64) -> bool {
+        self.finish(id, None)
     }
 
     /// Counts every open reservation as spent and orphaned (the process that

@@ -48,10 +48,7 @@ impl MemoryLedger {
     ) -> Balance {
         let mut book = self.lock();
         // Closing an id that is no longer open changes nothing.
-        match actual {
-            Some(actual) => book.settle(reservation.id, actual),
-            None => book.release(reservation.id),
-        };
+        book.finish(reservation.id, actual);
         // The balance reported is the current period's, which may be a new one.
         book.account(&reservation.tenant, &self.current_period(budget))
             .balance(budget)

@@ -656,10 +656,7 @@ impl Writer {
                 } => {
                     // An id that is no longer open changes nothing.
                     let held = self.book.held(id);
-                    match actual {
-                        Some(actual) => self.book.settle(id, actual),
-                        None => self.book.release(id),
-                    };
+                    self.book.finish(id, actual);
                     let gives_back = match (actual, &held) {
                         (Some(actual), Some((_, held))) => actual <= *held,
                         _ => true,
@@ -751,10 +748,7 @@ impl Writer {
                     // written with the next batch (readers kept seeing them).
                     self.book.begin();
                     for &(id, actual) in &self.answered {
-                        match actual {
-                            Some(actual) => self.book.settle(id, actual),
-                            None => self.book.release(id),
-                        };
+                        self.book.finish(id, actual);
                     }
                     let now = self.clock.now();
                     self.closes_waiting_since = Some(now);

@@ -58,14 +58,9 @@ impl KeyPool {
             keys.push(UpstreamKey {
                 name: c.name.clone(),
                 header,
-                pace: c.rate_limit.map(|rl| match redis {
-                    Some(store) if rl.is_global(true) => Limiter::global(
-                        Arc::clone(store),
-                        format!("vg:{{k:{}}}:pace", c.name),
-                        &rl,
-                        clock,
-                    ),
-                    _ => Limiter::local(&rl, clock),
+                pace: c.rate_limit.map(|rl| {
+                    let key = || format!("vg:{{k:{}}}:pace", c.name);
+                    Limiter::for_limit(&rl, redis, key, clock)
                 }),
                 breaker: Breaker::new(breaker_failures, breaker_open, clock.clone()),
                 accounts: c.accounts.clone(),
