@@ -383,6 +383,37 @@ impl SwitchableLedger {
 }
 
 impl Ledger for SwitchableLedger {
+    fn idempotency_begin<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a viewgate::ledger::Fingerprint,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<viewgate::ledger::IdempotencyBegin, LedgerError>> {
+        match self.check() {
+            Ok(()) => self.inner.idempotency_begin(tenant, key, fingerprint, ttl),
+            Err(e) => async move { Err(e) }.boxed(),
+        }
+    }
+    fn idempotency_complete<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a viewgate::ledger::Fingerprint,
+        answer: viewgate::ledger::StoredAnswer,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.inner
+            .idempotency_complete(tenant, key, fingerprint, answer, ttl)
+    }
+    fn idempotency_abandon<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a viewgate::ledger::Fingerprint,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.inner.idempotency_abandon(tenant, key, fingerprint)
+    }
     fn reserve<'a>(
         &'a self,
         tenant: &'a Arc<str>,

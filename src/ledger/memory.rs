@@ -10,7 +10,9 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
 use super::book::{Book, budget_period};
+use super::idempotency::MemoryKeys;
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
+use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
 use crate::clock::Clock;
 use crate::config::Budget;
 
@@ -19,12 +21,14 @@ use crate::config::Budget;
 pub struct MemoryLedger {
     clock: Clock,
     book: Mutex<Book>,
+    keys: MemoryKeys,
 }
 
 impl MemoryLedger {
     /// An empty ledger reading periods from `clock`.
     pub fn new(clock: Clock) -> Self {
         Self {
+            keys: MemoryKeys::new(clock.clone()),
             clock,
             book: Mutex::new(Book::default()),
         }
@@ -123,6 +127,38 @@ impl Ledger for MemoryLedger {
             })
             .collect();
         ready(Ok(out)).boxed()
+    }
+
+    fn idempotency_begin<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<IdempotencyBegin, LedgerError>> {
+        ready(Ok(self.keys.begin(tenant, key, fingerprint, ttl))).boxed()
+    }
+
+    fn idempotency_complete<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+        answer: StoredAnswer,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.keys.complete(tenant, key, fingerprint, answer, ttl);
+        ready(Ok(())).boxed()
+    }
+
+    fn idempotency_abandon<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.keys.abandon(tenant, key, fingerprint);
+        ready(Ok(())).boxed()
     }
 }
 

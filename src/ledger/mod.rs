@@ -7,6 +7,7 @@
 //! with every call, so a budget changed in the config applies at once.
 
 mod book;
+mod idempotency;
 mod memory;
 mod period;
 pub(crate) mod redis;
@@ -19,6 +20,7 @@ use futures_util::future::BoxFuture;
 use crate::config::{Budget, Period};
 
 pub use self::redis::RedisLedger;
+pub use idempotency::{Fingerprint, IdempotencyBegin, IdempotencyTable, StoredAnswer};
 pub use memory::MemoryLedger;
 pub use period::period_key;
 pub use sqlite::{SqliteLedger, read_usage};
@@ -158,6 +160,41 @@ pub trait Ledger: Send + Sync + 'static {
         &'a self,
         tenants: &'a [(String, Option<Budget>)],
     ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>>;
+
+    /// Claims `key` (an `Idempotency-Key`, per tenant) for the request whose
+    /// fingerprint is `fingerprint`, or says what the key already holds.
+    /// [`IdempotencyBegin::Started`] is returned only once the claim would
+    /// survive a crash, so a write claimed here is never sent twice: after a
+    /// crash the claim reads as [`IdempotencyBegin::Orphaned`]. Claims and
+    /// answers are kept for `ttl`, then forgotten.
+    fn idempotency_begin<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<IdempotencyBegin, LedgerError>>;
+
+    /// Stores the answer of a claimed key (or replaces an orphaned claim's),
+    /// durably before it returns; kept for `ttl` from now.
+    fn idempotency_complete<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+        answer: StoredAnswer,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), LedgerError>>;
+
+    /// Gives a claim up: the request ended in a way that changed nothing
+    /// (refused before the upstream, or a failure the upstream never acted
+    /// on), so a retry with the same key may run it again.
+    fn idempotency_abandon<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+    ) -> BoxFuture<'a, Result<(), LedgerError>>;
 
     /// Waits until everything recorded so far is durable (at shutdown).
     fn flush(&self) -> BoxFuture<'_, Result<(), LedgerError>> {

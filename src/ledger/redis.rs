@@ -94,6 +94,7 @@ const SCAN_COUNT: u64 = 500;
 pub struct RedisLedger {
     inner: Arc<Inner>,
     stale_after: Duration,
+    keys: Arc<super::idempotency::MemoryKeys>,
 }
 
 impl fmt::Debug for RedisLedger {
@@ -196,6 +197,7 @@ impl RedisLedger {
     /// Connection attempts give up after 1 s, commands after 1 s, and a whole
     /// call after [`RedisLedger::CALL_TIMEOUT`].
     pub async fn connect(url: &str, clock: Clock) -> Result<RedisLedger, LedgerError> {
+        let clock_for_keys = clock.clone();
         let (conn, secrets) = connection(url)?;
         let inner = Arc::new(Inner {
             conn,
@@ -216,6 +218,7 @@ impl RedisLedger {
             tracing::warn!(%error, "the Redis ledger is unreachable; misses answer 503 until it is back");
         }
         Ok(RedisLedger {
+            keys: Arc::new(super::idempotency::MemoryKeys::new(clock_for_keys)),
             inner,
             stale_after: Self::DEFAULT_STALE_AFTER,
         })
@@ -728,6 +731,40 @@ impl Ledger for RedisLedger {
 
     fn health(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
         self.inner.ping().boxed()
+    }
+
+    // Interim: kept in memory until the durable table lands.
+    fn idempotency_begin<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a super::Fingerprint,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<super::IdempotencyBegin, LedgerError>> {
+        let found = self.keys.begin(tenant, key, fingerprint, ttl);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn idempotency_complete<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a super::Fingerprint,
+        answer: super::StoredAnswer,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.keys.complete(tenant, key, fingerprint, answer, ttl);
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn idempotency_abandon<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a super::Fingerprint,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.keys.abandon(tenant, key, fingerprint);
+        Box::pin(async move { Ok(()) })
     }
 }
 

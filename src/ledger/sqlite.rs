@@ -122,6 +122,7 @@ pub struct SqliteLedger {
     commands: mpsc::Sender<Command>,
     mirror: Arc<Mutex<Mirror>>,
     writer: Option<JoinHandle<()>>,
+    keys: super::idempotency::MemoryKeys,
 }
 
 /// What async callers can read without asking the writer.
@@ -250,6 +251,7 @@ impl SqliteLedger {
             .map_err(|e| unavailable(path, format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteLedger {
             path: path.to_path_buf(),
+            keys: super::idempotency::MemoryKeys::new(clock.clone()),
             clock,
             commands,
             mirror,
@@ -447,6 +449,40 @@ impl Ledger for SqliteLedger {
         // Boxed: the answer comes back from another thread. The probe queues
         // behind real work, so a stuck writer shows as a slow or failed check.
         self.ask(Command::Probe { reply }, answer).boxed()
+    }
+
+    // Interim: kept in memory until the durable table lands.
+    fn idempotency_begin<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a super::Fingerprint,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<super::IdempotencyBegin, LedgerError>> {
+        let found = self.keys.begin(tenant, key, fingerprint, ttl);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn idempotency_complete<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a super::Fingerprint,
+        answer: super::StoredAnswer,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.keys.complete(tenant, key, fingerprint, answer, ttl);
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn idempotency_abandon<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a super::Fingerprint,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.keys.abandon(tenant, key, fingerprint);
+        Box::pin(async move { Ok(()) })
     }
 }
 
