@@ -69,16 +69,22 @@ impl Price {
     /// The most a call with `params` can cost, or why its params are refused
     /// (an `INVALID_PARAMS` message).
     pub fn bound(&self, params: Option<&serde_json::Map<String, Value>>) -> Result<u64, String> {
+        self.bound_by(|name| params.and_then(|p| p.get(name)).cloned())
+    }
+
+    /// [`Price::bound`], reading each param through `param`.
+    pub fn bound_by(&self, param: impl Fn(&str) -> Option<Value>) -> Result<u64, String> {
         match self {
             Price::Free => Ok(0),
             Price::Fixed(n) => Ok(*n),
             Price::Per {
                 per,
-                param,
+                param: name,
                 default,
                 max,
             } => {
-                let n = match params.and_then(|p| p.get(param.as_str())) {
+                let (param_of, param) = (&param, name);
+                let n = match param_of(param.as_str()) {
                     None | Some(Value::Null) => *default,
                     Some(v) => v.as_u64().ok_or_else(|| {
                         format!("{param} must be a non-negative integer (it sets the price)")

@@ -14,13 +14,16 @@ use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
+use crate::actions::{ActionRule, ActionTable, Kind, Price};
 use crate::cache::PageCache;
 use crate::cache::shared::SharedTier;
 use crate::clock::Clock;
 use crate::config::{Config, LedgerConfig};
+use crate::credits::Credits;
 use crate::layers::admission::AdmissionLayer;
 use crate::layers::auth::AuthLayer;
 use crate::layers::cache::CacheService;
+use crate::layers::idempotency::IdempotencyLayer;
 use crate::layers::parse::ParseLayer;
 use crate::layers::policy::PolicyLayer;
 use crate::layers::rate_limit::RateLimitLayer;
@@ -34,6 +37,10 @@ use crate::ratelimit::RedisGcra;
 use crate::response::Body;
 use crate::tenant::Tenants;
 use crate::upstream::Upstream;
+
+/// How long an Idempotency-Key's answer is kept (interim default until the
+/// configuration's `idempotency.ttl_s` is wired).
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400);
 
 /// The whole request path as one cloneable service.
 pub type Stack<B> = BoxCloneSyncService<Request<B>, Response<Body>, Infallible>;
@@ -49,6 +56,11 @@ pub struct Gateway {
     pub tenants: Arc<Tenants>,
     /// Where credits are recorded.
     pub ledger: Arc<dyn Ledger>,
+    /// Every ledger call of the request path (shared across reloads, so
+    /// the last balances known survive them).
+    pub credits: Arc<Credits>,
+    /// The action table.
+    pub actions: Arc<ActionTable>,
     /// The page cache.
     pub cache: PageCache,
     /// The upstream client.
@@ -102,10 +114,20 @@ impl Gateway {
             )?),
             redis,
             metrics,
+            credits: Arc::new(Credits::new(Arc::clone(&ledger))),
+            actions: Arc::new(action_table(&config)),
             ledger,
             clock,
             config: Arc::new(config),
         })
+    }
+
+    /// This gateway recording credits in `ledger` instead (tests use it to
+    /// put a failing ledger in place).
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.credits = Arc::new(Credits::new(Arc::clone(&ledger)));
+        self.ledger = ledger;
+        self
     }
 
     /// The gateway `config` describes, built from this one: the clock,
@@ -169,6 +191,8 @@ impl Gateway {
             cache: self.cache.retimed(&config.cache),
             upstream,
             ledger: Arc::clone(&self.ledger),
+            credits: Arc::clone(&self.credits),
+            actions: Arc::new(action_table(&config)),
             metrics: Arc::clone(&self.metrics),
             clock: self.clock.clone(),
             config: Arc::new(config),
@@ -183,9 +207,9 @@ impl Gateway {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let miss = Arc::new(MissPath {
-            ledger: Arc::clone(&self.ledger),
+            credits: Arc::clone(&self.credits),
             upstream: Arc::clone(&self.upstream),
-            estimates: self.config.upstream.estimates.clone(),
+            metrics: Arc::clone(&self.metrics),
         });
         let stack = ServiceBuilder::new()
             // Outermost: every answer, errors included, gets an x-request-id,
@@ -206,9 +230,19 @@ impl Gateway {
             // Per-tenant GCRA, before any body is read: over-rate costs nothing.
             .layer(RateLimitLayer::new(self.clock.clone()))
             // Body limit (413), content type (415), JSON validation (400).
-            .layer(ParseLayer::new(self.config.server.max_body_bytes))
+            .layer(ParseLayer::new(
+                self.config.server.max_body_bytes,
+                Arc::clone(&self.actions),
+            ))
             // Account and action allow-lists (404 / 403).
             .layer(PolicyLayer)
+            // Idempotency-Key: a request sent again gets its first answer,
+            // without an upstream call; claimed before anything is sent.
+            .layer(IdempotencyLayer::new(
+                Arc::clone(&self.ledger),
+                IDEMPOTENCY_TTL,
+                self.clock.clone(),
+            ))
             // Innermost: cache hit, single-flight miss (reserve → upstream →
             // settle → store), or stale page; then the metadata rewrite.
             .service(CacheService::new(
@@ -219,4 +253,27 @@ impl Gateway {
             ));
         BoxCloneSyncService::new(stack)
     }
+}
+
+/// The action table in force: built-in rules, then `upstream.estimates` as
+/// fixed prices. (Interim until the configuration builds the table itself.)
+fn action_table(config: &Config) -> ActionTable {
+    let mut table = ActionTable::builtin(config.cache.ttl);
+    for (action, credits) in &config.upstream.estimates {
+        let rule = match table.get(action) {
+            Some(rule) => ActionRule {
+                price: Price::Fixed(*credits),
+                ..(**rule).clone()
+            },
+            None => ActionRule {
+                name: action.clone(),
+                category: None,
+                kind: Kind::Write,
+                price: Price::Fixed(*credits),
+                cache_ttl: None,
+            },
+        };
+        table.insert(rule);
+    }
+    table
 }

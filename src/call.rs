@@ -1,12 +1,15 @@
 //! A tenant's call, parsed and validated: what the inner stages work on.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use serde_json::Value;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 
+use crate::actions::ActionRule;
 use crate::cache::CacheKey;
-use crate::ledger::estimate_viewers;
+use crate::ledger::Fingerprint;
 
 /// Largest `count` viewgate accepts for `get_viewers` (the simulator's documented maximum).
 pub const MAX_COUNT: u32 = 100;
@@ -24,6 +27,12 @@ pub struct ApiCall {
     pub action: String,
     /// The parameters.
     pub params: CallParams,
+    /// The action's rule (endpoint, kind, price, TTL).
+    pub rule: Arc<ActionRule>,
+    /// The most this call can cost, from its rule and params: what a miss reserves.
+    pub bound: u64,
+    /// The client's own cap on this call's price (`x-max-credits`).
+    pub max_credits: Option<u64>,
 }
 
 /// Parameters, typed where viewgate understands them.
@@ -59,15 +68,6 @@ impl ApiCall {
         }
     }
 
-    /// Credits to reserve before calling the upstream: `ceil(count / 10)` for
-    /// `get_viewers`, else the configured estimate of the action (default 1).
-    pub fn estimate(&self, estimates: &BTreeMap<String, u64>) -> u64 {
-        match self.params {
-            CallParams::Viewers { count, .. } => estimate_viewers(count),
-            CallParams::Other(_) => estimates.get(&self.action).copied().unwrap_or(1),
-        }
-    }
-
     /// The body viewgate sends upstream: defaults written out, so the page
     /// fetched is exactly the page the cache key names.
     pub fn upstream_body(&self) -> Bytes {
@@ -88,5 +88,97 @@ impl ApiCall {
         }
         out.push(b'}');
         Bytes::from(out)
+    }
+
+    /// Whether the call changes the world (sent once, never cached).
+    pub fn is_write(&self) -> bool {
+        self.rule.is_write()
+    }
+
+    /// The params in canonical form: keys sorted at every depth, no spaces,
+    /// defaults written out for `get_viewers`. Two calls that mean the same
+    /// thing have the same canonical params.
+    pub fn canonical_params(&self) -> String {
+        match &self.params {
+            CallParams::Viewers { offset, count } => {
+                format!("{{\"count\":{count},\"offset\":{offset}}}")
+            }
+            CallParams::Other(None) => "{}".to_string(),
+            CallParams::Other(Some(raw)) => match serde_json::from_str::<Value>(raw.get()) {
+                Ok(value) => canonical_json(&value),
+                // Parsing validated it; should it ever fail, the raw text is still a key.
+                Err(_) => raw.get().to_string(),
+            },
+        }
+    }
+
+    /// What makes two requests "the same request" for an `Idempotency-Key`:
+    /// endpoint, account, action and canonical params.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hash = Sha256::new();
+        for part in [
+            self.category.as_str(),
+            self.account_id.as_str(),
+            self.action.as_str(),
+            self.canonical_params().as_str(),
+        ] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        hash.finalize().into()
+    }
+}
+
+/// `value` as JSON with object keys sorted at every depth.
+pub fn canonical_json(value: &Value) -> String {
+    fn write(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(v, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(v, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let a: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[{"y":1,"x":2}],"c":null}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{ "a" : {"c":null,"d":[{"x":2,"y":1}]}, "b":1 }"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":null,"d":[{"x":2,"y":1}]},"b":1}"#
+        );
     }
 }

@@ -12,6 +12,9 @@ use http::HeaderValue;
 
 use crate::response::CacheStatus;
 
+/// Target of the line that records a charge settled after the answer was logged.
+pub const SETTLE_TARGET: &str = "viewgate::settle";
+
 /// What the access log line records, filled in as the request moves inward.
 #[derive(Debug, Default, Clone)]
 pub struct LogFields {
@@ -35,6 +38,9 @@ pub struct LogFields {
     pub upstream_ms: Option<u64>,
     /// The error code, when the answer is an error.
     pub error_code: Option<String>,
+    /// Whether the access line is written: a charge settled after it goes
+    /// on a `settle` line of its own.
+    pub answered: bool,
 }
 
 /// One request's context.
@@ -61,6 +67,36 @@ impl RequestContext {
     pub fn fields(&self) -> MutexGuard<'_, LogFields> {
         // Fields are plain values; a panic elsewhere cannot leave them inconsistent.
         self.fields.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `credits` charged for this request. Before the answer is
+    /// logged they join the access line; after it (the request's deadline
+    /// passed while its upstream call went on), they are written on a
+    /// `settle` line with the same `request_id`, so that every credit the
+    /// ledger holds appears on exactly one log line. Returns whether the
+    /// charge came late (the caller then counts it in the metrics itself).
+    pub fn charge(&self, credits: u64) -> bool {
+        let mut fields = self.fields();
+        if !fields.answered {
+            fields.credits_charged = fields.credits_charged.saturating_add(credits);
+            return false;
+        }
+        let (tenant, action, account_id) = (
+            fields.tenant.clone(),
+            fields.action.clone(),
+            fields.account_id.clone(),
+        );
+        drop(fields);
+        tracing::info!(
+            target: SETTLE_TARGET,
+            request_id = self.request_id_str(),
+            tenant = tenant.as_deref(),
+            action = action.as_deref(),
+            account_id = account_id.as_deref(),
+            credits_charged = credits,
+            "settle"
+        );
+        true
     }
 
     /// The request id as text (always ASCII: it was validated or generated).

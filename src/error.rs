@@ -34,6 +34,18 @@ pub enum GatewayError {
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
+    /// The action has no price rule (not built in, not in `actions:`), or
+    /// is sent to another endpoint than its own.
+    #[error("{0}")]
+    InvalidAction(String),
+    /// The `Idempotency-Key` was used before for a different request.
+    #[error(
+        "this Idempotency-Key was used for a different request; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+    /// The `Idempotency-Key`'s first request is still being answered.
+    #[error("a request with this Idempotency-Key is still in flight; retry after it is answered")]
+    IdempotencyKeyInUse,
     /// The route exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed {
@@ -63,6 +75,15 @@ pub enum GatewayError {
         remaining: u64,
     },
 
+    /// The request's price bound is above the client's own `x-max-credits`.
+    #[error("this request may cost up to {bound} credits, more than x-max-credits {cap}")]
+    PriceAboveCap {
+        /// The action's price bound for these params.
+        bound: u64,
+        /// The client's cap.
+        cap: u64,
+    },
+
     // ---- the upstream -----------------------------------------------------
     /// Could not connect, the connection broke, or the answer was not the V2 format.
     #[error("upstream unavailable")]
@@ -82,6 +103,25 @@ pub enum GatewayError {
         /// When the breaker lets a probe through.
         retry_after_s: u64,
     },
+    /// The request may have reached the upstream, and then the exchange
+    /// failed (timeout, reset, a cut-short or oversized body, a write's 5xx):
+    /// whether the upstream acted or billed is unknown, so it is never sent
+    /// again and its reservation is kept as spend.
+    #[error("{}", outcome_unknown_message(*.timeout, *.credits))]
+    OutcomeUnknown {
+        /// Whether the upstream timed out (504) rather than failed (502).
+        timeout: bool,
+        /// Credits kept as spent for it.
+        credits: u64,
+        /// For the log only.
+        detail: String,
+    },
+    /// The first request with this `Idempotency-Key` was a write cut off by
+    /// a crash of the gateway while it was being sent: it is never sent again.
+    #[error(
+        "the first request with this Idempotency-Key was interrupted by a gateway restart while it was being sent; its outcome is unknown, so it is not sent again"
+    )]
+    IdempotencyOrphaned,
     /// Any other V2 error, passed through.
     #[error("{message}")]
     Upstream {
@@ -110,7 +150,12 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidApiKey => StatusCode::FORBIDDEN,
-            InvalidParams(_) => StatusCode::BAD_REQUEST,
+            InvalidParams(_) | InvalidAction(_) => StatusCode::BAD_REQUEST,
+            IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            IdempotencyKeyInUse => StatusCode::CONFLICT,
+            PriceAboveCap { .. } => StatusCode::PAYMENT_REQUIRED,
+            OutcomeUnknown { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+            OutcomeUnknown { timeout: false, .. } | IdempotencyOrphaned => StatusCode::BAD_GATEWAY,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotFound => StatusCode::NOT_FOUND,
@@ -133,6 +178,12 @@ impl GatewayError {
         match self {
             InvalidApiKey => "INVALID_API_KEY",
             InvalidParams(_) => "INVALID_PARAMS",
+            InvalidAction(_) => "INVALID_ACTION",
+            IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
+            PriceAboveCap { .. } => "INSUFFICIENT_CREDITS",
+            OutcomeUnknown { timeout: true, .. } => "UPSTREAM_TIMEOUT",
+            OutcomeUnknown { timeout: false, .. } | IdempotencyOrphaned => "UPSTREAM_UNAVAILABLE",
             PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             NotFound => "NOT_FOUND",
@@ -157,6 +208,7 @@ impl GatewayError {
             UpstreamUnavailable { .. }
             | UpstreamTimeout
             | UpstreamAuthFailed
+            | OutcomeUnknown { .. }
             | UpstreamCircuitOpen { .. } => true,
             Upstream { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
@@ -169,8 +221,32 @@ impl GatewayError {
     /// key's circuit breaker): unreachable, reset, garbage, timeout or 5xx.
     pub fn is_transport_failure(&self) -> bool {
         match self {
-            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamTimeout => true,
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamTimeout
+            | GatewayError::OutcomeUnknown { .. } => true,
             GatewayError::Upstream { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+
+    /// Credits this error charged the tenant: 0, except for a call whose
+    /// outcome is unknown (its reservation is kept as spend).
+    pub fn credits(&self) -> u64 {
+        match self {
+            GatewayError::OutcomeUnknown { credits, .. } => *credits,
+            _ => 0,
+        }
+    }
+
+    /// Whether this answer is final for an `Idempotency-Key`: the upstream
+    /// answered (a V2 4xx other than 429), or may have acted (outcome
+    /// unknown). Other failures changed nothing, so a retry may run again.
+    pub fn is_final(&self) -> bool {
+        match self {
+            GatewayError::OutcomeUnknown { .. } | GatewayError::IdempotencyOrphaned => true,
+            GatewayError::Upstream { status, .. } => {
+                status.is_client_error() && *status != StatusCode::TOO_MANY_REQUESTS
+            }
             _ => false,
         }
     }
@@ -181,26 +257,14 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after_s } => Some(*retry_after_s),
             GatewayError::UpstreamCircuitOpen { retry_after_s } => Some(*retry_after_s),
             GatewayError::Upstream { retry_after_s, .. } => *retry_after_s,
+            GatewayError::IdempotencyKeyInUse => Some(1),
             _ => None,
         }
     }
 
     /// The V2 error response: `{"success": false, "error": {...}, "metadata": {...}}`.
     pub fn to_response(&self, action: Option<&str>, now: Timestamp) -> Response<Body> {
-        let body = ErrorBody {
-            success: false,
-            error: ErrorDetail {
-                code: self.code(),
-                message: self.to_string(),
-            },
-            metadata: ErrorMetadata {
-                action,
-                credits_consumed: 0,
-                timestamp: rfc3339(now),
-            },
-        };
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut response = json_response(self.status(), Bytes::from(bytes));
+        let mut response = json_response(self.status(), self.body(action, now));
         if let Some(secs) = self.retry_after_s() {
             response
                 .headers_mut()
@@ -213,6 +277,37 @@ impl GatewayError {
         }
         response
     }
+}
+
+impl GatewayError {
+    /// The V2 error body alone (what an idempotent replay sends again).
+    pub fn body(&self, action: Option<&str>, now: Timestamp) -> Bytes {
+        let body = ErrorBody {
+            success: false,
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+            metadata: ErrorMetadata {
+                action,
+                credits_consumed: self.credits(),
+                timestamp: rfc3339(now),
+            },
+        };
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+fn outcome_unknown_message(timeout: bool, credits: u64) -> String {
+    let what = if timeout {
+        "the upstream did not answer in time after the request was sent"
+    } else {
+        "the upstream connection failed after the request was sent"
+    };
+    format!(
+        "{what}: its outcome is unknown (it may have acted and billed), so it was not retried; \
+         {credits} credits held for it are kept as spent"
+    )
 }
 
 /// The V2 error envelope, fields in the upstream's order.

@@ -1,142 +1,153 @@
-//! The miss path: budget reserve → upstream forward (real key) → settle or release.
+//! The miss path: price check → budget reserve → upstream forward (real key)
+//! → settle, keep, or release.
 //!
-//! A plain async function rather than a layer: it runs inside the cache
-//! stage's single-flight task, once per upstream fetch, not once per request.
+//! A plain async function rather than a layer: it runs inside its own task
+//! (see [`MissPath::spawn`]), once per upstream fetch, not once per request,
+//! so a client that hangs up or a request deadline that passes never cuts a
+//! paid call in half: the call still settles, and its charge still reaches
+//! the ledger and the log.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::HeaderValue;
+use tokio::task::JoinHandle;
 
 use crate::call::ApiCall;
-use crate::config::Budget;
+use crate::context::RequestContext;
+use crate::credits::Credits;
 use crate::error::GatewayError;
-use crate::ledger::{Balance, Ledger, LedgerError, Reservation};
+use crate::ledger::Balance;
+use crate::metrics::Metrics;
 use crate::tenant::Tenant;
-use crate::upstream::{Upstream, UpstreamCall, UpstreamReply};
+use crate::upstream::{Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 
 /// An upstream answer and what it cost the tenant who fetched it.
 #[derive(Debug, Clone)]
 pub struct Charged {
     /// The upstream's answer.
     pub reply: UpstreamReply,
+    /// Credits charged for it (the upstream's own figure, or what was held
+    /// when it gave none).
+    pub credits: u64,
     /// The tenant's balance after settling.
     pub balance: Balance,
 }
 
 /// What the miss path needs.
 pub struct MissPath {
-    /// Where credits are recorded.
-    pub ledger: Arc<dyn Ledger>,
+    /// Every ledger call.
+    pub credits: Arc<Credits>,
     /// The upstream.
     pub upstream: Arc<Upstream>,
-    /// Estimates of actions other than `get_viewers`.
-    pub estimates: BTreeMap<String, u64>,
+    /// Where overruns and late charges are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl MissPath {
-    /// Reserves the call's estimate, calls the upstream, and settles to what
-    /// it reported (or releases the reservation on any error).
+    /// Runs [`MissPath::fetch`] in its own task.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tenant: Arc<Tenant>,
+        call: Arc<ApiCall>,
+        context: Arc<RequestContext>,
+    ) -> JoinHandle<Result<Charged, GatewayError>> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.fetch(&tenant, &call, &context).await })
+    }
+
+    /// Reserves the call's price bound, calls the upstream, then settles to
+    /// what it reported, keeps the reservation as spend when the outcome is
+    /// unknown, or releases it when the call provably cost nothing.
     pub async fn fetch(
         &self,
         tenant: &Tenant,
         call: &ApiCall,
-        request_id: &HeaderValue,
+        context: &RequestContext,
     ) -> Result<Charged, GatewayError> {
-        let estimate = call.estimate(&self.estimates);
+        if let Some(cap) = call.max_credits
+            && call.bound > cap
+        {
+            return Err(GatewayError::PriceAboveCap {
+                bound: call.bound,
+                cap,
+            });
+        }
+        // Before reserving: an account no upstream key owns costs no ledger write.
+        if !self.upstream.owns(&call.account_id) {
+            return Err(GatewayError::InvalidAccount);
+        }
         let reservation = self
-            .ledger
-            .reserve(
-                &tenant.id,
-                tenant.budget,
-                estimate,
-                request_id.to_str().unwrap_or("-"),
-            )
-            .await
-            .map_err(|e| match e {
-                LedgerError::Insufficient { needed, remaining } => {
-                    GatewayError::InsufficientCredits { needed, remaining }
-                }
-                LedgerError::Unavailable(detail) => GatewayError::ServiceUnavailable { detail },
-            })?;
+            .credits
+            .reserve(tenant, call.bound, context.request_id_str())
+            .await?;
         let upstream_call = UpstreamCall {
             path: call.path(),
             account_id: call.account_id.clone(),
             body: call.upstream_body(),
-            request_id: request_id.clone(),
+            request_id: context.request_id.clone(),
+            write: call.is_write(),
+            get: false,
         };
         match self.upstream.call(&upstream_call).await {
             Ok(reply) => {
-                let balance = match self
-                    .ledger
-                    .settle(reservation.clone(), reply.credits, tenant.budget)
-                    .await
-                {
-                    Ok(balance) => balance,
-                    Err(e) => {
-                        tracing::error!(
-                            tenant = &*tenant.id,
-                            held = reservation.amount,
-                            charged = reply.credits,
-                            error = %e,
-                            "could not settle a charge; retrying in the background"
-                        );
-                        close_later(
-                            Arc::clone(&self.ledger),
-                            reservation,
-                            Some(reply.credits),
-                            tenant.budget,
-                        );
-                        Balance::default()
-                    }
-                };
-                Ok(Charged { reply, balance })
-            }
-            Err(error) => {
-                if let Err(e) = self
-                    .ledger
-                    .release(reservation.clone(), tenant.budget)
-                    .await
-                {
-                    tracing::error!(tenant = &*tenant.id, error = %e, "could not release a reservation; retrying in the background");
-                    close_later(Arc::clone(&self.ledger), reservation, None, tenant.budget);
+                let held = reservation.amount;
+                let credits = reply.credits.unwrap_or_else(|| {
+                    tracing::warn!(
+                        request_id = context.request_id_str(),
+                        action = call.action.as_str(),
+                        held,
+                        "the upstream reported no credits_consumed; charging what was held"
+                    );
+                    held
+                });
+                if credits > held {
+                    tracing::warn!(
+                        request_id = context.request_id_str(),
+                        tenant = &*tenant.id,
+                        action = call.action.as_str(),
+                        bound = held,
+                        charged = credits,
+                        "the upstream charged more than the action's price bound; recorded in full"
+                    );
+                    self.metrics.price_overrun(&call.action);
                 }
+                let balance = self.credits.settle(tenant, reservation, credits).await;
+                self.charge(tenant, context, credits);
+                Ok(Charged {
+                    reply,
+                    credits,
+                    balance,
+                })
+            }
+            Err(UpstreamError::Unknown { timeout, detail }) => {
+                // The upstream may have acted and billed: what was held is spent.
+                let credits = reservation.amount;
+                tracing::warn!(
+                    request_id = context.request_id_str(),
+                    tenant = &*tenant.id,
+                    action = call.action.as_str(),
+                    credits,
+                    detail = detail.as_str(),
+                    "upstream outcome unknown; not retried, reservation kept as spend"
+                );
+                self.credits.settle(tenant, reservation, credits).await;
+                self.charge(tenant, context, credits);
+                Err(GatewayError::OutcomeUnknown {
+                    timeout,
+                    credits,
+                    detail,
+                })
+            }
+            Err(UpstreamError::Free(error)) => {
+                self.credits.release(tenant, reservation).await;
                 Err(error)
             }
         }
     }
-}
 
-/// Settles (`Some(actual)`) or releases (`None`) a reservation once the
-/// ledger takes it, retrying with backoff for as long as the process runs.
-/// Until then the reservation stays open and counts in full; that is an
-/// over-count unless the upstream charged more than was held, which only the
-/// settle can record (settles are idempotent per reservation, so retrying is
-/// safe). If the process stops first, the next start counts the reservation
-/// as spent at its held amount: the error log line above names both amounts.
-fn close_later(
-    ledger: Arc<dyn Ledger>,
-    reservation: Reservation,
-    actual: Option<u64>,
-    budget: Option<Budget>,
-) {
-    tokio::spawn(async move {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            tokio::time::sleep(wait).await;
-            let closed = match actual {
-                Some(actual) => ledger.settle(reservation.clone(), actual, budget).await,
-                None => ledger.release(reservation.clone(), budget).await,
-            };
-            if closed.is_ok() {
-                tracing::info!(
-                    tenant = &*reservation.tenant,
-                    "a charge that had failed to settle is recorded"
-                );
-                return;
-            }
-            wait = (wait * 2).min(Duration::from_secs(5));
+    fn charge(&self, tenant: &Tenant, context: &RequestContext, credits: u64) {
+        if context.charge(credits) {
+            // The access line and its metrics are written already.
+            self.metrics.charged(&tenant.id, credits);
         }
-    });
+    }
 }

@@ -25,8 +25,9 @@ use crate::cache::{CacheKey, CachedPage, Flight, Leader, PageCache, Role};
 use crate::call::ApiCall;
 use crate::clock::Clock;
 use crate::context::RequestContext;
+use crate::credits::Credits;
 use crate::error::GatewayError;
-use crate::ledger::{Balance, Ledger};
+use crate::ledger::Balance;
 use crate::miss::{Charged, MissPath};
 use crate::response::{Body, CacheStatus, PageMeta, page_body, page_response};
 use crate::tenant::Tenant;
@@ -47,7 +48,7 @@ pub struct CacheService {
 struct Shared {
     cache: PageCache,
     miss: Arc<MissPath>,
-    ledger: Arc<dyn Ledger>,
+    credits: Arc<Credits>,
     clock: Clock,
     cached_actions: HashSet<String>,
 }
@@ -60,12 +61,12 @@ impl CacheService {
         clock: Clock,
         cached_actions: HashSet<String>,
     ) -> Self {
-        let ledger = Arc::clone(&miss.ledger);
+        let credits = Arc::clone(&miss.credits);
         Self {
             shared: Arc::new(Shared {
                 cache,
                 miss,
-                ledger,
+                credits,
                 clock,
                 cached_actions,
             }),
@@ -128,25 +129,33 @@ impl Shared {
     ) -> StageResult {
         let key = call
             .cache_key()
-            .filter(|_| self.cached_actions.contains(&call.action));
+            .filter(|_| !call.is_write() && self.cached_actions.contains(&call.action));
         let Some(key) = key else {
-            let charged = self.miss.fetch(&tenant, &call, &context.request_id).await?;
-            note(
-                &context,
-                None,
-                charged.reply.credits,
-                Some(charged.reply.upstream_ms),
-            );
+            let task =
+                self.miss
+                    .spawn(Arc::clone(&tenant), Arc::clone(&call), Arc::clone(&context));
+            let charged = match task.await {
+                Ok(result) => result?,
+                Err(join) => {
+                    return Err(GatewayError::ServiceUnavailable {
+                        detail: format!("miss task failed: {join}"),
+                    });
+                }
+            };
+            note(&context, None, Some(charged.reply.upstream_ms));
             let meta = PageMeta {
                 action: &call.action,
                 account_id: &call.account_id,
-                credits_consumed: charged.reply.credits,
+                credits_consumed: charged.credits,
                 timestamp: self.clock.wall(),
                 cache: None,
                 credits_remaining: charged.balance.remaining(),
             };
             let mut response =
                 page_response(charged.reply.status, page_body(&charged.reply.data, &meta));
+            for (name, value) in &charged.reply.headers {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
             remaining_header(&mut response, &tenant, &charged.balance);
             return Ok(response);
         };
@@ -189,7 +198,7 @@ impl Shared {
                     let task = self.spawn_fetch(leader, &key, &tenant, &call, &context);
                     match task.await {
                         Ok(Ok((charged, page))) => {
-                            let credits = charged.reply.credits;
+                            let credits = charged.credits;
                             let ms = Some(charged.reply.upstream_ms);
                             return self.answer_with(
                                 &tenant,
@@ -256,17 +265,17 @@ impl Shared {
         key: &CacheKey,
         tenant: &Arc<Tenant>,
         call: &Arc<ApiCall>,
-        context: &RequestContext,
+        context: &Arc<RequestContext>,
     ) -> JoinHandle<Result<(Charged, Arc<CachedPage>), GatewayError>> {
         let this = Arc::clone(self);
         let (tenant, call, key) = (Arc::clone(tenant), Arc::clone(call), key.clone());
-        let request_id = context.request_id.clone();
+        let context = Arc::clone(context);
         tokio::spawn(async move {
-            let result = this.miss.fetch(&tenant, &call, &request_id).await;
+            let result = this.miss.fetch(&tenant, &call, &context).await;
             let flight = match &result {
                 Ok(c) => Ok(this
                     .cache
-                    .store(key, c.reply.status, c.reply.data.clone(), c.reply.credits)
+                    .store(key, c.reply.status, c.reply.data.clone(), c.credits)
                     .await),
                 Err(e) => Err(e.clone()),
             };
@@ -283,12 +292,7 @@ impl Shared {
         call: &ApiCall,
         page: &CachedPage,
     ) -> StageResult {
-        // A hit is served even when the ledger cannot be read; it then shows no remaining figure.
-        let balance = self
-            .ledger
-            .hit(&tenant.id, tenant.budget, page.credits)
-            .await
-            .unwrap_or_default();
+        let balance = self.credits.hit(tenant, page.credits).await;
         context.fields().credits_saved = page.credits;
         self.answer_with(
             tenant,
@@ -314,12 +318,7 @@ impl Shared {
         credits: u64,
         upstream_ms: Option<u64>,
     ) -> StageResult {
-        // A hit is served even when the ledger cannot be read; it then shows no remaining figure.
-        let balance = self
-            .ledger
-            .balance(&tenant.id, tenant.budget)
-            .await
-            .unwrap_or_default();
+        let balance = self.credits.balance(tenant).await;
         self.answer_with(
             tenant,
             context,
@@ -344,7 +343,7 @@ impl Shared {
         upstream_ms: Option<u64>,
         balance: Balance,
     ) -> StageResult {
-        note(context, Some(status), credits, upstream_ms);
+        note(context, Some(status), upstream_ms);
         let meta = PageMeta {
             action: &call.action,
             account_id: &call.account_id,
@@ -372,15 +371,11 @@ fn remaining_header(response: &mut Response<Body>, tenant: &Tenant, balance: &Ba
     }
 }
 
-fn note(
-    context: &RequestContext,
-    cache: Option<CacheStatus>,
-    credits: u64,
-    upstream_ms: Option<u64>,
-) {
+/// Records how the request was answered; its charge was recorded by the
+/// miss path itself ([`RequestContext::charge`]).
+fn note(context: &RequestContext, cache: Option<CacheStatus>, upstream_ms: Option<u64>) {
     let mut fields = context.fields();
     fields.cache = cache;
-    fields.credits_charged = credits;
     fields.upstream_ms = upstream_ms;
 }
 

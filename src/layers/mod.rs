@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod auth;
 pub mod cache;
+pub mod idempotency;
 pub mod parse;
 pub mod policy;
 pub mod rate_limit;

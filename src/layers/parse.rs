@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,20 +20,25 @@ use tower::{Layer, Service};
 
 use super::StageResult;
 use super::route::Category;
+use crate::actions::ActionTable;
 use crate::call::{ApiCall, CallParams, DEFAULT_COUNT, MAX_COUNT};
 use crate::config::valid_account_id;
 use crate::error::GatewayError;
 
-/// Reads and validates the body.
+/// Reads and validates the body, and prices the call from its action's rule.
 #[derive(Debug, Clone)]
 pub struct ParseLayer {
     max_body_bytes: usize,
+    actions: Arc<ActionTable>,
 }
 
 impl ParseLayer {
-    /// Accepts bodies up to `max_body_bytes`.
-    pub fn new(max_body_bytes: usize) -> Self {
-        Self { max_body_bytes }
+    /// Accepts bodies up to `max_body_bytes`, for the actions of `actions`.
+    pub fn new(max_body_bytes: usize, actions: Arc<ActionTable>) -> Self {
+        Self {
+            max_body_bytes,
+            actions,
+        }
     }
 }
 
@@ -42,6 +48,7 @@ impl<S> Layer<S> for ParseLayer {
         Parse {
             inner,
             max_body_bytes: self.max_body_bytes,
+            actions: Arc::clone(&self.actions),
         }
     }
 }
@@ -51,6 +58,7 @@ impl<S> Layer<S> for ParseLayer {
 pub struct Parse<S> {
     inner: S,
     max_body_bytes: usize,
+    actions: Arc<ActionTable>,
 }
 
 impl<S, B> Service<Request<B>> for Parse<S>
@@ -80,6 +88,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limit = self.max_body_bytes;
+        let actions = Arc::clone(&self.actions);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let declared = parts
@@ -108,10 +117,11 @@ where
                 .extensions
                 .get::<Category>()
                 .map_or("profiles", |c| c.0.as_str());
-            let call = parse_call(category, &bytes)?;
+            let mut call = parse_call_with(category, &bytes, &actions)?;
+            call.max_credits = max_credits(&parts.headers)?;
             if let Some(context) = parts
                 .extensions
-                .get::<std::sync::Arc<crate::context::RequestContext>>()
+                .get::<Arc<crate::context::RequestContext>>()
             {
                 let mut fields = context.fields();
                 fields.action = Some(call.action.clone());
@@ -124,6 +134,21 @@ where
             inner.call(Request::from_parts(parts, call)).await
         })
     }
+}
+
+/// `x-max-credits: N`: the client's cap on one call's price.
+fn max_credits(headers: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
+    let mut values = headers.get_all("x-max-credits").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let n = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|_| values.next().is_none())
+        .ok_or_else(|| invalid("x-max-credits must be one non-negative integer"))?;
+    Ok(Some(n))
 }
 
 /// `application/json`, any case, with or without parameters.
@@ -149,8 +174,24 @@ fn invalid(message: impl Into<String>) -> GatewayError {
     GatewayError::InvalidParams(message.into())
 }
 
-/// Validates a body sent to `/v2/{category}`.
+/// The built-in action table (cache TTL of get_viewers at its default),
+/// for callers that parse without a configuration: fuzzing and tests.
+fn builtin_actions() -> &'static ActionTable {
+    static TABLE: std::sync::OnceLock<ActionTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| ActionTable::builtin(std::time::Duration::from_secs(300)))
+}
+
+/// Validates a body sent to `/v2/{category}` against the built-in actions.
 pub fn parse_call(category: &str, body: &[u8]) -> Result<ApiCall, GatewayError> {
+    parse_call_with(category, body, builtin_actions())
+}
+
+/// Validates a body sent to `/v2/{category}` and prices it by `actions`.
+pub fn parse_call_with(
+    category: &str,
+    body: &[u8],
+    actions: &ActionTable,
+) -> Result<ApiCall, GatewayError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(invalid("the body must be a JSON object"));
@@ -180,28 +221,54 @@ pub fn parse_call(category: &str, body: &[u8]) -> Result<ApiCall, GatewayError> 
             "action must be a lower-case action name such as get_viewers",
         ));
     }
+    let Some(rule) = actions.find(category, &action) else {
+        return Err(GatewayError::InvalidAction(match actions.get(&action) {
+            Some(rule) => format!(
+                "action {action:?} belongs to /v2/{}, not /v2/{category}",
+                rule.category.as_deref().unwrap_or("?")
+            ),
+            None => format!("viewgate has no price for action {action:?}, so it cannot forward it"),
+        }));
+    };
     let params = wire.params.filter(|raw| raw.get().trim() != "null");
-    let params = if category == "profiles" && action == "get_viewers" {
-        viewer_params(params)?
+    let (params, bound) = if category == "profiles" && action == "get_viewers" {
+        let params = viewer_params(params)?;
+        let CallParams::Viewers { offset, count } = params else {
+            unreachable!("viewer_params returns viewer params")
+        };
+        let bound = rule.price.bound_by(|name| match name {
+            "count" => Some(serde_json::Value::from(count)),
+            "offset" => Some(serde_json::Value::from(offset)),
+            _ => None,
+        });
+        (params, bound.map_err(invalid)?)
     } else {
-        if let Some(raw) = params {
-            // Forwarded as written, so it must be JSON any parser reads the
-            // same way: an object, with numbers a double can hold.
-            let ok = raw.get().trim_start().starts_with('{')
-                && serde_json::from_str::<serde_json::Value>(raw.get()).is_ok();
-            if !ok {
-                return Err(invalid(
-                    "params must be a JSON object (numbers within the range of a double)",
-                ));
+        let map = match params {
+            None => None,
+            Some(raw) => {
+                // Forwarded as written, so it must be JSON any parser reads the
+                // same way: an object, with numbers a double can hold.
+                match serde_json::from_str::<serde_json::Value>(raw.get()) {
+                    Ok(serde_json::Value::Object(map)) => Some(map),
+                    _ => {
+                        return Err(invalid(
+                            "params must be a JSON object (numbers within the range of a double)",
+                        ));
+                    }
+                }
             }
-        }
-        CallParams::Other(params.map(|raw| raw.to_owned()))
+        };
+        let bound = rule.price.bound(map.as_ref()).map_err(invalid)?;
+        (CallParams::Other(params.map(|raw| raw.to_owned())), bound)
     };
     Ok(ApiCall {
         category: category.to_string(),
         account_id,
         action,
         params,
+        rule: Arc::clone(rule),
+        bound,
+        max_credits: None,
     })
 }
 
@@ -360,7 +427,7 @@ mod tests {
             call.upstream_body(),
             Bytes::from_static(br#"{"account_id":"acc-1","action":"get_viewers","params":{"count":10,"offset":0}}"#)
         );
-        assert_eq!(call.estimate(&Default::default()), 1);
+        assert_eq!(call.bound, 1);
     }
 
     #[test]

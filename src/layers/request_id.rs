@@ -154,7 +154,9 @@ fn record(metrics: &Metrics, context: &RequestContext, status: u16) {
 }
 
 fn log_access(context: &RequestContext, status: u16) {
-    let f = context.fields();
+    let mut f = context.fields();
+    // From here on, a charge goes on a settle line of its own (see `RequestContext::charge`).
+    f.answered = true;
     let total_ms = context.started.elapsed().as_secs_f64() * 1000.0;
     macro_rules! line {
         ($level:expr) => {

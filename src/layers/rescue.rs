@@ -102,7 +102,6 @@ where
             Some(context) => {
                 let mut fields = context.fields();
                 fields.error_code = Some(error.code().to_string());
-                fields.credits_charged = 0;
                 log_detail(&error, context.request_id_str());
                 // Before the body is read the action is unknown; on the
                 // get_viewers endpoint it is, in all likelihood, get_viewers.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -31,6 +31,7 @@ use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::ratelimit::{RedisGcra, ceil_secs};
+use crate::scrub::Scrubber;
 
 /// Largest upstream body viewgate will read.
 const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
@@ -46,6 +47,27 @@ pub struct UpstreamCall {
     pub body: Bytes,
     /// The request id, forwarded for correlation.
     pub request_id: HeaderValue,
+    /// Whether it changes the world: then it is never retried once a byte
+    /// may have reached the upstream, and any doubt is an unknown outcome.
+    pub write: bool,
+    /// A `GET` (account listings) rather than a `POST` with a body.
+    pub get: bool,
+}
+
+/// Why a call produced no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Nothing reached the upstream, or it answered an error (V2 errors cost
+    /// nothing): the tenant is not charged.
+    Free(GatewayError),
+    /// The request may have reached the upstream and the exchange then
+    /// failed: it may have acted and billed. Never retried.
+    Unknown {
+        /// Whether it was a timeout (504) rather than a failure (502).
+        timeout: bool,
+        /// For the log only.
+        detail: String,
+    },
 }
 
 /// A successful upstream answer.
@@ -55,12 +77,12 @@ pub struct UpstreamReply {
     pub status: StatusCode,
     /// The raw `data` JSON.
     pub data: Bytes,
-    /// `metadata.credits_consumed`.
-    pub credits: u64,
+    /// `metadata.credits_consumed`, or `None` when the upstream did not say.
+    pub credits: Option<u64>,
     /// Time spent on the upstream, all attempts.
     pub upstream_ms: u64,
-    /// Name of the key used.
-    pub key_name: String,
+    /// Response headers a client may act on (`retry-after`, `x-ratelimit-*`).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// The pooled client and everything needed to reach the upstream.
@@ -76,6 +98,7 @@ pub struct Upstream {
     max_pace_wait: Duration,
     clock: Clock,
     metrics: Arc<Metrics>,
+    scrubber: Scrubber,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +107,8 @@ struct Envelope<'a> {
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     error: Option<ErrorBody>,
-    metadata: Option<Metadata>,
+    #[serde(borrow)]
+    metadata: Option<Metadata<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -95,14 +119,32 @@ struct ErrorBody {
 }
 
 #[derive(Deserialize)]
-struct Metadata {
-    #[serde(default)]
-    credits_consumed: u64,
+struct Metadata<'a> {
+    #[serde(borrow)]
+    credits_consumed: Option<&'a RawValue>,
+}
+
+/// `metadata.credits_consumed` as a whole number of credits: a fraction is
+/// rounded up and anything past `u64::MAX` saturates (an absurd charge is
+/// recorded, never wrapped or dropped). `None` when it is missing or not a
+/// number: the caller then counts what it held.
+fn reported_credits(metadata: Option<Metadata<'_>>) -> Option<u64> {
+    let raw = metadata?.credits_consumed?;
+    let text = raw.get().trim();
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n);
+    }
+    let n: f64 = serde_json::from_str(text).ok()?;
+    if n.is_nan() {
+        return None;
+    }
+    // `as` saturates: negatives become 0, huge values u64::MAX.
+    Some(n.ceil() as u64)
 }
 
 /// What one attempt produced.
 enum Attempt {
-    Done(Result<UpstreamReply, GatewayError>),
+    Done(Result<UpstreamReply, UpstreamError>),
     /// A free failure worth retrying, with the upstream's `Retry-After` if it sent one.
     Retry(GatewayError, Option<Duration>),
 }
@@ -154,6 +196,7 @@ impl Upstream {
             deadline: config.deadline,
             max_retries: config.max_retries,
             max_pace_wait: config.max_pace_wait,
+            scrubber: Scrubber::new(config.keys.iter().map(|k| k.secret.expose().as_bytes())),
             clock,
             metrics,
         })
@@ -171,11 +214,16 @@ impl Upstream {
 
     /// Calls the upstream, retrying free failures, within the key's pace and
     /// breaker and the overall deadline.
-    pub async fn call(&self, call: &UpstreamCall) -> Result<UpstreamReply, GatewayError> {
+    ///
+    /// Retried (they cost nothing and changed nothing): a connection that
+    /// failed before any byte was sent, an upstream 429, and for reads an
+    /// upstream 5xx. Never retried: anything after which the upstream may
+    /// have acted or billed ([`UpstreamError::Unknown`]).
+    pub async fn call(&self, call: &UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
         let key = self
             .keys
             .route(&call.account_id)
-            .ok_or(GatewayError::InvalidAccount)?;
+            .ok_or(UpstreamError::Free(GatewayError::InvalidAccount))?;
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut attempt = 0u32;
@@ -183,16 +231,16 @@ impl Upstream {
             let permit = key.breaker.permit();
             if let Permit::Refused(wait) = permit {
                 self.metrics.upstream_refused(&key.name, "circuit_open");
-                return Err(GatewayError::UpstreamCircuitOpen {
+                return Err(UpstreamError::Free(GatewayError::UpstreamCircuitOpen {
                     retry_after_s: ceil_secs(wait),
-                });
+                }));
             }
             if let Err(e) = self.pace(key, deadline).await {
                 self.metrics.upstream_refused(&key.name, "paced");
                 if permit == Permit::Probe {
                     key.breaker.abandon_probe();
                 }
-                return Err(e);
+                return Err(UpstreamError::Free(e));
             }
             let budget = self
                 .timeout
@@ -201,7 +249,11 @@ impl Upstream {
             let result = self.attempt(call, key, started, budget).await;
             let (outcome, healthy) = match &result {
                 Attempt::Done(Ok(_)) => ("ok", true),
-                Attempt::Done(Err(e)) | Attempt::Retry(e, _) => {
+                Attempt::Done(Err(UpstreamError::Unknown { timeout: true, .. })) => {
+                    ("timeout", false)
+                }
+                Attempt::Done(Err(UpstreamError::Unknown { .. })) => ("unknown", false),
+                Attempt::Done(Err(UpstreamError::Free(e))) | Attempt::Retry(e, _) => {
                     (outcome(e), !e.is_transport_failure())
                 }
             };
@@ -215,7 +267,7 @@ impl Upstream {
                 Attempt::Retry(error, retry_after) => {
                     let wait = backoff(attempt).max(retry_after.unwrap_or_default());
                     if attempt >= self.max_retries || Instant::now() + wait >= deadline {
-                        return Err(error);
+                        return Err(UpstreamError::Free(error));
                     }
                     tracing::warn!(
                         request_id = ?call.request_id,
@@ -223,7 +275,7 @@ impl Upstream {
                         attempt = attempt + 1,
                         error_code = error.code(),
                         wait_ms = wait.as_millis() as u64,
-                        "upstream failure, retrying"
+                        "upstream failure that cost nothing, retrying"
                     );
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -254,58 +306,85 @@ impl Upstream {
         timeout: Duration,
     ) -> Attempt {
         let uri = format!("{}{}", self.base, call.path);
-        let request = Request::builder()
-            .method(Method::POST)
+        let method = if call.get { Method::GET } else { Method::POST };
+        let mut request = Request::builder()
+            .method(method)
             .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
             .header(
                 header::USER_AGENT,
                 concat!("viewgate/", env!("CARGO_PKG_VERSION")),
             )
             .header("x-api-key", key.header.clone())
-            .header("x-request-id", call.request_id.clone())
-            .body(Full::new(call.body.clone()));
-        let request = match request {
+            .header("x-request-id", call.request_id.clone());
+        if !call.get {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = match request.body(Full::new(call.body.clone())) {
             Ok(r) => r,
             Err(e) => {
-                return Attempt::Done(Err(GatewayError::UpstreamUnavailable {
-                    detail: format!("cannot build the upstream request: {e}"),
-                }));
+                return Attempt::Done(Err(UpstreamError::Free(
+                    GatewayError::UpstreamUnavailable {
+                        detail: format!("cannot build the upstream request: {e}"),
+                    },
+                )));
             }
         };
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_UPSTREAM_BODY)
-                .collect()
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?
-                .to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts, body))
-        };
-        let (parts, body) = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => return Attempt::Done(Err(GatewayError::UpstreamTimeout)),
-            Ok(Err(e)) => {
-                // Connect errors, resets and truncated bodies: nothing was billed.
+        let give_up = Instant::now() + timeout;
+        // Until the response head arrives, a failure is free only if it is a
+        // connect error: then not a byte of the request left viewgate.
+        // (Requests on a pooled connection the upstream had closed are
+        // re-sent by the client itself only when nothing was written.)
+        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => {
+                return unknown(true, "no answer within upstream.timeout_ms");
+            }
+            Ok(Err(e)) if e.is_connect() => {
                 return Attempt::Retry(
                     GatewayError::UpstreamUnavailable {
-                        detail: error_chain(&*e),
+                        detail: error_chain(&e),
                     },
                     None,
                 );
             }
-            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return unknown(false, &error_chain(&e)),
+            Ok(Ok(response)) => response,
         };
+        let (parts, body) = response.into_parts();
+        let remaining = give_up.saturating_duration_since(Instant::now());
+        let body =
+            match tokio::time::timeout(remaining, Limited::new(body, MAX_UPSTREAM_BODY).collect())
+                .await
+            {
+                Err(_) => {
+                    return unknown(true, "the body did not arrive within upstream.timeout_ms");
+                }
+                Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                    return unknown(
+                        false,
+                        &format!("the upstream answered a body over {MAX_UPSTREAM_BODY} bytes"),
+                    );
+                }
+                Ok(Err(e)) => {
+                    return unknown(
+                        false,
+                        &format!("the body was cut short: {}", error_chain(&*e)),
+                    );
+                }
+                Ok(Ok(collected)) => collected.to_bytes(),
+            };
         let upstream_ms = started.elapsed().as_millis() as u64;
         let status = parts.status;
         let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&body) else {
-            let error = GatewayError::UpstreamUnavailable {
-                detail: format!("upstream answered {status} with a body that is not V2 JSON"),
-            };
-            return if status.is_server_error() {
-                Attempt::Retry(error, None)
+            let detail = format!("upstream answered {status} with a body that is not V2 JSON");
+            return if call.write {
+                // Whatever a proxy or a broken upstream says, the write may have happened.
+                unknown(false, &detail)
+            } else if status.is_server_error() {
+                Attempt::Retry(GatewayError::UpstreamUnavailable { detail }, None)
             } else {
-                Attempt::Done(Err(error))
+                Attempt::Done(Err(UpstreamError::Free(
+                    GatewayError::UpstreamUnavailable { detail },
+                )))
             };
         };
         if envelope.success
@@ -315,16 +394,21 @@ impl Upstream {
             return Attempt::Done(Ok(UpstreamReply {
                 status,
                 data: body.slice_ref(data.get().as_bytes()),
-                credits: envelope.metadata.map_or(0, |m| m.credits_consumed),
+                credits: reported_credits(envelope.metadata),
                 upstream_ms,
-                key_name: key.name.clone(),
+                headers: passed_headers(&parts.headers),
             }));
         }
         if status.is_success() {
             // `success: false` (or no `data`) with a 2xx status is not the V2 contract.
-            return Attempt::Done(Err(GatewayError::UpstreamUnavailable {
-                detail: format!("upstream answered {status} without a V2 success body"),
-            }));
+            let detail = format!("upstream answered {status} without a V2 success body");
+            return if call.write {
+                unknown(false, &detail)
+            } else {
+                Attempt::Done(Err(UpstreamError::Free(
+                    GatewayError::UpstreamUnavailable { detail },
+                )))
+            };
         }
         let (code, message) = match envelope.error {
             Some(e) => (e.code, e.message),
@@ -332,7 +416,7 @@ impl Upstream {
         };
         if code == "INVALID_API_KEY" {
             tracing::error!(upstream_key = %key.name, "the upstream rejected this upstream key");
-            return Attempt::Done(Err(GatewayError::UpstreamAuthFailed));
+            return Attempt::Done(Err(UpstreamError::Free(GatewayError::UpstreamAuthFailed)));
         }
         let retry_after = parts
             .headers
@@ -343,17 +427,42 @@ impl Upstream {
             .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(1));
         let error = GatewayError::Upstream {
             status,
-            code,
-            // The upstream has no reason to echo a key, but never pass one on.
-            message: message.replace(key.header.to_str().unwrap_or("\u{0}"), "***"),
+            code: self.scrubber.code(&code),
+            message: self.scrubber.message(&message).into_owned(),
             retry_after_s: retry_after,
         };
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            Attempt::Retry(error, retry_after.map(Duration::from_secs))
+        } else if status.is_server_error() && call.write {
+            // V2 errors cost nothing, but a write that met a 5xx may still
+            // have been carried out: never send it again.
+            unknown(false, &format!("the upstream answered {status} to a write"))
+        } else if status.is_server_error() {
             Attempt::Retry(error, retry_after.map(Duration::from_secs))
         } else {
-            Attempt::Done(Err(error))
+            Attempt::Done(Err(UpstreamError::Free(error)))
         }
     }
+}
+
+/// An attempt after which the upstream may have acted or billed.
+fn unknown(timeout: bool, detail: &str) -> Attempt {
+    Attempt::Done(Err(UpstreamError::Unknown {
+        timeout,
+        detail: detail.to_string(),
+    }))
+}
+
+/// Upstream response headers a client may act on, passed through.
+fn passed_headers(headers: &http::HeaderMap) -> Vec<(http::HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name == "retry-after" || name.starts_with("x-ratelimit-")
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
 }
 
 /// The metrics label of a failed attempt.

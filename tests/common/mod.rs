@@ -275,7 +275,7 @@ impl World {
             .await
             .expect("gateway builds");
         if let Some(ledger) = spec.ledger {
-            gateway.ledger = ledger;
+            gateway = gateway.with_ledger(ledger);
         }
         let options = listener::ServerOptions::from_config(&gateway.config.server);
         let live = Live::new(gateway.clone(), Some(config_file.clone()));
