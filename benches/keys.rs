@@ -28,6 +28,7 @@ fn main() {
         rate_limit: None,
         budget: None,
         allow_refresh: false,
+        connect_accounts: false,
     };
     let tenants = Tenants::new(&[config], &Clock::real(), None, None);
     let mut last_differs = key.clone().into_bytes();

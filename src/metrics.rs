@@ -4,10 +4,15 @@
 //! mirror state elsewhere (credits remaining, cache size, readiness) are read
 //! from their source when `/metrics` is scraped, so they are right after a
 //! restart and cost nothing per request. Tenant labels are bounded by the
-//! configuration (plus `-` for unauthenticated requests); keys are labelled
-//! by name, never by value.
+//! configuration (plus `-` for unauthenticated requests), action labels by
+//! the action table; keys are labelled by name, never by value.
+//!
+//! Counters fed with numbers from outside (credits from the upstream's
+//! metadata) saturate at `u64::MAX` instead of wrapping: a wrapped counter
+//! reads as a reset to Prometheus, and `rate()` turns it into a huge burst.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -96,6 +101,12 @@ impl Metrics {
             "viewgate_credits_saved_total",
             None,
             "Credits the upstream would have charged for pages served from the cache.",
+            'c',
+        );
+        describe(
+            "viewgate_price_overruns_total",
+            None,
+            "Upstream charges above the action's price bound, by action (charged in full and logged).",
             'c',
         );
         describe(
@@ -192,8 +203,10 @@ impl Metrics {
         let label = || vec![Label::new("tenant", tenant.to_string())];
         let handles = Arc::new(TenantHandles {
             name: tenant.into(),
-            charged: self.counter("viewgate_credits_charged_total", label()),
-            saved: self.counter("viewgate_credits_saved_total", label()),
+            charged: SaturatingCounter::new(
+                self.counter("viewgate_credits_charged_total", label()),
+            ),
+            saved: SaturatingCounter::new(self.counter("viewgate_credits_saved_total", label())),
             rate_limited: self.counter("viewgate_rate_limited_total", label()),
             budget_rejected: self.counter("viewgate_budget_rejected_total", label()),
             requests: RwLock::new(HashMap::new()),
@@ -220,10 +233,10 @@ impl Metrics {
         }
     }
 
-    /// Credits charged to a tenant.
+    /// Credits charged to a tenant (the upstream's own figure: any u64).
     pub fn charged(&self, tenant: &str, credits: u64) {
         if credits > 0 {
-            self.tenant(tenant).charged.increment(credits);
+            self.tenant(tenant).charged.add(credits);
         }
     }
 
@@ -238,7 +251,21 @@ impl Metrics {
 
     /// Credits a cache hit saved a tenant.
     pub fn saved(&self, tenant: &str, credits: u64) {
-        self.tenant(tenant).saved.increment(credits);
+        if credits > 0 {
+            self.tenant(tenant).saved.add(credits);
+        }
+    }
+
+    /// The upstream charged more for a call of `action` than its price rule's
+    /// bound (the charge itself is recorded in full by the ledger).
+    pub fn price_overrun(&self, action: &str) {
+        // Rare, so the registry lookup per call is fine; the label is bounded
+        // because only actions with a price rule are ever forwarded.
+        self.counter(
+            "viewgate_price_overruns_total",
+            vec![Label::new("action", action.to_string())],
+        )
+        .increment(1);
     }
 
     /// One upstream attempt.
@@ -313,11 +340,42 @@ impl Metrics {
     }
 }
 
+/// A counter that stops at `u64::MAX` instead of wrapping.
+///
+/// The exporter's own counter wraps on `increment`, and its value cannot be
+/// read back, so the running total is kept here and published whole.
+struct SaturatingCounter {
+    total: AtomicU64,
+    exposed: Counter,
+}
+
+impl SaturatingCounter {
+    fn new(exposed: Counter) -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            exposed,
+        }
+    }
+
+    fn add(&self, n: u64) {
+        let before = self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add(n))
+            })
+            .unwrap_or_else(|v| v);
+        // `absolute` keeps the largest value it is given (the exporter's
+        // counters use fetch_max), so two adds published out of order never
+        // move the exposed value back.
+        self.exposed.absolute(before.saturating_add(n));
+    }
+}
+
 /// One tenant's counters.
 struct TenantHandles {
     name: Box<str>,
-    charged: Counter,
-    saved: Counter,
+    charged: SaturatingCounter,
+    saved: SaturatingCounter,
     rate_limited: Counter,
     budget_rejected: Counter,
     /// `viewgate_requests_total` by (status, cache outcome).
@@ -386,6 +444,74 @@ mod tests {
             "# TYPE viewgate_upstream_duration_seconds histogram",
             r#"viewgate_credits_remaining{tenant="crm"} 97"#,
             "viewgate_in_flight_requests 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    /// The value of the one series `series` (name and labels) in `text`.
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn credit_counters_saturate_instead_of_wrapping() {
+        let m = Metrics::new();
+        let charged = r#"viewgate_credits_charged_total{tenant="crm"}"#;
+        let saved = r#"viewgate_credits_saved_total{tenant="crm"}"#;
+        m.charged("crm", u64::MAX - 5);
+        m.saved("crm", u64::MAX - 5);
+        let before = value(&m.render(), charged);
+        m.charged("crm", 10);
+        m.saved("crm", 10);
+        let text = m.render();
+        assert!(text.contains(&format!("{charged} {}", u64::MAX)), "{text}");
+        assert!(text.contains(&format!("{saved} {}", u64::MAX)), "{text}");
+        assert!(value(&text, charged) >= 1.8446744073709552e19);
+        assert!(value(&text, charged) >= before, "a counter never goes back");
+        m.charged("crm", u64::MAX);
+        assert_eq!(value(&m.render(), charged), u64::MAX as f64);
+    }
+
+    #[test]
+    fn saturating_counters_add_up_across_threads() {
+        let m = Arc::new(Metrics::new());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.charged("crm", 3);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render();
+        assert!(
+            text.contains(r#"viewgate_credits_charged_total{tenant="crm"} 12000"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn price_overruns_are_counted_by_action() {
+        let m = Metrics::new();
+        m.price_overrun("send");
+        m.price_overrun("send");
+        m.price_overrun("get_viewers");
+        let text = m.render();
+        for needle in [
+            "# TYPE viewgate_price_overruns_total counter",
+            "# HELP viewgate_price_overruns_total Upstream charges above",
+            r#"viewgate_price_overruns_total{action="send"} 2"#,
+            r#"viewgate_price_overruns_total{action="get_viewers"} 1"#,
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

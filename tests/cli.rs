@@ -69,6 +69,38 @@ fn check_names_every_problem_with_its_line_and_exits_1() {
 }
 
 #[test]
+fn check_refuses_admin_key_or_socket_shared_with_tenants_and_unsendable_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed-up.yaml");
+    let hash = "4".repeat(64);
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  listen: \"0.0.0.0:8080\"\nadmin:\n  listen: \"127.0.0.1:8080\"\n  key_sha256: \"{hash}\"\nupstream:\n  base_url: \"http://127.0.0.1:1\"\n  keys:\n    - name: primary\n      api_key_env: VIEWGATE_CLI_TEST_PASTED_KEY\ntenants:\n  - id: crm\n    key_sha256: \"{hash}\"\n    accounts: [\"*\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = viewgate(&["check", "--config", path.to_str().unwrap()])
+        .env("VIEWGATE_CLI_TEST_PASTED_KEY", "sk-pasted\nsk-tail")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for needle in [
+        format!("{file}:4:11: admin.listen"),
+        format!("{file}:5:15: admin.key_sha256: is also tenants[0].key_sha256"),
+        format!("{file}:10:20: upstream.keys[0].api_key_env: the key of \"primary\""),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(
+        !err.contains("sk-pasted") && !err.contains("sk-tail"),
+        "{err}"
+    );
+}
+
+#[test]
 fn keygen_and_hash_key_agree() {
     let out = viewgate(&["keygen"]).output().unwrap();
     assert!(out.status.success());

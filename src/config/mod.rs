@@ -14,6 +14,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::actions::ActionTable;
 use crate::keys::{KeyHash, Secret};
 
 pub use validate::{SecretRef, from_yaml, from_yaml_with_env, from_yaml_with_secrets, read_secret};
@@ -33,6 +34,12 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// Who may call, and with what limits.
     pub tenants: Vec<TenantConfig>,
+    /// Every action viewgate forwards: the built-in V2 rules, with the fixed
+    /// prices of `upstream.estimates` and the `actions:` section applied.
+    pub actions: ActionTable,
+    /// `idempotency.ttl_s`: how long an `Idempotency-Key`'s first answer is
+    /// kept (default 24 h, 1 s to 30 days).
+    pub idempotency_ttl: Duration,
     /// `log.level` (an env-filter directive such as `info` or `viewgate=debug`);
     /// `RUST_LOG`, when set, wins.
     pub log_level: Option<String>,
@@ -85,7 +92,9 @@ pub struct UpstreamConfig {
     pub breaker_open: Duration,
     /// Extra trusted root certificates (PEM), on top of the web PKI roots.
     pub ca_file: Option<PathBuf>,
-    /// Credits reserved for actions other than `get_viewers` (default 1).
+    /// `upstream.estimates` as written: fixed prices of actions other than
+    /// `get_viewers`. They are also folded into [`Config::actions`], which
+    /// is the one place to read an action's price from.
     pub estimates: std::collections::BTreeMap<String, u64>,
     /// The real keys.
     pub keys: Vec<UpstreamKeyConfig>,
@@ -115,7 +124,8 @@ pub struct CacheConfig {
     pub stale_if_error: Duration,
     /// How long after expiry a page is served while it refreshes in the background.
     pub stale_while_revalidate: Duration,
-    /// Actions whose answers are cached.
+    /// Actions whose answers are cached (`cache.actions`; each is a read
+    /// with a cache TTL in [`Config::actions`]).
     pub actions: HashSet<String>,
     /// Whether pages are shared by replicas through Redis (`cache.shared: redis`).
     pub shared: bool,
@@ -155,6 +165,9 @@ pub struct TenantConfig {
     pub budget: Option<Budget>,
     /// Whether it may force a refresh with `cache-control: no-cache`.
     pub allow_refresh: bool,
+    /// Whether it may connect LinkedIn accounts (`POST /v2/login` and
+    /// `/v2/checkpoint`); default false.
+    pub connect_accounts: bool,
 }
 
 /// Where a rate limit's state lives.

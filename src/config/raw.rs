@@ -3,6 +3,8 @@
 //! Scalars that validation may complain about are wrapped in [`Spanned`] so each
 //! problem can name its line. Nothing here is interpreted; see `validate.rs`.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -25,6 +27,9 @@ pub struct RawConfig {
     pub tenants: Vec<RawTenant>,
     #[serde(default)]
     pub log: RawLog,
+    pub actions: Option<S<HashMap<S<String>, RawAction>>>,
+    #[serde(default)]
+    pub idempotency: RawIdempotency,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,7 +67,7 @@ pub struct RawUpstream {
     pub max_pace_wait_ms: Option<S<u64>>,
     pub ca_file: Option<S<String>>,
     pub breaker: Option<RawBreaker>,
-    pub estimates: Option<S<std::collections::BTreeMap<String, u64>>>,
+    pub estimates: Option<S<BTreeMap<String, u64>>>,
     #[serde(default)]
     pub keys: Vec<RawUpstreamKey>,
 }
@@ -124,6 +129,8 @@ pub struct RawTenant {
     pub budget: Option<RawBudget>,
     #[serde(default)]
     pub allow_refresh: bool,
+    #[serde(default)]
+    pub connect_accounts: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,4 +138,39 @@ pub struct RawTenant {
 pub struct RawBudget {
     pub credits: S<u64>,
     pub period: S<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    pub ttl_s: Option<S<u64>>,
+}
+
+/// One entry of `actions:`; every field optional so an override of a
+/// built-in rule can change one thing and keep the rest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    pub price: Option<S<RawPrice>>,
+    pub kind: Option<S<String>>,
+    pub cache_ttl_s: Option<S<u64>>,
+    pub endpoint: Option<S<String>>,
+}
+
+/// `free`, `{fixed: N}` or `{per: N, of: PARAM, default: D, max: M}`. Read as
+/// loose terms so validation can say which term is wrong (serde's own
+/// message for an untagged enum names no field).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPrice {
+    Word(String),
+    Terms(BTreeMap<String, RawTerm>),
+}
+
+/// One term of a price: a count or a param name.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTerm {
+    Number(u64),
+    Text(String),
 }

@@ -1,17 +1,20 @@
 //! Request id and access log: the outermost stage.
 //!
 //! Echoes a client's `x-request-id` when it is 1 to 128 characters of
-//! `A-Z a-z 0-9 . _ -`, otherwise generates one; puts a [`RequestContext`] in
+//! `A-Z a-z 0-9 . _ -`, otherwise generates one from the OS's CSPRNG (a
+//! counter would let a tenant count other tenants' requests); puts a
+//! [`RequestContext`] in
 //! the request's extensions; and, when the response is ready, sets the
 //! `x-request-id` header, writes the one JSON access log line and records
 //! the request's metrics (in-flight, count, latency, credits).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -62,17 +65,71 @@ pub fn acceptable_request_id(value: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-fn generate_request_id() -> HeaderValue {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| getrandom::u64().unwrap_or(0x5eed));
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut id = [0u8; 32];
-    for (i, word) in [prefix, n].into_iter().enumerate() {
-        for j in 0..16 {
-            let nibble = (word >> (60 - 4 * j)) & 0xf;
-            id[i * 16 + j] = b"0123456789abcdef"[nibble as usize];
+/// Random bytes per generated id: 128 bits, as many as a UUIDv4 carries
+/// (122), so ids neither collide nor can be guessed.
+const ID_BYTES: usize = 16;
+
+/// Random bytes drawn from the OS at a time: one `getrandom` call serves 256
+/// ids, so the hot path makes no syscall per request.
+const POOL_BYTES: usize = 4096;
+
+/// One thread's supply of random bytes; each byte is handed out once.
+struct Pool {
+    bytes: [u8; POOL_BYTES],
+    used: usize,
+}
+
+thread_local! {
+    // Per thread, so no lock is shared between requests; const-initialised
+    // and without a destructor, so it is usable for the whole thread.
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool {
+            bytes: [0; POOL_BYTES],
+            used: POOL_BYTES,
+        })
+    };
+}
+
+impl Pool {
+    fn take(&mut self) -> [u8; ID_BYTES] {
+        if self.used + ID_BYTES > POOL_BYTES {
+            if let Err(error) = getrandom::fill(&mut self.bytes) {
+                fallback_fill(&mut self.bytes, error);
+            }
+            self.used = 0;
         }
+        let mut out = [0; ID_BYTES];
+        out.copy_from_slice(&self.bytes[self.used..self.used + ID_BYTES]);
+        self.used += ID_BYTES;
+        out
+    }
+}
+
+/// Fills `bytes` when the OS random source fails (it should not, once the
+/// system has booted): SipHash keyed by std's `RandomState` (a secret key,
+/// fresh for each refill), so ids stay unique and hard to guess instead of
+/// the request failing for want of an id.
+fn fallback_fill(bytes: &mut [u8], error: getrandom::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::error!(%error, "the OS random source failed; request ids fall back to a keyed hash");
+    }
+    let key = std::collections::hash_map::RandomState::new();
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let mut hasher = key.build_hasher();
+        hasher.write_usize(i);
+        chunk.copy_from_slice(&hasher.finish().to_le_bytes()[..chunk.len()]);
+    }
+}
+
+/// A new id: 16 random bytes as 32 lower-case hex digits.
+fn generate_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = POOL.with_borrow_mut(Pool::take);
+    let mut id = [0u8; 2 * ID_BYTES];
+    for (digits, byte) in id.chunks_exact_mut(2).zip(random) {
+        digits[0] = HEX[usize::from(byte >> 4)];
+        digits[1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
@@ -199,11 +256,54 @@ mod tests {
         assert!(!acceptable_request_id("é".as_bytes()));
     }
 
+    /// Regression: generated ids were a per-process prefix plus a counter,
+    /// so a tenant could count the requests other tenants made between two
+    /// of its own.
     #[test]
-    fn generated_ids_are_unique_and_acceptable() {
-        let a = generate_request_id();
-        let b = generate_request_id();
+    fn generated_ids_are_unique_well_formed_and_unrelated() {
+        let ids: Vec<String> = (0..10_000)
+            .map(|_| generate_request_id().to_str().unwrap().to_string())
+            .collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+            assert!(acceptable_request_id(id.as_bytes()));
+        }
+        for pair in ids.windows(2) {
+            let (a, b) = (pair[0].as_bytes(), pair[1].as_bytes());
+            // A counter keeps the front and changes the end; 16 equal leading
+            // hex digits happen by chance once in 2^64 pairs.
+            let common_prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+            assert!(common_prefix < 16, "{} then {}", pair[0], pair[1]);
+            // Independent digits are equal 1 time in 16: 2 of 32 on average.
+            let equal = a.iter().zip(b).filter(|(x, y)| x == y).count();
+            assert!(equal <= 16, "{} then {}", pair[0], pair[1]);
+        }
+    }
+
+    #[test]
+    fn threads_draw_different_ids() {
+        let other =
+            std::thread::spawn(|| (0..300).map(|_| generate_request_id()).collect::<Vec<_>>())
+                .join()
+                .unwrap();
+        let here: std::collections::HashSet<_> = (0..300).map(|_| generate_request_id()).collect();
+        assert!(other.iter().all(|id| !here.contains(id)));
+    }
+
+    #[test]
+    fn a_failed_os_source_still_yields_distinct_bytes() {
+        let error = getrandom::Error::UNSUPPORTED;
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        fallback_fill(&mut a, error);
+        fallback_fill(&mut b, error);
         assert_ne!(a, b);
-        assert!(acceptable_request_id(a.as_bytes()));
+        assert_ne!(a[..16], a[16..32]);
     }
 }
