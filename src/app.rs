@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use crate::actions::{ActionRule, ActionTable, Kind, Price};
+use crate::actions::ActionTable;
 use crate::cache::PageCache;
 use crate::cache::shared::SharedTier;
 use crate::clock::Clock;
@@ -37,10 +37,6 @@ use crate::ratelimit::RedisGcra;
 use crate::response::Body;
 use crate::tenant::Tenants;
 use crate::upstream::Upstream;
-
-/// How long an Idempotency-Key's answer is kept (interim default until the
-/// configuration's `idempotency.ttl_s` is wired).
-const IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400);
 
 /// The whole request path as one cloneable service.
 pub type Stack<B> = BoxCloneSyncService<Request<B>, Response<Body>, Infallible>;
@@ -115,7 +111,7 @@ impl Gateway {
             redis,
             metrics,
             credits: Arc::new(Credits::new(Arc::clone(&ledger))),
-            actions: Arc::new(action_table(&config)),
+            actions: Arc::new(config.actions.clone()),
             ledger,
             clock,
             config: Arc::new(config),
@@ -192,7 +188,7 @@ impl Gateway {
             upstream,
             ledger: Arc::clone(&self.ledger),
             credits: Arc::clone(&self.credits),
-            actions: Arc::new(action_table(&config)),
+            actions: Arc::new(config.actions.clone()),
             metrics: Arc::clone(&self.metrics),
             clock: self.clock.clone(),
             config: Arc::new(config),
@@ -240,7 +236,7 @@ impl Gateway {
             // without an upstream call; claimed before anything is sent.
             .layer(IdempotencyLayer::new(
                 Arc::clone(&self.ledger),
-                IDEMPOTENCY_TTL,
+                self.config.idempotency_ttl,
                 self.clock.clone(),
             ))
             // Innermost: cache hit, single-flight miss (reserve → upstream →
@@ -253,27 +249,4 @@ impl Gateway {
             ));
         BoxCloneSyncService::new(stack)
     }
-}
-
-/// The action table in force: built-in rules, then `upstream.estimates` as
-/// fixed prices. (Interim until the configuration builds the table itself.)
-fn action_table(config: &Config) -> ActionTable {
-    let mut table = ActionTable::builtin(config.cache.ttl);
-    for (action, credits) in &config.upstream.estimates {
-        let rule = match table.get(action) {
-            Some(rule) => ActionRule {
-                price: Price::Fixed(*credits),
-                ..(**rule).clone()
-            },
-            None => ActionRule {
-                name: action.clone(),
-                category: None,
-                kind: Kind::Write,
-                price: Price::Fixed(*credits),
-                cache_ttl: None,
-            },
-        };
-        table.insert(rule);
-    }
-    table
 }

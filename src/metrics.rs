@@ -240,15 +240,6 @@ impl Metrics {
         }
     }
 
-    /// An upstream charge above the action's price bound.
-    pub fn price_overrun(&self, action: &str) {
-        self.counter(
-            "viewgate_price_overruns_total",
-            vec![Label::new("action", action.to_string())],
-        )
-        .increment(1);
-    }
-
     /// Credits a cache hit saved a tenant.
     pub fn saved(&self, tenant: &str, credits: u64) {
         if credits > 0 {

@@ -391,3 +391,41 @@ async fn the_logs_add_up_to_the_ledger_after_a_deadline_expiry() {
     assert_eq!(logged, used, "log lines sum to the ledger");
     assert_eq!(settle_lines, 2, "one settle line per late charge");
 }
+
+/// Finding 1, concurrently: 20 calls of mixed actions and prices at once on
+/// the SQLite ledger never overspend a budget of 20 (was `used` 18 of 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_mixed_actions_never_overspend_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["*"])
+                .actions(common::MIXED_ACTIONS)
+                .budget(20, "day"),
+        ],
+        ledger_yaml: Some(format!(
+            "  backend: sqlite\n  path: \"{}\"\n",
+            dir.path().join("ledger.db").display()
+        )),
+        fake_clock: false,
+        ..WorldSpec::default()
+    })
+    .await;
+    let statuses = common::mixed_burst(&[&w], "crm", 20).await;
+    assert!(
+        statuses.iter().all(|s| [200, 402].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&402),
+        "the burst asked for more than the budget"
+    );
+    let used = w.used("crm").await;
+    assert!(used <= 20, "used {used} of 20");
+    assert_eq!(w.reserved("crm").await, 0);
+    assert_eq!(
+        used,
+        w.sim.credits_total(),
+        "the ledger holds what was billed"
+    );
+}

@@ -113,6 +113,46 @@ async fn two_replicas_enforce_one_budget() {
     );
 }
 
+/// Finding 1 on Redis: mixed actions and prices through two replicas at once
+/// never overspend one budget (was `used` 35 of 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_overspend_with_mixed_actions() {
+    let Some(redis) = RedisServer::start_new() else {
+        return;
+    };
+    let (a, b) = two_replicas(
+        &redis,
+        vec![
+            TenantSpec::new("crm", &["*"])
+                .actions(common::MIXED_ACTIONS)
+                .budget(20, "total"),
+        ],
+    )
+    .await;
+    a.sim.set_fault(viewgate::sim::Fault::latency(20));
+    let statuses = common::mixed_burst(&[&a, &b], "crm", 20).await;
+    assert!(
+        statuses.iter().all(|s| [200, 402].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&402),
+        "the burst asked for more than the budget"
+    );
+    let used_a = used(&a, "crm").await;
+    assert!(used_a <= 20, "used {used_a} of 20");
+    assert_eq!(
+        used_a,
+        a.sim.credits_total(),
+        "the ledger holds what was billed"
+    );
+    assert_eq!(
+        used(&b, "crm").await,
+        used_a,
+        "one ledger for both replicas"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_rate_limit_holds_across_replicas() {
     let Some(redis) = RedisServer::start_new() else {

@@ -476,3 +476,51 @@ fn install_log_capture() {
             .try_init();
     });
 }
+
+/// The `i`-th call of a burst of mixed actions: (path, body), each priced
+/// differently (viewer pages of 20: 2 credits; candidates of 30: 3;
+/// sent invitations of 100: 2; an invite: 1), none answered from the cache.
+pub fn mixed_call(i: usize) -> (&'static str, String) {
+    match i % 4 {
+        0 => ("/v2/profiles", viewers("acc-1", (i * 20) as u32, 20)),
+        1 => (
+            "/v2/recruiter",
+            format!(
+                r#"{{"account_id":"acc-{i}","action":"get_candidates","params":{{"count":30}}}}"#
+            ),
+        ),
+        2 => (
+            "/v2/network",
+            format!(r#"{{"account_id":"acc-{i}","action":"list_sent","params":{{"count":100}}}}"#),
+        ),
+        _ => (
+            "/v2/network",
+            format!(
+                r#"{{"account_id":"acc-1","action":"invite","params":{{"profile_url":"https://www.linkedin.com/in/p{i}"}}}}"#
+            ),
+        ),
+    }
+}
+
+/// The actions [`mixed_call`] uses.
+pub const MIXED_ACTIONS: &[&str] = &["get_viewers", "get_candidates", "list_sent", "invite"];
+
+/// Sends `n` [`mixed_call`]s at once as `tenant`, spread over `worlds`
+/// (replicas), and returns their statuses.
+pub async fn mixed_burst(worlds: &[&World], tenant: &str, n: usize) -> Vec<u16> {
+    let calls = (0..n).map(|i| {
+        let w = worlds[i % worlds.len()];
+        let (path, body) = mixed_call(i);
+        async move {
+            let headers = [
+                ("x-api-key", w.key(tenant).to_string()),
+                ("content-type", "application/json".to_string()),
+            ];
+            w.request(Method::POST, path, &headers, &body)
+                .await
+                .status
+                .as_u16()
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
