@@ -238,6 +238,21 @@ impl GatewayError {
         }
     }
 
+    /// The same error as seen by a request that was not charged for it (a
+    /// follower of the single-flight whose leader's call failed).
+    pub fn without_charge(self) -> Self {
+        match self {
+            GatewayError::OutcomeUnknown {
+                timeout, detail, ..
+            } => GatewayError::OutcomeUnknown {
+                timeout,
+                credits: 0,
+                detail,
+            },
+            other => other,
+        }
+    }
+
     /// Whether this answer is final for an `Idempotency-Key`: the upstream
     /// answered (a V2 4xx other than 429), or may have acted (outcome
     /// unknown). Other failures changed nothing, so a retry may run again.

@@ -233,7 +233,8 @@ impl Shared {
                     }
                     // The leader's budget was not ours: try again, perhaps as leader.
                     Some(Err(GatewayError::InsufficientCredits { .. })) | None => continue,
-                    Some(Err(e)) => e,
+                    // The leader's charge is the leader's.
+                    Some(Err(e)) => e.without_charge(),
                 },
             };
             // The fetch failed: an expired page may stand in for an upstream failure.
@@ -245,8 +246,10 @@ impl Shared {
                     error_code = outcome.code(),
                     "upstream failed; serving a stale page"
                 );
+                // A fetch whose outcome is unknown was charged what it held: say so.
+                let credits = outcome.credits();
                 return self
-                    .answer(&tenant, &context, &call, &page, CacheStatus::Stale, 0, None)
+                    .answer(&tenant, &context, &call, &page, CacheStatus::Stale, credits, None)
                     .await;
             }
             return Err(outcome);
