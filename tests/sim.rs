@@ -860,113 +860,25 @@ async fn every_action_answers_its_shape_and_price() {
     let h = start(config()).await;
     let post = "https://www.linkedin.com/feed/update/urn:li:activity:7100000000000000001";
     let profile = "https://www.linkedin.com/in/janedoe";
+    let company = "https://www.linkedin.com/company/x";
     // (category, action, params, field of `data` that must be there, price)
+    #[rustfmt::skip]
     let cases = [
-        (
-            "profiles",
-            "get",
-            json!({"profile_url": profile}),
-            "full_name",
-            Price::Fixed,
-        ),
-        (
-            "profiles",
-            "search_people",
-            json!({"keywords": "rust", "count": 25}),
-            "people",
-            Price::Per(10),
-        ),
-        (
-            "profiles",
-            "search_people",
-            json!({}),
-            "people",
-            Price::Per(10),
-        ),
-        (
-            "profiles",
-            "search_companies",
-            json!({"keywords": "energy"}),
-            "companies",
-            Price::Per(10),
-        ),
-        (
-            "profiles",
-            "get_company",
-            json!({"company_id": "1337"}),
-            "industry",
-            Price::Fixed,
-        ),
-        (
-            "profiles",
-            "get_company",
-            json!({"company_url": "https://www.linkedin.com/company/x"}),
-            "company_id",
-            Price::Fixed,
-        ),
-        (
-            "profiles",
-            "get_reactions",
-            json!({"post_url": post, "count": 2}),
-            "reactions",
-            Price::Per(10),
-        ),
-        (
-            "network",
-            "list_invitations",
-            json!({"count": 100}),
-            "invitations",
-            Price::Per(50),
-        ),
-        (
-            "network",
-            "list_sent",
-            json!({"count": 100}),
-            "invitations",
-            Price::Per(50),
-        ),
-        (
-            "network",
-            "invite",
-            json!({"profile_url": profile}),
-            "invitation_sent",
-            Price::Fixed,
-        ),
-        (
-            "messages",
-            "send",
-            json!({"profile_url": profile, "message": "Hello!"}),
-            "message_id",
-            Price::Fixed,
-        ),
-        (
-            "messages",
-            "list_inbox",
-            json!({"count": 5}),
-            "conversations",
-            Price::Per(10),
-        ),
-        (
-            "messages",
-            "get_conversation",
-            json!({"conversation_id": "2-abc", "count": 1}),
-            "messages",
-            Price::Per(10),
-        ),
-        (
-            "content",
-            "comment",
-            json!({"post_url": post, "text": "Great post"}),
-            "comment_urn",
-            Price::Fixed,
-        ),
-        (
-            "recruiter",
-            "get_candidates",
-            json!({"count": 20}),
-            "candidates",
-            Price::Per(10),
-        ),
+        ("profiles", "get", json!({"profile_url": profile}), "full_name", Price::Fixed),
+        ("profiles", "search_people", json!({"keywords": "rust", "count": 25}), "people", Price::Per(10)),
+        ("profiles", "search_people", json!({}), "people", Price::Per(10)),
+        ("profiles", "search_companies", json!({"keywords": "energy"}), "companies", Price::Per(10)),
+        ("profiles", "get_company", json!({"company_id": "1337"}), "industry", Price::Fixed),
+        ("profiles", "get_company", json!({"company_url": company}), "company_id", Price::Fixed),
+        ("profiles", "get_reactions", json!({"post_url": post, "count": 2}), "reactions", Price::Per(10)),
+        ("network", "list_invitations", json!({"count": 100}), "invitations", Price::Per(50)),
+        ("network", "list_sent", json!({"count": 100}), "invitations", Price::Per(50)),
+        ("network", "invite", json!({"profile_url": profile}), "invitation_sent", Price::Fixed),
+        ("messages", "send", json!({"profile_url": profile, "message": "Hello!"}), "message_id", Price::Fixed),
+        ("messages", "list_inbox", json!({"count": 5}), "conversations", Price::Per(10)),
+        ("messages", "get_conversation", json!({"conversation_id": "2-abc", "count": 1}), "messages", Price::Per(10)),
+        ("content", "comment", json!({"post_url": post, "text": "Great post"}), "comment_urn", Price::Fixed),
+        ("recruiter", "get_candidates", json!({"count": 20}), "candidates", Price::Per(10)),
     ];
     let mut billed = 0;
     for (category, action, params, field, price) in cases {
