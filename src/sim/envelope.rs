@@ -8,11 +8,9 @@
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 use serde::Serialize;
 
-/// The body type of every simulator response.
-pub(crate) type SimBody = Full<Bytes>;
+pub(crate) use super::body::SimBody;
 
 /// The error codes the simulator answers with: the V2 ones plus routing
 /// errors for paths and methods that do not exist.
@@ -143,13 +141,14 @@ struct ErrorMetadata<'a> {
     timestamp: String,
 }
 
-/// A 200 success envelope around `data`.
-pub(crate) fn success<T: Serialize>(
+/// The bytes of a success envelope around `data`, to be sent as a 200
+/// (possibly spoiled by a fault first).
+pub(crate) fn success_body<T: Serialize>(
     action: &str,
     account_id: Option<&str>,
     credits_consumed: u64,
     data: T,
-) -> Response<SimBody> {
+) -> Bytes {
     let envelope = SuccessEnvelope {
         success: true,
         data,
@@ -160,24 +159,17 @@ pub(crate) fn success<T: Serialize>(
             timestamp: timestamp(),
         },
     };
-    json(StatusCode::OK, &envelope)
+    json_bytes(&envelope).unwrap_or_else(|| Bytes::from_static(SERIALISATION_FAILED))
+}
+
+/// A 200 JSON answer with these bytes.
+pub(crate) fn ok_json(body: Bytes) -> Response<SimBody> {
+    with_body(StatusCode::OK, "application/json", body)
 }
 
 /// An error envelope with the code's status (and `Retry-After` for 429).
 pub(crate) fn error(err: &SimError, action: Option<&str>) -> Response<SimBody> {
-    let envelope = ErrorEnvelope {
-        success: false,
-        error: ErrorBody {
-            code: err.code.as_str(),
-            message: &err.message,
-        },
-        metadata: ErrorMetadata {
-            action,
-            credits_consumed: 0,
-            timestamp: timestamp(),
-        },
-    };
-    let mut response = json(err.code.status(), &envelope);
+    let mut response = error_as(err.code.status(), err.code.as_str(), &err.message, action);
     if let Some(seconds) = err.retry_after_s {
         response
             .headers_mut()
@@ -186,17 +178,43 @@ pub(crate) fn error(err: &SimError, action: Option<&str>) -> Response<SimBody> {
     response
 }
 
+/// An error envelope with any status, code and message: the V2 codes go
+/// through [`error`]; this is for answers a fault makes up.
+pub(crate) fn error_as(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    action: Option<&str>,
+) -> Response<SimBody> {
+    let envelope = ErrorEnvelope {
+        success: false,
+        error: ErrorBody { code, message },
+        metadata: ErrorMetadata {
+            action,
+            credits_consumed: 0,
+            timestamp: timestamp(),
+        },
+    };
+    json(status, &envelope)
+}
+
+/// What is answered in the unlikely case one of our own types fails to
+/// serialise.
+const SERIALISATION_FAILED: &[u8] = br#"{"success":false,"error":{"code":"INTERNAL_ERROR","message":"serialisation failed"},"metadata":{"action":null,"credits_consumed":0}}"#;
+
+fn json_bytes<T: Serialize + ?Sized>(value: &T) -> Option<Bytes> {
+    serde_json::to_vec(value).ok().map(Bytes::from)
+}
+
 /// Any serialisable value as a JSON response.
 pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<SimBody> {
-    match serde_json::to_vec(value) {
-        Ok(body) => with_body(status, "application/json", Bytes::from(body)),
+    match json_bytes(value) {
+        Some(body) => with_body(status, "application/json", body),
         // Our own types always serialise; answer rather than panic if not.
-        Err(_) => with_body(
+        None => with_body(
             StatusCode::INTERNAL_SERVER_ERROR,
             "application/json",
-            Bytes::from_static(
-                br#"{"success":false,"error":{"code":"INTERNAL_ERROR","message":"serialisation failed"},"metadata":{"action":null,"credits_consumed":0}}"#,
-            ),
+            Bytes::from_static(SERIALISATION_FAILED),
         ),
     }
 }
@@ -207,7 +225,7 @@ pub(crate) fn with_body(
     content_type: &'static str,
     body: Bytes,
 ) -> Response<SimBody> {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(SimBody::full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -217,7 +235,7 @@ pub(crate) fn with_body(
 
 /// An empty 204, for control endpoints.
 pub(crate) fn no_content() -> Response<SimBody> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(SimBody::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }

@@ -1,7 +1,7 @@
 //! The simulator's shared state and the handle tests hold to steer it:
-//! counters, the active fault, revoked keys and shutdown.
+//! counters, the active fault, revoked keys, connected accounts and shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -10,12 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 
 use super::SimConfig;
+use super::accounts::AccountBook;
 use super::fault::{Fault, FaultSlot};
 use super::rate_limit::RateLimiter;
 use super::stats::{Counters, SimStats};
-
-/// The `accounts` entry that means "owns every account".
-const ANY_ACCOUNT: &str = "*";
 
 /// Index of a configured key in `SimConfig::keys`.
 pub(crate) type KeyIndex = usize;
@@ -27,12 +25,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) fault: FaultSlot,
     pub(crate) limiter: RateLimiter,
+    pub(crate) accounts: AccountBook,
     key_by_value: HashMap<String, KeyIndex>,
     key_by_name: HashMap<String, KeyIndex>,
     revoked: Vec<AtomicBool>,
-    owned: Vec<HashSet<String>>,
-    owns_all: Vec<bool>,
-    inactive: HashSet<String>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -63,27 +59,15 @@ impl Shared {
                 )));
             }
         }
-        let owned = config
-            .keys
-            .iter()
-            .map(|k| k.accounts.iter().cloned().collect())
-            .collect();
-        let owns_all = config
-            .keys
-            .iter()
-            .map(|k| k.accounts.iter().any(|a| a == ANY_ACCOUNT))
-            .collect();
         let (shutdown, _) = watch::channel(false);
         Ok(Shared {
             counters: Counters::new(config.keys.iter().map(|k| k.name.clone())),
             fault: FaultSlot::default(),
             limiter: RateLimiter::new(config.rate_limit_per_minute, config.keys.len()),
+            accounts: AccountBook::new(&config),
             key_by_value,
             key_by_name,
             revoked: config.keys.iter().map(|_| AtomicBool::new(false)).collect(),
-            owned,
-            owns_all,
-            inactive: config.inactive_accounts.iter().cloned().collect(),
             shutdown,
             config,
         })
@@ -109,15 +93,6 @@ impl Shared {
         true
     }
 
-    pub(crate) fn owns(&self, key: KeyIndex, account_id: &str) -> bool {
-        self.owns_all.get(key).copied().unwrap_or(false)
-            || self.owned.get(key).is_some_and(|o| o.contains(account_id))
-    }
-
-    pub(crate) fn is_inactive(&self, account_id: &str) -> bool {
-        self.inactive.contains(account_id)
-    }
-
     /// Number of viewers of an account.
     pub(crate) fn viewers_total(&self, account_id: &str) -> u64 {
         u64::from(
@@ -129,29 +104,13 @@ impl Shared {
         )
     }
 
-    /// The accounts `GET /v2/accounts` lists for a key: its own, or for a
-    /// key owning `*`, every account the configuration names.
-    pub(crate) fn accounts_of(&self, key: KeyIndex) -> Vec<String> {
-        let mut accounts: Vec<String> = if self.owns_all.get(key).copied().unwrap_or(false) {
-            self.config
-                .keys
-                .iter()
-                .flat_map(|k| k.accounts.iter())
-                .chain(self.config.totals.keys())
-                .chain(self.config.inactive_accounts.iter())
-                .filter(|a| a.as_str() != ANY_ACCOUNT)
-                .cloned()
-                .collect()
-        } else {
-            self.config
-                .keys
-                .get(key)
-                .map(|k| k.accounts.clone())
-                .unwrap_or_default()
-        };
-        accounts.sort();
-        accounts.dedup();
-        accounts
+    /// Whether a login with this email (trimmed, lower case) must pass a
+    /// checkpoint before its account is connected.
+    pub(crate) fn needs_checkpoint(&self, email: &str) -> bool {
+        self.config
+            .checkpoint_emails
+            .iter()
+            .any(|e| e.trim().eq_ignore_ascii_case(email))
     }
 
     pub(crate) fn subscribe_shutdown(&self) -> watch::Receiver<bool> {
@@ -239,6 +198,32 @@ impl SimHandle {
         self.shared.counters.page_calls(account_id, offset, count)
     }
 
+    /// Times this write was performed: `action` (`invite`, `send`,
+    /// `comment`, `login`, `checkpoint`) by `account_id` to `target` (see
+    /// [`WriteStats`](super::WriteStats) for what the target of each is).
+    /// Counted when the simulator performed it, even if a fault then spoiled
+    /// the reply.
+    pub fn writes(&self, action: &str, account_id: &str, target: &str) -> u64 {
+        self.shared.counters.writes(action, account_id, target)
+    }
+
+    /// Writes performed, all actions, accounts and targets.
+    pub fn writes_total(&self) -> u64 {
+        self.shared.counters.writes_total()
+    }
+
+    /// The account ids `GET /v2/accounts` lists for the key with this name
+    /// (empty for an unknown name): configured ones and those connected
+    /// through login.
+    pub fn accounts_for(&self, key_name: &str) -> Vec<String> {
+        self.shared
+            .key_index(key_name)
+            .map_or_else(Vec::new, |key| {
+                let listed = self.shared.accounts.accounts_of(key);
+                listed.into_iter().map(|a| a.account_id).collect()
+            })
+    }
+
     /// Replaces the active fault.
     pub fn set_fault(&self, fault: Fault) {
         self.shared.fault.set(fault);
@@ -254,7 +239,8 @@ impl SimHandle {
         self.shared.fault.current()
     }
 
-    /// Zeroes every counter (not the rate-limit windows).
+    /// Zeroes every counter, writes included (not the rate-limit windows,
+    /// nor the accounts connected through login).
     pub fn reset_stats(&self) {
         self.shared.counters.reset();
     }

@@ -3,12 +3,16 @@
 //! service.
 //!
 //! It speaks the V2 contract (`POST /v2/{category}` with `{"account_id",
-//! "action", "params"}`, `GET /v2/accounts`, the success and error envelopes,
-//! `x-api-key` auth, per-key account ownership), generates deterministic
-//! viewers per account, bills credits by upstream's rule and counts what it
-//! billed per key and how often each page was asked for. Faults (latency,
-//! 500, 429, hang, reset, non-JSON) can be switched on from a test through
-//! [`SimHandle`] or over HTTP on `/_sim/`.
+//! "action", "params"}` for every documented action, `GET /v2/accounts` and
+//! `/v2/accounts/{account_id}`, `POST /v2/login` and `/v2/checkpoint`, the
+//! success and error envelopes, `x-api-key` auth, per-key account
+//! ownership), generates deterministic items per account, bills credits by
+//! upstream's rules and counts what it billed per key, how often each viewer
+//! page was asked for and how often each write was performed. Faults
+//! (latency, 500, 429, hang, reset, non-JSON, an echoed key; and after a
+//! billed action: a cut or oversized body, a hang, a reset), for every call
+//! or one account, can be switched on from a test through [`SimHandle`] or
+//! over HTTP on `/_sim/`.
 //!
 //! The simulator knows nothing of the gateway: nothing here imports from
 //! outside `crate::sim`.
@@ -17,10 +21,26 @@
 //! configurable through [`SimConfig`]): default `count` 10, maximum 100;
 //! an empty page costs 0; `next_offset` is `offset + count` rounded up to a
 //! multiple of 10; a 429 carries `Retry-After` in whole seconds; a bad body
-//! or content type is 400 `INVALID_PARAMS`.
+//! or content type is 400 `INVALID_PARAMS`; `GET /v2/accounts` pages with
+//! `limit` (default 100, at most 500) and `offset`; a checkpoint code is
+//! `123456`.
+//!
+//! Modules, in request order: `server` (accept loop, routing, the action
+//! path), `request` (bodies and params), `call` (faults around one call),
+//! `actions` (which actions exist, their params), `answers` (what they
+//! answer and cost), `catalog` (the synthetic items), `accounts` and
+//! `account_api` (ownership, login, the account endpoints), `envelope` and
+//! `body` (what is written back), `stats`, `rate_limit`, `fault`, `control`
+//! (`/_sim/`), `handle` (shared state and [`SimHandle`]).
 
+mod account_api;
+mod accounts;
 mod actions;
+mod answers;
+mod body;
+mod call;
 mod catalog;
+mod control;
 mod envelope;
 mod fault;
 mod handle;
@@ -37,9 +57,9 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-pub use fault::{Fault, FaultKind};
+pub use fault::{EchoVariant, Fault, FaultKind, FaultPhase};
 pub use handle::SimHandle;
-pub use stats::{KeyStats, PageStats, SimStats};
+pub use stats::{KeyStats, PageStats, SimStats, WriteStats};
 
 /// One upstream API key the simulator accepts and the accounts it owns.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -104,6 +124,13 @@ pub struct SimConfig {
     pub rate_limit_per_minute: Option<u32>,
     /// Accounts that answer 403 `ACCOUNT_INACTIVE`.
     pub inactive_accounts: Vec<String>,
+    /// Emails whose `POST /v2/login` answers `checkpoint_required`: the
+    /// account is connected only by a `POST /v2/checkpoint` with
+    /// `checkpoint_code`. Compared trimmed and without regard to case.
+    pub checkpoint_emails: Vec<String>,
+    /// The code `POST /v2/checkpoint` accepts (`123456`); any other is 400
+    /// `INVALID_PARAMS`.
+    pub checkpoint_code: String,
 }
 
 impl Default for SimConfig {
@@ -118,6 +145,8 @@ impl Default for SimConfig {
             empty_page_cost: 0,
             rate_limit_per_minute: None,
             inactive_accounts: Vec::new(),
+            checkpoint_emails: Vec::new(),
+            checkpoint_code: "123456".to_owned(),
         }
     }
 }
@@ -126,6 +155,12 @@ impl SimConfig {
     /// Adds a key.
     pub fn with_key(mut self, key: SimKey) -> Self {
         self.keys.push(key);
+        self
+    }
+
+    /// Makes logins with this email wait for a checkpoint.
+    pub fn with_checkpoint(mut self, email: impl Into<String>) -> Self {
+        self.checkpoint_emails.push(email.into());
         self
     }
 

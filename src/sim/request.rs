@@ -66,6 +66,26 @@ pub(crate) fn parse_body(content_type: Option<&HeaderValue>, body: Option<&[u8]>
     }
 }
 
+/// Parses a body that must be a JSON object, for the endpoints that take no
+/// `action` (`/v2/login`, `/v2/checkpoint`); the error is the
+/// `INVALID_PARAMS` message.
+pub(crate) fn parse_object(
+    content_type: Option<&HeaderValue>,
+    body: Option<&[u8]>,
+) -> Result<Map<String, Value>, String> {
+    let Some(body) = body else {
+        return Err("request body is too large".to_owned());
+    };
+    if !is_json_content_type(content_type) {
+        return Err("content-type must be application/json".to_owned());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err("request body must be a JSON object".to_owned()),
+        Err(_) => Err("request body is not valid JSON".to_owned()),
+    }
+}
+
 fn action_request(mut object: Map<String, Value>) -> Result<ActionRequest, String> {
     let account_id = match object.remove("account_id") {
         Some(Value::String(s)) if !s.is_empty() => s,
@@ -112,6 +132,32 @@ pub(crate) fn page_params(
         ));
     }
     Ok(PageParams { offset, count })
+}
+
+/// The page a cursor-paged action asks for: its `count` (defaults as for
+/// [`page_params`]) and the `cursor` it was given (`None`, `null` or `""`
+/// for the first page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CursorParams<'a> {
+    pub(crate) cursor: Option<&'a str>,
+    pub(crate) count: u32,
+}
+
+/// Reads `count` and `cursor`; the cursor is checked by the action, which
+/// knows which list it belongs to.
+pub(crate) fn cursor_params(
+    params: &Map<String, Value>,
+    default_count: u32,
+    max_count: u32,
+) -> Result<CursorParams<'_>, String> {
+    let count = optional_u32(params, "count")?.unwrap_or(default_count);
+    if count == 0 || count > max_count {
+        return Err(format!(
+            "params.count must be between 1 and {max_count}, got {count}"
+        ));
+    }
+    let cursor = optional_string(params, "cursor")?.filter(|c| !c.is_empty());
+    Ok(CursorParams { cursor, count })
 }
 
 fn optional_u32(params: &Map<String, Value>, name: &str) -> Result<Option<u32>, String> {
@@ -247,6 +293,17 @@ mod tests {
     }
 
     #[test]
+    fn objects_for_login_and_checkpoint() {
+        let ok = parse_object(Some(&JSON), Some(br#"{"email":"a@b"}"#));
+        assert_eq!(ok.map(|o| o.len()), Ok(1));
+        assert!(parse_object(Some(&JSON), Some(b"[1]")).is_err());
+        assert!(parse_object(Some(&JSON), Some(b"{")).is_err());
+        assert!(parse_object(Some(&JSON), None).is_err());
+        let text = HeaderValue::from_static("text/plain");
+        assert!(parse_object(Some(&text), Some(b"{}")).is_err());
+    }
+
+    #[test]
     fn page_params_defaults_and_bounds() {
         assert_eq!(
             page_params(&Map::new(), 10, 100),
@@ -283,6 +340,37 @@ mod tests {
             json!({"offset": 4_294_967_296u64}),
         ] {
             assert!(page_params(&params(bad.clone()), 10, 100).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursor_params_defaults_and_bounds() {
+        assert_eq!(
+            cursor_params(&Map::new(), 10, 100),
+            Ok(CursorParams {
+                cursor: None,
+                count: 10
+            })
+        );
+        let p = params(json!({"cursor": "a.b", "count": 5}));
+        assert_eq!(
+            cursor_params(&p, 10, 100),
+            Ok(CursorParams {
+                cursor: Some("a.b"),
+                count: 5
+            })
+        );
+        let empty = params(json!({"cursor": ""}));
+        assert_eq!(cursor_params(&empty, 10, 100).map(|c| c.cursor), Ok(None));
+        for bad in [
+            json!({"cursor": 3}),
+            json!({"count": 0}),
+            json!({"count": 101}),
+        ] {
+            assert!(
+                cursor_params(&params(bad.clone()), 10, 100).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -1,60 +1,39 @@
 //! The simulator's HTTP side: the accept loop (HTTP/1.1 and h2c on one
-//! port), routing, the V2 request path in upstream's order of checks, and
-//! the `/_sim/` control endpoints.
+//! port), routing, and the V2 action path in upstream's order of checks.
 //!
 //! Order of checks on `POST /v2/{category}`, as upstream answers:
 //! key -> body -> account owned by the key -> account active -> action known
 //! -> params valid -> per-key rate limit -> answer. An injected fault is
-//! applied right after the key is accepted.
+//! applied right after the key is accepted, or after the answer was made and
+//! billed, as its kind says (see `call`).
 
-use std::error::Error as StdError;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::actions::{self, Action, CATEGORIES};
+use super::account_api;
+use super::actions::{Action, CATEGORIES};
+use super::answers;
+use super::body::Dropped;
+use super::call::{self, Call, Handled, reject};
+use super::control;
 use super::envelope::{self, ErrorCode, SimBody, SimError};
-use super::fault::{Fault, FaultKind};
 use super::handle::{KeyIndex, Shared};
-use super::request::{self, ParsedBody};
+use super::request::{self, ActionRequest, ParsedBody};
 
 /// Bodies larger than this are refused with `INVALID_PARAMS`; real requests
 /// are a few hundred bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The action name `GET /v2/accounts` reports in its metadata.
-const LIST_ACCOUNTS: &str = "list_accounts";
-
-/// What the Garbage fault answers: an HTML error page a proxy might serve.
-const GARBAGE_BODY: &[u8] =
-    b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>";
-
-/// Returned by the service to make hyper drop the connection without an
-/// answer (the Reset and Hang faults, shutdown during a delayed request).
-#[derive(Debug)]
-pub(crate) struct Dropped(&'static str);
-
-impl fmt::Display for Dropped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl StdError for Dropped {}
-
-type Handled = Result<Response<SimBody>, Dropped>;
 
 /// Accepts connections until shutdown, one task per connection.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -123,46 +102,45 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Handled {
         };
     }
     if path.starts_with("/_sim/") {
-        return Ok(control(&shared, req).await);
+        return Ok(control::control(&shared, req).await);
     }
-    Ok(reject(
-        &shared,
+    Ok(not_found(&shared))
+}
+
+fn not_found(shared: &Shared) -> Response<SimBody> {
+    reject(
+        shared,
         &SimError::new(ErrorCode::NotFound, "No such endpoint"),
         None,
-    ))
+    )
 }
 
-/// Writes an error answer and counts it.
-fn reject(shared: &Shared, err: &SimError, action: Option<&str>) -> Response<SimBody> {
-    shared.counters.record_error(err.code);
-    envelope::error(err, action)
-}
-
-fn invalid_api_key() -> SimError {
-    SimError::new(ErrorCode::InvalidApiKey, "Invalid or missing API key")
-}
-
+/// Routes a `/v2/` request by the rest of its path.
 async fn v2(shared: &Shared, req: Request<Incoming>, route: &str) -> Handled {
-    let method = req.method().clone();
-    if route == "accounts" {
-        if method != Method::GET {
+    let get = req.method() == Method::GET;
+    let post = req.method() == Method::POST;
+    if let Some(account_id) = route.strip_prefix("accounts/") {
+        if !get {
             return Ok(method_not_allowed(shared, "GET"));
         }
-        let key = shared.authenticate(api_key(req.headers()));
-        return list_accounts(shared, key).await;
+        return account_api::detail(shared, req, account_id).await;
     }
-    let Some(category) = CATEGORIES.iter().copied().find(|c| *c == route) else {
-        let err = SimError::new(ErrorCode::NotFound, "No such endpoint");
-        return Ok(reject(shared, &err, None));
-    };
-    if method != Method::POST {
-        return Ok(method_not_allowed(shared, "POST"));
+    match route {
+        "accounts" if get => account_api::list(shared, req).await,
+        "accounts" => Ok(method_not_allowed(shared, "GET")),
+        "login" if post => account_api::login(shared, req).await,
+        "checkpoint" if post => account_api::checkpoint(shared, req).await,
+        "login" | "checkpoint" => Ok(method_not_allowed(shared, "POST")),
+        category => match CATEGORIES.iter().copied().find(|c| *c == category) {
+            None => Ok(not_found(shared)),
+            Some(category) if post => run_action(shared, req, category).await,
+            Some(_) => Ok(method_not_allowed(shared, "POST")),
+        },
     }
-    run_action(shared, req, category).await
 }
 
 /// 405 with the `allow` header RFC 9110 requires.
-fn method_not_allowed(shared: &Shared, allow: &'static str) -> Response<SimBody> {
+pub(crate) fn method_not_allowed(shared: &Shared, allow: &'static str) -> Response<SimBody> {
     let err = SimError::new(
         ErrorCode::MethodNotAllowed,
         "Method not allowed on this endpoint",
@@ -174,51 +152,13 @@ fn method_not_allowed(shared: &Shared, allow: &'static str) -> Response<SimBody>
     response
 }
 
-fn api_key(headers: &http::HeaderMap) -> Option<&str> {
+/// The `x-api-key` header, if it is text.
+pub(crate) fn api_key(headers: &http::HeaderMap) -> Option<&str> {
     headers.get("x-api-key").and_then(|v| v.to_str().ok())
 }
 
-#[derive(Serialize)]
-struct AccountsData {
-    accounts: Vec<AccountEntry>,
-}
-
-#[derive(Serialize)]
-struct AccountEntry {
-    account_id: String,
-    status: &'static str,
-}
-
-async fn list_accounts(shared: &Shared, key: Option<KeyIndex>) -> Handled {
-    let Some(key) = key else {
-        return Ok(reject(shared, &invalid_api_key(), Some(LIST_ACCOUNTS)));
-    };
-    shared.counters.record_key_call(key);
-    if let Some(response) = apply_fault(shared, Some(LIST_ACCOUNTS)).await? {
-        return Ok(response);
-    }
-    if let Err(seconds) = shared.limiter.check(key) {
-        let err = SimError::rate_limited(seconds);
-        return Ok(reject(shared, &err, Some(LIST_ACCOUNTS)));
-    }
-    let accounts = shared
-        .accounts_of(key)
-        .into_iter()
-        .map(|account_id| AccountEntry {
-            status: if shared.is_inactive(&account_id) {
-                "inactive"
-            } else {
-                "active"
-            },
-            account_id,
-        })
-        .collect();
-    Ok(envelope::success(
-        LIST_ACCOUNTS,
-        None,
-        0,
-        AccountsData { accounts },
-    ))
+pub(crate) fn invalid_api_key() -> SimError {
+    SimError::new(ErrorCode::InvalidApiKey, "Invalid or missing API key")
 }
 
 async fn run_action(shared: &Shared, req: Request<Incoming>, category: &str) -> Handled {
@@ -246,37 +186,43 @@ async fn run_action(shared: &Shared, req: Request<Incoming>, category: &str) -> 
             .record_page(&r.account_id, page.offset, page.count);
     }
 
-    let Some(key) = shared.authenticate(api_key(&parts.headers)) else {
+    let api_key = api_key(&parts.headers);
+    let Some(key) = shared.authenticate(api_key) else {
         return Ok(reject(shared, &invalid_api_key(), action_hint));
     };
-    shared.counters.record_key_call(key);
-    if let Some(response) = apply_fault(shared, action_hint).await? {
-        return Ok(response);
-    }
-    Ok(match answer_action(shared, key, category, request) {
-        Ok(response) => response,
-        Err(err) => reject(shared, &err, action_hint),
+    let call = Call {
+        key,
+        api_key: api_key.unwrap_or_default(),
+        action: action_hint,
+        account_id: request.as_ref().ok().map(|r| r.account_id.as_str()),
+    };
+    call::serve(shared, call, || {
+        let request = request
+            .as_ref()
+            .map_err(|m| SimError::new(ErrorCode::InvalidParams, m.as_str()))?;
+        answer_action(shared, key, category, request)
     })
+    .await
 }
 
-/// The checks after authentication and the answer itself.
+/// The checks after authentication and the answer itself: performs the
+/// action, counts it if it is a write, bills it.
 fn answer_action(
     shared: &Shared,
     key: KeyIndex,
     category: &str,
-    request: Result<request::ActionRequest, String>,
-) -> Result<Response<SimBody>, SimError> {
-    let request = request.map_err(|m| SimError::new(ErrorCode::InvalidParams, m))?;
+    request: &ActionRequest,
+) -> Result<Bytes, SimError> {
     let account_id = request.account_id.as_str();
     // Same answer whether the account belongs to another key or to nobody,
     // so a key cannot probe for other customers' accounts.
-    if !shared.owns(key, account_id) {
+    if !shared.accounts.owns(key, account_id) {
         return Err(SimError::new(
             ErrorCode::InvalidAccount,
             "Account not found for this API key",
         ));
     }
-    if shared.is_inactive(account_id) {
+    if shared.accounts.is_inactive(account_id) {
         return Err(SimError::new(
             ErrorCode::AccountInactive,
             "Account is inactive",
@@ -289,17 +235,23 @@ fn answer_action(
         )
     })?;
     let prepared = action
-        .prepare(&request.params, &shared.config)
+        .prepare(&request.params, account_id, &shared.config)
         .map_err(|m| SimError::new(ErrorCode::InvalidParams, m))?;
     shared.limiter.check(key).map_err(SimError::rate_limited)?;
-    let answer = actions::execute(
+    let nth_write = prepared.write_target().map_or(0, |target| {
+        shared
+            .counters
+            .record_write(&request.action, account_id, target)
+    });
+    let answer = answers::execute(
         prepared,
         account_id,
         shared.viewers_total(account_id),
         &shared.config,
+        nth_write,
     );
     shared.counters.bill(key, answer.credits);
-    Ok(envelope::success(
+    Ok(envelope::success_body(
         &request.action,
         Some(account_id),
         answer.credits,
@@ -307,128 +259,12 @@ fn answer_action(
     ))
 }
 
-/// Applies one use of the active fault, if any. `Ok(None)` means carry on
-/// normally (no fault, or latency only); `Err` drops the connection.
-async fn apply_fault(
-    shared: &Shared,
-    action: Option<&str>,
-) -> Result<Option<Response<SimBody>>, Dropped> {
-    let Some(Fault {
-        kind, latency_ms, ..
-    }) = shared.fault.take()
-    else {
-        return Ok(None);
-    };
-    shared.counters.record_fault();
-    if latency_ms > 0 {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(latency_ms)) => {}
-            () = shared.shutdown_requested() => return Err(Dropped("simulator shutting down")),
-        }
-    }
-    match kind {
-        FaultKind::None => Ok(None),
-        FaultKind::InternalError => {
-            let err = SimError::new(ErrorCode::InternalError, "An internal error occurred");
-            Ok(Some(reject(shared, &err, action)))
-        }
-        FaultKind::RateLimited { retry_after_s } => {
-            let err = SimError::rate_limited(retry_after_s);
-            Ok(Some(reject(shared, &err, action)))
-        }
-        FaultKind::Hang => {
-            shared.shutdown_requested().await;
-            Err(Dropped("hung request ended by shutdown"))
-        }
-        FaultKind::Reset => Err(Dropped("connection reset by injected fault")),
-        FaultKind::Garbage => Ok(Some(envelope::with_body(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            Bytes::from_static(GARBAGE_BODY),
-        ))),
-    }
-}
-
 /// The whole body, `None` if it is larger than `MAX_BODY_BYTES`; `Err` if
 /// the client broke off mid-body.
-async fn read_body(body: Incoming) -> Result<Option<Bytes>, Dropped> {
+pub(crate) async fn read_body(body: Incoming) -> Result<Option<Bytes>, Dropped> {
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(Some(collected.to_bytes())),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Ok(None),
         Err(_) => Err(Dropped("request body could not be read")),
-    }
-}
-
-/// `/_sim/` control endpoints. No key: the simulator is a loopback test tool.
-async fn control(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let not_allowed = |allow| method_not_allowed(shared, allow);
-    match path.as_str() {
-        "/_sim/stats" => match method {
-            Method::GET => envelope::json(StatusCode::OK, &shared.counters.snapshot()),
-            _ => not_allowed("GET"),
-        },
-        "/_sim/fault" => match method {
-            Method::GET => envelope::json(StatusCode::OK, &shared.fault.current()),
-            Method::POST => set_fault(shared, req.into_body()).await,
-            Method::DELETE => {
-                shared.fault.clear();
-                envelope::no_content()
-            }
-            _ => not_allowed("GET, POST, DELETE"),
-        },
-        "/_sim/reset" => match method {
-            Method::POST => {
-                shared.counters.reset();
-                envelope::no_content()
-            }
-            _ => not_allowed("POST"),
-        },
-        other => {
-            let revoke = other
-                .strip_prefix("/_sim/keys/")
-                .and_then(|rest| rest.rsplit_once('/'));
-            let revoked = match revoke {
-                Some((_, "revoke")) => true,
-                Some((_, "unrevoke")) => false,
-                _ => {
-                    let err = SimError::new(ErrorCode::NotFound, "No such endpoint");
-                    return reject(shared, &err, None);
-                }
-            };
-            if method != Method::POST {
-                return not_allowed("POST");
-            }
-            let name = revoke.map(|(name, _)| name).unwrap_or_default();
-            if shared.set_revoked(name, revoked) {
-                envelope::no_content()
-            } else {
-                let err = SimError::new(ErrorCode::NotFound, "No key with this name");
-                reject(shared, &err, None)
-            }
-        }
-    }
-}
-
-async fn set_fault(shared: &Shared, body: Incoming) -> Response<SimBody> {
-    let parsed = match read_body(body).await {
-        Ok(Some(bytes)) => serde_json::from_slice::<Fault>(&bytes).map_err(|e| e.to_string()),
-        Ok(None) => Err("body too large".to_owned()),
-        Err(err) => Err(err.to_string()),
-    };
-    match parsed {
-        Ok(fault) => {
-            tracing::info!(?fault, "sim: fault set");
-            shared.fault.set(fault);
-            envelope::no_content()
-        }
-        Err(message) => {
-            let err = SimError::new(
-                ErrorCode::InvalidParams,
-                format!("invalid fault: {message}"),
-            );
-            reject(shared, &err, None)
-        }
     }
 }

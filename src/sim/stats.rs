@@ -1,9 +1,11 @@
 //! What the simulator counted: calls, credits billed per key, calls per page,
-//! errors per code. Tests of the gateway assert on these to prove what
-//! reached upstream (a cache hit must not move them).
+//! errors per code, and writes per (action, account, target). Tests of the
+//! gateway assert on these to prove what reached upstream (a cache hit must
+//! not move them, a write must be performed once).
 //!
-//! Counters are atomics except the per-page map, which sits behind one short
-//! `Mutex`. Keys are counted by their configured name, never by key value.
+//! Counters are atomics except the per-page and per-write maps, each behind
+//! one short `Mutex`. Keys are counted by their configured name, never by
+//! key value.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -28,6 +30,26 @@ pub struct SimStats {
     pub errors: BTreeMap<String, u64>,
     /// `get_viewers` requests per page, sorted by account, offset, count.
     pub pages: Vec<PageStats>,
+    /// Writes the simulator performed (`invite`, `send`, `comment`, `login`,
+    /// `checkpoint`), sorted by action, account, target. A write sent twice
+    /// shows a count of 2.
+    #[serde(default)]
+    pub writes: Vec<WriteStats>,
+}
+
+/// How many times one write was performed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteStats {
+    /// `invite`, `send`, `comment`, `login` or `checkpoint`.
+    pub action: String,
+    /// The account that wrote (for `login`, the account the email connects).
+    pub account_id: String,
+    /// What it wrote to: `invite` the `profile_url`, `send` the
+    /// `conversation_id` or `profile_url`, `comment` the `post_url`, `login`
+    /// the email (trimmed, lower case), `checkpoint` the `account_id`.
+    pub target: String,
+    /// Times performed, including those whose reply a fault then spoiled.
+    pub count: u64,
 }
 
 /// Counters of one key.
@@ -63,6 +85,10 @@ struct KeyCounters {
 /// needs no allocation.
 type PageMap = HashMap<String, HashMap<(u32, u32), u64>>;
 
+/// Performed writes per `(action, account_id, target)`; ordered, so the
+/// snapshot comes out sorted.
+type WriteMap = BTreeMap<(String, String, String), u64>;
+
 /// The live counters. Key indexes are those of the configured key list.
 #[derive(Debug)]
 pub(crate) struct Counters {
@@ -72,6 +98,8 @@ pub(crate) struct Counters {
     keys: Vec<KeyCounters>,
     errors: [AtomicU64; ErrorCode::ALL.len()],
     pages: Mutex<PageMap>,
+    writes_total: AtomicU64,
+    writes: Mutex<WriteMap>,
 }
 
 impl Counters {
@@ -90,6 +118,8 @@ impl Counters {
                 .collect(),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             pages: Mutex::new(HashMap::new()),
+            writes_total: AtomicU64::new(0),
+            writes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -130,6 +160,27 @@ impl Counters {
         } else {
             pages.insert(account_id.to_owned(), HashMap::from([((offset, count), 1)]));
         }
+    }
+
+    /// Counts one performed write and returns how many times it has now
+    /// been performed.
+    pub(crate) fn record_write(&self, action: &str, account_id: &str, target: &str) -> u64 {
+        self.writes_total.fetch_add(1, Ordering::Relaxed);
+        let key = (action.to_owned(), account_id.to_owned(), target.to_owned());
+        let mut writes = self.lock_writes();
+        let count = writes.entry(key).or_default();
+        *count += 1;
+        *count
+    }
+
+    pub(crate) fn writes(&self, action: &str, account_id: &str, target: &str) -> u64 {
+        // Writes are few; building the key to look it up is cheap enough.
+        let key = (action.to_owned(), account_id.to_owned(), target.to_owned());
+        self.lock_writes().get(&key).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn writes_total(&self) -> u64 {
+        self.writes_total.load(Ordering::Relaxed)
     }
 
     pub(crate) fn calls_total(&self) -> u64 {
@@ -174,6 +225,8 @@ impl Counters {
             e.store(0, Ordering::Relaxed);
         }
         self.lock_pages().clear();
+        self.writes_total.store(0, Ordering::Relaxed);
+        self.lock_writes().clear();
     }
 
     pub(crate) fn snapshot(&self) -> SimStats {
@@ -221,7 +274,21 @@ impl Counters {
             keys,
             errors,
             pages,
+            writes: self
+                .lock_writes()
+                .iter()
+                .map(|((action, account_id, target), &count)| WriteStats {
+                    action: action.clone(),
+                    account_id: account_id.clone(),
+                    target: target.clone(),
+                    count,
+                })
+                .collect(),
         }
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, WriteMap> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_pages(&self) -> std::sync::MutexGuard<'_, PageMap> {
@@ -261,8 +328,27 @@ mod tests {
         assert_eq!(stats.pages.len(), 2);
         assert_eq!((stats.pages[0].offset, stats.pages[0].calls), (0, 2));
 
+        assert_eq!(counters.record_write("send", "acct", "c-2"), 1);
+        assert_eq!(counters.record_write("send", "acct", "c-1"), 1);
+        assert_eq!(counters.record_write("send", "acct", "c-2"), 2);
+        assert_eq!(counters.record_write("invite", "acct", "u"), 1);
+        assert_eq!(counters.writes("send", "acct", "c-2"), 2);
+        assert_eq!(counters.writes("send", "other", "c-2"), 0);
+        assert_eq!(counters.writes_total(), 4);
+        let writes = counters.snapshot().writes;
+        let order: Vec<(&str, &str, u64)> = writes
+            .iter()
+            .map(|w| (w.action.as_str(), w.target.as_str(), w.count))
+            .collect();
+        assert_eq!(
+            order,
+            [("invite", "u", 1), ("send", "c-1", 1), ("send", "c-2", 2)]
+        );
+
         counters.reset();
         assert_eq!(counters.snapshot().calls_total, 0);
+        assert_eq!(counters.writes_total(), 0);
+        assert!(counters.snapshot().writes.is_empty());
         assert!(counters.snapshot().pages.is_empty());
         assert_eq!(counters.snapshot().keys["b"], KeyStats::default());
     }
