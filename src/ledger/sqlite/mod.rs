@@ -1,12 +1,13 @@
 //! The durable ledger: a SQLite file written by one thread in group commits.
 //!
-//! Async callers never touch the disk. Reserve, settle, release and flush go
-//! over a channel to the writer thread, which owns the read-write connection
+//! Async callers never touch the disk. Reserve, settle, release, flush and
+//! idempotency keys go over a channel to the writer thread, which owns the read-write connection
 //! and the authoritative [`Book`]. It takes every command already queued (up
 //! to [`MAX_BATCH`]), applies them to the book in order — so the budget check
 //! is exact, one command after another — writes what changed in ONE
 //! `BEGIN IMMEDIATE … COMMIT` (one fsync for the whole batch), and only then
-//! answers. A reservation is therefore on disk before the upstream is called.
+//! answers. A reservation (or an idempotency key's claim) is therefore on
+//! disk before the upstream is called.
 //! If the commit fails the book is rolled back and the whole batch answers
 //! `Unavailable`, so memory never holds what the disk does not.
 //!
@@ -19,7 +20,8 @@
 //! over-count by what those last closes gave back, never under-count. This
 //! halves the fsyncs of a miss (one instead of two). A settle that charges
 //! more than was held is answered only once it is on disk. An answered close
-//! whose write fails is kept and retried with the next batch.
+//! whose write fails is kept and retried with the next batch. Abandoning an
+//! idempotency key's claim is treated the same way (see `keys`).
 //!
 //! After each commit the writer copies the accounts it touched into a shared
 //! mirror, which answers `balance` and `usage` without a disk read or a trip
@@ -32,21 +34,28 @@
 //! them behind; the next [`SqliteLedger::open`] counts them as spent (the
 //! upstream may have billed them) and as `orphaned`, in one transaction.
 //!
-//! File layout (schema version 1, `PRAGMA user_version`):
+//! File layout (schema version 2, `PRAGMA user_version`; a version-1 file is
+//! migrated in place by `open`, in one transaction):
 //! - `accounts(tenant, period, used, requests, cache_hits, credits_saved,
 //!   orphaned)`, one row per tenant and period key; `reserved` is not stored,
 //!   it is the sum of the tenant's open `reservations` rows.
 //! - `reservations(id, tenant, period, amount, request_id, created_at)`, one
 //!   row per open reservation, deleted when it is settled or released.
+//! - `idempotency_keys(tenant, key, fingerprint, state, status, body, owner,
+//!   expires_at)` (version 2), one row per key claimed (`in_flight`) or
+//!   answered (`done`); `owner` is a random id per open of the file, so a
+//!   claim whose owner is not this open was left by a process that died.
 //!
-//! The parts: `writer` (the thread and its group commits), `schema` (the
-//! file's layout, ownership, opening and crash recovery), `report` (read-only
-//! usage reports beside a running server).
+//! The parts: `writer` (the thread and its group commits), `keys`
+//! (idempotency keys), `schema` (the file's layout, ownership, opening and
+//! crash recovery), `report` (read-only usage reports beside a running
+//! server).
 //!
 //! [`Book`]: crate::ledger::book::Book
 //! [`MAX_BATCH`]: writer::MAX_BATCH
 //! [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
 
+mod keys;
 mod report;
 mod schema;
 #[cfg(test)]
@@ -68,6 +77,7 @@ use tokio::sync::oneshot;
 
 use super::book::{Account, AccountKey, budget_period};
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
+use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
 use crate::clock::Clock;
 use crate::config::Budget;
 use writer::Writer;
@@ -100,7 +110,6 @@ pub struct SqliteLedger {
     commands: mpsc::Sender<Command>,
     mirror: Arc<Mutex<Mirror>>,
     writer: Option<JoinHandle<()>>,
-    keys: super::idempotency::MemoryKeys,
 }
 
 /// What async callers can read without asking the writer.
@@ -144,6 +153,26 @@ enum Command {
     },
     Flush {
         reply: Reply<()>,
+    },
+    /// Claims an idempotency key; answered after the claim is committed.
+    KeyBegin {
+        id: keys::KeyId,
+        fingerprint: Fingerprint,
+        ttl: Duration,
+        reply: Reply<IdempotencyBegin>,
+    },
+    /// Stores a key's answer; answered after it is committed.
+    KeyComplete {
+        id: keys::KeyId,
+        fingerprint: Fingerprint,
+        answer: StoredAnswer,
+        ttl: Duration,
+        reply: Reply<()>,
+    },
+    /// Frees a key's claim; not answered (rides with the next batch).
+    KeyAbandon {
+        id: keys::KeyId,
+        fingerprint: Fingerprint,
     },
     /// Checks the file still takes writes, without changing it.
     Probe {
@@ -211,6 +240,10 @@ impl SqliteLedger {
             accounts: book.accounts().clone(),
             ..Mirror::default()
         }));
+        // Tells this open's claims from those of a process that died holding the file.
+        let owner_id = getrandom::u64()
+            .map(|id| i64::from_ne_bytes(id.to_ne_bytes()))
+            .map_err(|e| unavailable(path, format!("no random owner id: {e}")))?;
         let (commands, receiver) = mpsc::channel();
         let writer = Writer {
             _owner: owner,
@@ -223,6 +256,9 @@ impl SqliteLedger {
             hit_flush_interval,
             closes_waiting_since: None,
             answered: Vec::new(),
+            keys: keys::KeyWrites::default(),
+            owner_id,
+            next_purge: clock.now(),
         };
         let writer = std::thread::Builder::new()
             .name("viewgate-ledger".into())
@@ -230,7 +266,6 @@ impl SqliteLedger {
             .map_err(|e| unavailable(path, format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteLedger {
             path: path.to_path_buf(),
-            keys: super::idempotency::MemoryKeys::new(clock.clone()),
             clock,
             commands,
             mirror,
@@ -430,39 +465,67 @@ impl Ledger for SqliteLedger {
         self.ask(Command::Probe { reply }, answer).boxed()
     }
 
-    // Interim: kept in memory until the durable table lands.
     fn idempotency_begin<'a>(
         &'a self,
         tenant: &'a str,
         key: &'a str,
-        fingerprint: &'a super::Fingerprint,
-        ttl: std::time::Duration,
-    ) -> BoxFuture<'a, Result<super::IdempotencyBegin, LedgerError>> {
-        let found = self.keys.begin(tenant, key, fingerprint, ttl);
-        Box::pin(async move { Ok(found) })
+        fingerprint: &'a Fingerprint,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<IdempotencyBegin, LedgerError>> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::KeyBegin {
+            id: (tenant.to_string(), key.to_string()),
+            fingerprint: *fingerprint,
+            ttl,
+            reply,
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        self.ask(command, answer).boxed()
     }
 
     fn idempotency_complete<'a>(
         &'a self,
         tenant: &'a str,
         key: &'a str,
-        fingerprint: &'a super::Fingerprint,
-        answer: super::StoredAnswer,
-        ttl: std::time::Duration,
+        fingerprint: &'a Fingerprint,
+        answer: StoredAnswer,
+        ttl: Duration,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        self.keys.complete(tenant, key, fingerprint, answer, ttl);
-        Box::pin(async move { Ok(()) })
+        let (reply, committed) = oneshot::channel();
+        let command = Command::KeyComplete {
+            id: (tenant.to_string(), key.to_string()),
+            fingerprint: *fingerprint,
+            answer,
+            ttl,
+            reply,
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        self.ask(command, committed).boxed()
     }
 
     fn idempotency_abandon<'a>(
         &'a self,
         tenant: &'a str,
         key: &'a str,
-        fingerprint: &'a super::Fingerprint,
+        fingerprint: &'a Fingerprint,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        self.keys.abandon(tenant, key, fingerprint);
-        Box::pin(async move { Ok(()) })
+        // Queued behind every earlier command and ahead of every later one,
+        // so a later claim of the key sees it freed: no need to wait.
+        let command = Command::KeyAbandon {
+            id: (tenant.to_string(), key.to_string()),
+            fingerprint: *fingerprint,
+        };
+        let sent = self
+            .commands
+            .send(command)
+            .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
+        futures_util::future::ready(sent).boxed()
     }
+}
+
+/// A duration in whole milliseconds, as stored; saturates.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// SQLite integers are signed; credits beyond `i64::MAX` are stored as `i64::MAX`.

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::writer::write_changes;
+use super::keys::KeyWrites;
+use super::writer::write_batch;
 use super::{count, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::LedgerError;
 use crate::ledger::book::{Account, Book, Hold};
 
 /// The layout this code reads and writes; stored as `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// Version 1 had no idempotency keys; a version-1 file is migrated on open.
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Marks the file as a viewgate ledger (`PRAGMA application_id`, "VGL1").
 pub(super) const APPLICATION_ID: i64 = 0x5647_4C31;
@@ -22,7 +24,8 @@ pub(super) const APPLICATION_ID: i64 = 0x5647_4C31;
 /// How long a connection waits for another one's lock before failing.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const SCHEMA: &str = "
+/// Version 1: accounts and open reservations.
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE accounts (
     tenant        TEXT    NOT NULL,
     period        TEXT    NOT NULL,
@@ -45,6 +48,28 @@ CREATE TABLE reservations (
 ) STRICT;
 
 CREATE INDEX reservations_by_account ON reservations (tenant, period);
+";
+
+/// What version 2 adds: idempotency keys, claimed (in flight) or answered.
+/// Not WITHOUT ROWID: rows carry whole response bodies. `owner` is the
+/// random id of the ledger open that claimed the key, so a claim left by a
+/// dead process is told from a live one. `expires_at` is in Unix
+/// milliseconds on the ledger's clock.
+const MIGRATE_V2: &str = "
+CREATE TABLE idempotency_keys (
+    tenant      TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    fingerprint BLOB    NOT NULL CHECK (length(fingerprint) = 32),
+    state       TEXT    NOT NULL CHECK (state IN ('in_flight', 'done')),
+    status      INTEGER CHECK (status BETWEEN 100 AND 999),
+    body        BLOB,
+    owner       INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    CHECK ((state = 'done') = (status IS NOT NULL AND body IS NOT NULL)),
+    PRIMARY KEY (tenant, key)
+) STRICT;
+
+CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 ";
 
 /// Locks `<path>-lock` for as long as the returned file is open, so one
@@ -94,7 +119,9 @@ pub(super) fn configure(conn: &Connection) -> Result<(), String> {
         .map_err(|e| format!("cannot set synchronous=FULL: {e}"))
 }
 
-/// Creates the tables in a new file, or checks an existing file is ours.
+/// Creates the tables in a new file, or checks an existing file is ours and
+/// migrates it to [`SCHEMA_VERSION`], all in one transaction: a failed
+/// migration leaves the file as it was.
 pub(super) fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), LedgerError> {
     let fail = |e: rusqlite::Error| unavailable(path, format!("cannot create the schema: {e}"));
     // IMMEDIATE: two processes opening a new file at once create it once.
@@ -112,13 +139,18 @@ pub(super) fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Le
                 "is a SQLite database but not a viewgate ledger",
             ));
         }
-        tx.execute_batch(SCHEMA).map_err(fail)?;
+        tx.execute_batch(SCHEMA_V1).map_err(fail)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
-            .map_err(fail)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(fail)?;
     } else {
         check_version(&tx, version).map_err(|e| unavailable(path, e))?;
+    }
+    if version < 2 {
+        tx.execute_batch(MIGRATE_V2).map_err(fail)?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(fail)?;
     }
     tx.commit().map_err(fail)
 }
@@ -127,7 +159,9 @@ pub(super) fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
 }
 
-/// Accepts only files this build wrote. A later version adds its migrations here.
+/// Accepts viewgate ledgers of this version or an older one (their accounts
+/// and reservations read the same; `create_schema` migrates them). A later
+/// version adds its migration to `create_schema`.
 pub(super) fn check_version(conn: &Connection, version: i64) -> Result<(), String> {
     let application: i64 = conn
         .pragma_query_value(None, "application_id", |row| row.get(0))
@@ -135,7 +169,7 @@ pub(super) fn check_version(conn: &Connection, version: i64) -> Result<(), Strin
     if application != APPLICATION_ID {
         return Err("is a SQLite database but not a viewgate ledger".into());
     }
-    if version != SCHEMA_VERSION {
+    if !(1..=SCHEMA_VERSION).contains(&version) {
         return Err(format!(
             "has schema version {version}; this viewgate reads version {SCHEMA_VERSION}"
         ));
@@ -198,7 +232,8 @@ pub(super) fn recover(
         book.commit();
         return Ok(());
     }
-    if let Err(e) = write_changes(conn, &book.changes(), &rfc3339(clock.wall())) {
+    let keys = KeyWrites::default();
+    if let Err(e) = write_batch(conn, &book.changes(), &keys, None, &rfc3339(clock.wall())) {
         book.rollback();
         return Err(e);
     }

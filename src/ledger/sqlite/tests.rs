@@ -1,9 +1,10 @@
 //! Unit tests of the SQLite ledger that need its private parts: broken
 //! writes, commit counts, the hit flush interval, schema checks.
 
-use super::schema::SCHEMA_VERSION;
+use super::schema::{APPLICATION_ID, SCHEMA_V1, SCHEMA_VERSION};
 use super::*;
 use crate::config::Period;
+use crate::ledger::{IdempotencyBegin, StoredAnswer};
 
 fn budget(credits: u64) -> Option<Budget> {
     Some(Budget {
@@ -118,10 +119,11 @@ fn a_newer_schema_is_refused() {
         .unwrap()
         .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .unwrap();
+    let newer = format!("schema version {}", SCHEMA_VERSION + 1);
     let error = SqliteLedger::open(&path, Clock::real()).unwrap_err();
-    assert!(error.to_string().contains("schema version 2"), "{error}");
+    assert!(error.to_string().contains(&newer), "{error}");
     let error = read_usage(&path, &[], &Clock::real()).unwrap_err();
-    assert!(error.to_string().contains("schema version 2"), "{error}");
+    assert!(error.to_string().contains(&newer), "{error}");
 }
 
 #[test]
@@ -134,4 +136,94 @@ fn a_second_writer_is_refused_until_the_first_is_gone() {
     assert!(read_usage(&path, &[], &Clock::real()).is_ok());
     drop(first);
     assert!(SqliteLedger::open(&path, Clock::real()).is_ok());
+}
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_in_place_and_keeps_its_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts (tenant, period, used, requests) VALUES ('crm', 'total', 5, 2);
+             INSERT INTO reservations (tenant, period, amount, request_id, created_at)
+             VALUES ('crm', 'total', 3, 'r', '2026-11-27T10:00:00Z');",
+        )
+        .unwrap();
+    }
+    let tenants = [("crm".to_string(), budget(20))];
+    // A report reads a version-1 file as it is, without migrating it.
+    let report = read_usage(&path, &tenants, &Clock::real()).unwrap();
+    assert_eq!((report[0].balance.used, report[0].balance.reserved), (5, 3));
+
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!((usage[0].balance.used, usage[0].orphaned), (8, 3));
+    let fingerprint = [7u8; 32];
+    let ttl = Duration::from_secs(60);
+    let begun = ledger.idempotency_begin("crm", "k", &fingerprint, ttl);
+    assert_eq!(begun.await.unwrap(), IdempotencyBegin::Started);
+    drop(ledger);
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let keys: i64 = conn
+        .query_row("SELECT count(*) FROM idempotency_keys", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(keys, 1);
+}
+
+#[tokio::test]
+async fn expired_keys_are_deleted_in_the_background_a_bounded_batch_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Clock::fake("2026-11-27T10:00:00Z".parse().unwrap());
+    let interval = Duration::from_millis(20);
+    let ledger = SqliteLedger::open_with(&path, clock.clone(), interval).unwrap();
+    let ttl = Duration::from_secs(60);
+    let count = keys::PURGE_BATCH + 44;
+    let ledger = &ledger;
+    let begins = (0..count).map(|i| {
+        let key = format!("key-{i}");
+        async move { ledger.idempotency_begin("crm", &key, &[1; 32], ttl).await }
+    });
+    for begun in futures_util::future::join_all(begins).await {
+        assert_eq!(begun.unwrap(), IdempotencyBegin::Started);
+    }
+    let answer = StoredAnswer {
+        status: 200,
+        body: bytes::Bytes::from_static(b"{}"),
+    };
+    let kept = ledger.idempotency_complete("crm", "kept", &[2; 32], answer, ttl * 2);
+    kept.await.unwrap();
+    let rows = || -> i64 {
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.query_row("SELECT count(*) FROM idempotency_keys", [], |row| {
+            row.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(rows(), i64::try_from(count).unwrap() + 1);
+
+    clock.advance(ttl + Duration::from_secs(1));
+    // Idle ticks delete them, PURGE_BATCH per commit, and leave the live one.
+    let mut left = rows();
+    for _ in 0..500 {
+        if left == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        left = rows();
+    }
+    assert_eq!(left, 1);
+    let replay = ledger.idempotency_begin("crm", "kept", &[2; 32], ttl);
+    assert!(matches!(replay.await.unwrap(), IdempotencyBegin::Replay(_)));
 }

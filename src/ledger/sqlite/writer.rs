@@ -11,16 +11,20 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::{Command, Hits, Mirror, Reply, integer, lock, unavailable};
+use super::keys::{KeyWrites, PURGE_BATCH};
+use super::{Command, Hits, Mirror, Reply, integer, lock, millis, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::book::{Account, AccountKey, Book, Changes};
-use crate::ledger::{Balance, LedgerError, Reservation};
+use crate::ledger::{Balance, IdempotencyBegin, LedgerError, Reservation};
 
 /// The most commands one transaction carries.
 pub(super) const MAX_BATCH: usize = 512;
 
-/// How long an answered settle or release may wait for a batch to ride with.
+/// How long an answered settle, release or abandon may wait for a batch to ride with.
 pub(super) const CLOSE_WRITE_DELAY: Duration = Duration::from_millis(50);
+
+/// How often expired idempotency keys are looked for (on the ledger's clock).
+const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// The thread that owns the read-write connection and the truth.
 pub(super) struct Writer {
@@ -38,13 +42,23 @@ pub(super) struct Writer {
     /// Those closes: `(reservation id, actual)` (`None`: a release). Kept
     /// until written, and applied again if their write fails.
     pub(super) answered: Vec<(u64, Option<u64>)>,
+    /// Idempotency-key changes not yet committed.
+    pub(super) keys: KeyWrites,
+    /// This open's random id, stamped on the keys it claims.
+    pub(super) owner_id: i64,
+    /// When expired keys are next deleted.
+    pub(super) next_purge: Instant,
 }
 
 /// A command applied to the book, waiting for the commit to be answered.
 enum Answer {
     Reserve(Reply<Reservation>, Result<Reservation, LedgerError>),
     Balance(Reply<Balance>, Balance),
-    Flush(Reply<()>),
+    Begin(
+        Reply<IdempotencyBegin>,
+        Result<IdempotencyBegin, LedgerError>,
+    ),
+    Committed(Reply<()>),
 }
 
 impl Answer {
@@ -58,7 +72,10 @@ impl Answer {
             Answer::Balance(reply, balance) => {
                 let _ = reply.send(failure.map_or(Ok(balance), |e| Err(e.clone())));
             }
-            Answer::Flush(reply) => {
+            Answer::Begin(reply, result) => {
+                let _ = reply.send(failure.map_or(result, |e| Err(e.clone())));
+            }
+            Answer::Committed(reply) => {
                 let _ = reply.send(failure.map_or(Ok(()), |e| Err(e.clone())));
             }
         }
@@ -168,10 +185,66 @@ impl Writer {
                         answers.push(Answer::Balance(reply, balance));
                     }
                 }
-                Command::Flush { reply } => answers.push(Answer::Flush(reply)),
+                Command::KeyBegin {
+                    id,
+                    fingerprint,
+                    ttl,
+                    reply,
+                } => {
+                    let now_ms = self.clock.wall().as_millisecond();
+                    let result = self
+                        .keys
+                        .begin(
+                            &self.conn,
+                            id,
+                            &fingerprint,
+                            self.owner_id,
+                            now_ms,
+                            millis(ttl),
+                        )
+                        .map_err(|e| unavailable(&self.path, format!("cannot read: {e}")));
+                    answers.push(Answer::Begin(reply, result));
+                }
+                Command::KeyComplete {
+                    id,
+                    fingerprint,
+                    answer,
+                    ttl,
+                    reply,
+                } => {
+                    let now_ms = self.clock.wall().as_millisecond();
+                    self.keys.complete(
+                        id,
+                        &fingerprint,
+                        answer,
+                        self.owner_id,
+                        now_ms,
+                        millis(ttl),
+                    );
+                    answers.push(Answer::Committed(reply));
+                }
+                Command::KeyAbandon { id, fingerprint } => {
+                    // Its caller did not wait: like a release, it rides with
+                    // the next batch (see the `keys` module notes).
+                    match self
+                        .keys
+                        .abandon(&self.conn, id, &fingerprint, self.owner_id)
+                    {
+                        Ok(true) => {
+                            let now = self.clock.now();
+                            self.closes_waiting_since.get_or_insert(now);
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(
+                            error = %unavailable(&self.path, e),
+                            "ledger could not free an idempotency key; it stays claimed until it expires"
+                        ),
+                    }
+                }
+                Command::Flush { reply } => answers.push(Answer::Committed(reply)),
                 Command::Probe { reply } => {
                     probe = true;
-                    answers.push(Answer::Flush(reply));
+                    answers.push(Answer::Committed(reply));
                 }
                 Command::Stop => next = Next::Stop,
                 Command::Crash => {
@@ -202,21 +275,39 @@ impl Writer {
             self.book.hit(key, pending.hits, pending.credits_saved);
         }
         self.closes_waiting_since = None;
+        let now = self.clock.now();
+        let wall = self.clock.wall();
+        let purge_before = (now >= self.next_purge).then(|| wall.as_millisecond());
         let written = {
             let changes = self.book.changes();
-            if changes.is_empty() {
+            if changes.is_empty() && self.keys.is_empty() && purge_before.is_none() {
                 if probe {
-                    probe_writes(&mut self.conn)
+                    probe_writes(&mut self.conn).map(|()| 0)
                 } else {
-                    Ok(())
+                    Ok(0)
                 }
             } else {
-                write_changes(&mut self.conn, &changes, &rfc3339(self.clock.wall()))
+                write_batch(
+                    &mut self.conn,
+                    &changes,
+                    &self.keys,
+                    purge_before,
+                    &rfc3339(wall),
+                )
             }
         };
         match written {
-            Ok(()) => {
+            Ok(purged) => {
                 let touched = self.book.commit();
+                self.keys.committed();
+                if purge_before.is_some() {
+                    // A full purge batch means more may wait: go on with the next batch.
+                    self.next_purge = if purged < PURGE_BATCH {
+                        now + PURGE_EVERY
+                    } else {
+                        now
+                    };
+                }
                 self.publish(touched, &hits);
                 for answer in answers {
                     answer.send(None);
@@ -224,6 +315,7 @@ impl Writer {
             }
             Err(e) => {
                 self.book.rollback();
+                self.keys.rollback();
                 let error = unavailable(&self.path, format!("cannot commit: {e}"));
                 if !self.answered.is_empty() {
                     // Their callers were told: apply them again, to be
@@ -240,7 +332,12 @@ impl Writer {
                         "ledger could not write answered settles; they are kept and retried \
                          (a crash before they are written counts their reservations in full)"
                     );
-                } else if answers.is_empty() {
+                }
+                if self.keys.has_freed() {
+                    // Abandons answered: retried like the closes.
+                    let now = self.clock.now();
+                    self.closes_waiting_since = Some(now);
+                } else if self.answered.is_empty() && answers.is_empty() {
                     // Only hit counts were in it; they stay pending for the next try.
                     tracing::warn!(error = %error, "ledger could not write cache-hit counts");
                 }
@@ -285,14 +382,18 @@ fn probe_writes(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// Writes a batch's changes in one `BEGIN IMMEDIATE … COMMIT`. Accounts are
-/// written as absolute values from the book, so disk and memory agree
+/// Writes a batch's changes in one `BEGIN IMMEDIATE … COMMIT`: accounts,
+/// reservations, idempotency keys, and (when `purge_before` is set) a bounded
+/// number of expired keys; returns how many of those were deleted. Accounts
+/// are written as absolute values from the book, so disk and memory agree
 /// exactly after the commit.
-pub(super) fn write_changes(
+pub(super) fn write_batch(
     conn: &mut Connection,
     changes: &Changes<'_>,
+    keys: &KeyWrites,
+    purge_before: Option<i64>,
     now: &str,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut upsert = tx.prepare_cached(
@@ -335,6 +436,8 @@ pub(super) fn write_changes(
             delete.execute([integer(*id)])?;
         }
     }
+    let purged = keys.write(&tx, purge_before)?;
     // Dropping `tx` on any error above rolls the batch back.
-    tx.commit()
+    tx.commit()?;
+    Ok(purged)
 }
