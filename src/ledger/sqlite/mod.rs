@@ -27,8 +27,11 @@
 //! mirror, which answers `balance` and `usage` without a disk read or a trip
 //! through the writer.
 //!
-//! One process writes a ledger file at a time: `open` locks `<file>-lock`.
-//! Reports ([`read_usage`]) open the file read-only and need no lock.
+//! One process writes a ledger file at a time: `open` locks the file itself
+//! (`flock`), and while serving, the path is watched: if the file or its
+//! directory vanishes or is replaced, new spend answers `Unavailable` and
+//! `health` fails (see `owner`). Reports ([`read_usage`]) open the file
+//! read-only and need no lock.
 //!
 //! Reservations are rows. A process killed between reserve and settle leaves
 //! them behind; the next [`SqliteLedger::open`] counts them as spent (the
@@ -47,15 +50,16 @@
 //!   claim whose owner is not this open was left by a process that died.
 //!
 //! The parts: `writer` (the thread and its group commits), `keys`
-//! (idempotency keys), `schema` (the file's layout, ownership, opening and
-//! crash recovery), `report` (read-only usage reports beside a running
-//! server).
+//! (idempotency keys), `owner` (the file's lock and watch), `schema` (the
+//! file's layout, opening, migration and crash recovery), `report`
+//! (read-only usage reports beside a running server).
 //!
 //! [`Book`]: crate::ledger::book::Book
 //! [`MAX_BATCH`]: writer::MAX_BATCH
 //! [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
 
 mod keys;
+mod owner;
 mod report;
 mod schema;
 #[cfg(test)]
@@ -110,6 +114,10 @@ pub struct SqliteLedger {
     commands: mpsc::Sender<Command>,
     mirror: Arc<Mutex<Mirror>>,
     writer: Option<JoinHandle<()>>,
+    /// Whether the path still names the file this ledger has open.
+    watch: Arc<owner::Watch>,
+    /// Stops the watch thread when dropped, and its handle.
+    watcher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 /// What async callers can read without asking the writer.
@@ -217,7 +225,8 @@ impl SqliteLedger {
         if path.is_dir() {
             return Err(unavailable(path, "is a directory, not a file"));
         }
-        let owner = schema::take_ownership(path)?;
+        let owner = owner::take_ownership(path)?;
+        let watch = Arc::new(owner.watch(path));
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -244,9 +253,10 @@ impl SqliteLedger {
         let owner_id = getrandom::u64()
             .map(|id| i64::from_ne_bytes(id.to_ne_bytes()))
             .map_err(|e| unavailable(path, format!("no random owner id: {e}")))?;
+        let watcher = owner::spawn_watcher(Arc::clone(&watch), owner::WATCH_EVERY)
+            .map_err(|e| unavailable(path, format!("cannot start the file watch thread: {e}")))?;
         let (commands, receiver) = mpsc::channel();
         let writer = Writer {
-            _owner: owner,
             conn,
             path: path.to_path_buf(),
             clock: clock.clone(),
@@ -259,6 +269,7 @@ impl SqliteLedger {
             keys: keys::KeyWrites::default(),
             owner_id,
             next_purge: clock.now(),
+            _owner: owner,
         };
         let writer = std::thread::Builder::new()
             .name("viewgate-ledger".into())
@@ -270,6 +281,8 @@ impl SqliteLedger {
             commands,
             mirror,
             writer: Some(writer),
+            watch,
+            watcher: Some(watcher),
         })
     }
 
@@ -298,6 +311,12 @@ impl SqliteLedger {
     #[cfg(test)]
     fn commits(&self) -> u64 {
         lock(&self.mirror).commits
+    }
+
+    /// Fails once the file was found removed or replaced: new spend and new
+    /// claims would go to a file nobody can reach. One atomic load.
+    fn still_owned(&self) -> Result<(), LedgerError> {
+        self.watch.lost().map_or(Ok(()), |error| Err(error.clone()))
     }
 
     fn current_period(&self, budget: Option<Budget>) -> String {
@@ -343,6 +362,11 @@ impl Drop for SqliteLedger {
             // everything and is closed once drop returns.
             let _ = writer.join();
         }
+        if let Some((stop, watcher)) = self.watcher.take() {
+            // A closed channel wakes the watch thread at once.
+            drop(stop);
+            let _ = watcher.join();
+        }
     }
 }
 
@@ -354,6 +378,9 @@ impl Ledger for SqliteLedger {
         estimate: u64,
         request_id: &'a str,
     ) -> BoxFuture<'a, Result<Reservation, LedgerError>> {
+        if let Err(error) = self.still_owned() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
         let (reply, answer) = oneshot::channel();
         let command = Command::Reserve {
             tenant: Arc::clone(tenant),
@@ -459,6 +486,10 @@ impl Ledger for SqliteLedger {
     }
 
     fn health(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        // Checked now as well as every second: readiness is not the hot path.
+        if let Err(error) = self.watch.check() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
         let (reply, answer) = oneshot::channel();
         // Boxed: the answer comes back from another thread. The probe queues
         // behind real work, so a stuck writer shows as a slow or failed check.
@@ -472,6 +503,9 @@ impl Ledger for SqliteLedger {
         fingerprint: &'a Fingerprint,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<IdempotencyBegin, LedgerError>> {
+        if let Err(error) = self.still_owned() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
         let (reply, answer) = oneshot::channel();
         let command = Command::KeyBegin {
             id: (tenant.to_string(), key.to_string()),
@@ -491,6 +525,9 @@ impl Ledger for SqliteLedger {
         answer: StoredAnswer,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        if let Err(error) = self.still_owned() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
         let (reply, committed) = oneshot::channel();
         let command = Command::KeyComplete {
             id: (tenant.to_string(), key.to_string()),

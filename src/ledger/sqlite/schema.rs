@@ -1,8 +1,7 @@
-//! The ledger file: its layout, who may write it, opening it, and counting
+//! The ledger file: its layout, opening and migrating it, and counting
 //! what a crashed process left open.
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
@@ -71,37 +70,6 @@ CREATE TABLE idempotency_keys (
 
 CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 ";
-
-/// Locks `<path>-lock` for as long as the returned file is open, so one
-/// process at a time writes the ledger. Two writers would each trust their
-/// own in-memory balances (overspending together), and the second would
-/// count the first's in-flight reservations as orphans. The operating system
-/// drops the lock when the process dies, even by `kill -9`.
-pub(super) fn take_ownership(path: &Path) -> Result<File, LedgerError> {
-    let mut name = path.as_os_str().to_owned();
-    name.push("-lock");
-    let lock_path = PathBuf::from(name);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| unavailable(path, format!("cannot open {}: {e}", lock_path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(unavailable(
-            path,
-            format!(
-                "is in use by another ledger (a viewgate process holds {})",
-                lock_path.display()
-            ),
-        )),
-        Err(TryLockError::Error(e)) => Err(unavailable(
-            path,
-            format!("cannot lock {}: {e}", lock_path.display()),
-        )),
-    }
-}
 
 /// Pragmas every read-write connection needs.
 pub(super) fn configure(conn: &Connection) -> Result<(), String> {

@@ -3,7 +3,6 @@
 //! transaction (one fsync) before answering.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::keys::{KeyWrites, PURGE_BATCH};
+use super::owner::Ownership;
 use super::{Command, Hits, Mirror, Reply, integer, lock, millis, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::book::{Account, AccountKey, Book, Changes};
@@ -28,8 +28,6 @@ const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 /// The thread that owns the read-write connection and the truth.
 pub(super) struct Writer {
-    /// Held until the thread ends, after its last commit.
-    pub(super) _owner: File,
     pub(super) conn: Connection,
     pub(super) path: PathBuf,
     pub(super) clock: Clock,
@@ -48,6 +46,9 @@ pub(super) struct Writer {
     pub(super) owner_id: i64,
     /// When expired keys are next deleted.
     pub(super) next_purge: Instant,
+    /// The file's lock, held until the thread ends. Last, so it is dropped
+    /// after `conn` is closed (see `owner`).
+    pub(super) _owner: Ownership,
 }
 
 /// A command applied to the book, waiting for the commit to be answered.
