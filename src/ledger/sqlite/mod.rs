@@ -127,7 +127,8 @@ struct Mirror {
     accounts: HashMap<AccountKey, Account>,
     /// Cache hits counted but not yet committed.
     pending_hits: HashMap<AccountKey, Hits>,
-    /// Batches committed that changed an account, for tests of group commit.
+    /// Batches committed that changed an account or an idempotency key,
+    /// for tests of group commit.
     commits: u64,
 }
 

@@ -279,6 +279,7 @@ impl Writer {
         let now = self.clock.now();
         let wall = self.clock.wall();
         let purge_before = (now >= self.next_purge).then(|| wall.as_millisecond());
+        let keys_changed = !self.keys.is_empty();
         let written = {
             let changes = self.book.changes();
             if changes.is_empty() && self.keys.is_empty() && purge_before.is_none() {
@@ -309,7 +310,7 @@ impl Writer {
                         now
                     };
                 }
-                self.publish(touched, &hits);
+                self.publish(touched, &hits, keys_changed);
                 for answer in answers {
                     answer.send(None);
                 }
@@ -356,10 +357,15 @@ impl Writer {
     }
 
     /// Shows committed accounts to readers and retires the hits written.
-    fn publish(&mut self, touched: Vec<(AccountKey, Account)>, hits: &HashMap<AccountKey, Hits>) {
+    fn publish(
+        &mut self,
+        touched: Vec<(AccountKey, Account)>,
+        hits: &HashMap<AccountKey, Hits>,
+        keys_changed: bool,
+    ) {
         self.answered.clear();
         let mut mirror = lock(&self.mirror);
-        if !touched.is_empty() {
+        if !touched.is_empty() || keys_changed {
             mirror.commits += 1;
         }
         mirror.accounts.extend(touched);
