@@ -307,3 +307,127 @@ async fn usage_works_while_serve_runs_and_prints_a_table() {
         "{table}"
     );
 }
+
+/// `GET path` on `addr`: the status code.
+fn get_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// `setup`, with the ledger in its own directory and an admin listener.
+fn setup_in_subdirectory(sim: &SimHandle) -> (Setup, PathBuf) {
+    let s = setup(sim, 100);
+    let old = s.dir.path().join("ledger.db");
+    let new = s.dir.path().join("data").join("ledger.db");
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(old.to_str().unwrap(), new.to_str().unwrap())
+        + "admin:\n  listen: \"127.0.0.1:0\"\n";
+    std::fs::write(&s.config, text).unwrap();
+    (s, new)
+}
+
+#[test]
+fn a_second_serve_on_the_same_file_exits_1_naming_it_even_without_lock_files() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sim = runtime.block_on(sim());
+    let s = setup(&sim, 10);
+    let ledger = s.dir.path().join("ledger.db");
+    // A stray lock file such as earlier versions kept beside the ledger.
+    let stray = s.dir.path().join("ledger.db-lock");
+    std::fs::write(&stray, b"").unwrap();
+    let (_first, url) = serve(&s.config);
+    // Every side file that can go without harming the running server: the
+    // lock file. (SQLite's -wal and -shm are its live state: deleting them
+    // would corrupt the first server, so they are no lock to rely on either.)
+    std::fs::remove_file(&stray).unwrap();
+    let twin = Command::new(BIN)
+        .args(["serve", "--config", s.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(twin.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&twin.stderr);
+    assert!(err.contains(ledger.to_str().unwrap()), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // The first goes on serving, and reports still read the file.
+    let (status, _) = post(&url, TENANT_KEY, &body("acc-1"));
+    assert_eq!(status, 200);
+    // Held or settled, depending on whether its settle was written yet.
+    let row = usage(&s.config);
+    let charged = row["used"].as_u64().unwrap() + row["reserved"].as_u64().unwrap();
+    assert_eq!(charged, 1, "{row}");
+}
+
+#[test]
+fn a_vanished_ledger_turns_misses_and_readiness_503_and_is_logged_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sim = runtime.block_on(sim());
+    let (s, ledger) = setup_in_subdirectory(&sim);
+    let mut gw = Running(
+        Command::new(BIN)
+            .args(["serve", "--config", s.config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ((addr, admin), lines) = read_until(&mut gw.0, listening);
+    let (url, admin) = (format!("http://{addr}"), admin.expect("an admin listener"));
+    assert_eq!(post(&url, TENANT_KEY, &body("acc-1")).0, 200);
+    assert_eq!(get_status(&admin, "/readyz"), 200);
+
+    std::fs::remove_dir_all(ledger.parent().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_status(&admin, "/readyz") != 503 {
+        assert!(Instant::now() < deadline, "/readyz still 200 after 5 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 2..6 {
+        let (status, reply) = post(&url, TENANT_KEY, &body(&format!("acc-{i}")));
+        assert_eq!(status, 503, "{reply}");
+        assert_eq!(reply["error"]["code"], "SERVICE_UNAVAILABLE", "{reply}");
+        assert_eq!(get_status(&admin, "/readyz"), 503);
+    }
+    // A cached page is still served.
+    assert_eq!(post(&url, TENANT_KEY, &body("acc-1")).0, 200);
+
+    // Every request above has its access line; the loss has one error line.
+    let count = |needle: &str| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count("\"SERVICE_UNAVAILABLE\"") < 4 {
+        assert!(Instant::now() < deadline, "access lines missing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count("the ledger file is gone"), 1);
+    let error_line = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|line| line.contains("the ledger file is gone"))
+        .cloned()
+        .unwrap();
+    assert!(error_line.contains("\"level\":\"error\""), "{error_line}");
+    assert!(
+        error_line.contains(ledger.to_str().unwrap()),
+        "{error_line}"
+    );
+    assert_eq!(sim.credits_total(), 1, "no upstream call without a ledger");
+}

@@ -488,3 +488,99 @@ async fn an_answered_settle_is_written_before_its_delay_runs_out_or_over_counted
     let u = &ledger.usage(&report).await.unwrap()[0];
     assert_eq!((u.balance.used, u.orphaned, u.requests), (4, 3, 1));
 }
+
+/// Polls the ledger's health every 20 ms for up to 5 s until it fails, and
+/// returns the failure.
+async fn health_fails_within_5_s(ledger: &SqliteLedger) -> LedgerError {
+    for _ in 0..250 {
+        if let Err(error) = ledger.health().await {
+            return error;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the ledger stayed healthy for 5 s");
+}
+
+/// Once the file is gone, new spend is refused and the reason names it;
+/// a reservation made before may still be settled.
+async fn refuses_new_spend(ledger: &SqliteLedger, path: &Path, earlier: Reservation) {
+    let t: Arc<str> = Arc::from("crm");
+    assert_unavailable_naming(ledger.reserve(&t, None, 1, "req").await, path);
+    assert_unavailable_naming(ledger.health().await, path);
+    let claim = ledger.idempotency_begin("crm", "k", &[1; 32], Duration::from_secs(60));
+    assert_unavailable_naming(claim.await, path);
+    ledger.settle(earlier, 1, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_removed_directory_turns_the_ledger_unavailable_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let earlier = ledger.reserve(&t, None, 1, "req").await.unwrap();
+    ledger.health().await.unwrap();
+
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    let error = health_fails_within_5_s(&ledger).await;
+    assert!(error.to_string().contains("removed"), "{error}");
+    refuses_new_spend(&ledger, &path, earlier).await;
+}
+
+#[tokio::test]
+async fn a_replaced_file_turns_the_ledger_unavailable_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let earlier = ledger.reserve(&t, None, 1, "req").await.unwrap();
+
+    // A restore from backup, say: another file renamed over the path.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::rename(&copy, &path).unwrap();
+    // Only reservations are asked for: the watch thread notices by itself.
+    let mut refused = None;
+    for _ in 0..250 {
+        match ledger.reserve(&t, None, 1, "req").await {
+            Ok(r) => {
+                ledger.release(r, None).await.unwrap();
+            }
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = refused.expect("reservations refused within 5 s");
+    assert!(error.to_string().contains("replaced"), "{error}");
+    refuses_new_spend(&ledger, &path, earlier).await;
+}
+
+#[tokio::test]
+async fn the_lock_is_on_the_file_itself_not_a_side_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    // A stray lock file, as earlier versions left: it means nothing now.
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let stray = dir.path().join("data").join("ledger.db-lock");
+    std::fs::write(&stray, b"").unwrap();
+    let first = SqliteLedger::open(&path, Clock::real()).unwrap();
+    std::fs::remove_file(&stray).unwrap();
+    assert!(!stray.exists(), "open creates no side lock file");
+
+    let error = SqliteLedger::open(&path, Clock::real()).unwrap_err();
+    assert!(error.to_string().contains("in use"), "{error}");
+    assert_unavailable_naming(Err::<(), _>(error), &path);
+    // The refused open left the first one whole: it writes, and reports read.
+    let t: Arc<str> = Arc::from("crm");
+    let r = first.reserve(&t, None, 2, "req").await.unwrap();
+    first.settle(r, 2, None).await.unwrap();
+    first.flush().await.unwrap();
+    let report = read_usage(&path, &[("crm".into(), None)], &Clock::real()).unwrap();
+    assert_eq!(report[0].balance.used, 2);
+    first.health().await.unwrap();
+    drop(first);
+    assert!(SqliteLedger::open(&path, Clock::real()).is_ok());
+}

@@ -95,7 +95,8 @@ pub enum LedgerError {
     Unavailable(String),
 }
 
-/// Where credits are recorded. Implementations: [`MemoryLedger`], [`SqliteLedger`] (Redis follows).
+/// Where credits and idempotency keys are recorded. Implementations:
+/// [`MemoryLedger`], [`SqliteLedger`], [`RedisLedger`].
 pub trait Ledger: Send + Sync + 'static {
     /// Holds `estimate` credits for `tenant`, or fails with [`LedgerError::Insufficient`].
     /// `request_id` is recorded with the reservation for audit. A durable ledger

@@ -31,11 +31,15 @@
 //!   request_id`, one per open reservation; `<id>` is 16 hex digits.
 //! - `vg:{t:<tenant>}:open`: sorted set of open reservation ids, scored by
 //!   creation time in milliseconds on the server's clock.
+//! - `vg:{t:<tenant>}:i:<key as hex>`: hash of one idempotency key, claimed
+//!   or answered; expires with the key's TTL (see `idempotency`).
 //!
 //! Any Redis failure answers [`LedgerError::Unavailable`] (`redis: …`, never
 //! the URL's password) within [`RedisLedger::CALL_TIMEOUT`]; the gateway turns it into 503.
 //! Redis is the ledger of record here: charges survive a Redis restart only
 //! as far as its own persistence (AOF/RDB) keeps them.
+
+mod idempotency;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,6 +56,7 @@ use jiff::{SignedDuration, Span, Timestamp};
 
 use super::book::{Account, AccountKey, budget_period};
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
+use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
 use crate::clock::Clock;
 use crate::config::{Budget, Period};
 
@@ -94,7 +99,6 @@ const SCAN_COUNT: u64 = 500;
 pub struct RedisLedger {
     inner: Arc<Inner>,
     stale_after: Duration,
-    keys: Arc<super::idempotency::MemoryKeys>,
 }
 
 impl fmt::Debug for RedisLedger {
@@ -127,6 +131,9 @@ struct Scripts {
     close: Script,
     sweep: Script,
     hits: Script,
+    key_begin: Script,
+    key_complete: Script,
+    key_abandon: Script,
 }
 
 /// A tenant's period as Redis last answered it.
@@ -197,7 +204,6 @@ impl RedisLedger {
     /// Connection attempts give up after 1 s, commands after 1 s, and a whole
     /// call after [`RedisLedger::CALL_TIMEOUT`].
     pub async fn connect(url: &str, clock: Clock) -> Result<RedisLedger, LedgerError> {
-        let clock_for_keys = clock.clone();
         let (conn, secrets) = connection(url)?;
         let inner = Arc::new(Inner {
             conn,
@@ -208,6 +214,9 @@ impl RedisLedger {
                 close: Script::new(include_str!("redis/close.lua")),
                 sweep: Script::new(include_str!("redis/sweep.lua")),
                 hits: Script::new(include_str!("redis/hits.lua")),
+                key_begin: Script::new(include_str!("redis/key_begin.lua")),
+                key_complete: Script::new(include_str!("redis/key_complete.lua")),
+                key_abandon: Script::new(include_str!("redis/key_abandon.lua")),
             },
             views: Mutex::new(HashMap::new()),
             pending_hits: Mutex::new(HashMap::new()),
@@ -218,15 +227,15 @@ impl RedisLedger {
             tracing::warn!(%error, "the Redis ledger is unreachable; misses answer 503 until it is back");
         }
         Ok(RedisLedger {
-            keys: Arc::new(super::idempotency::MemoryKeys::new(clock_for_keys)),
             inner,
             stale_after: Self::DEFAULT_STALE_AFTER,
         })
     }
 
     /// Sets how long a reservation may stay open before the sweeper counts it
-    /// as spent ([`RedisLedger::DEFAULT_STALE_AFTER`] unless set). Keep it well above the
-    /// longest a miss can take (upstream timeout × attempts, plus waits).
+    /// as spent, and an idempotency key's claim before it reads as orphaned
+    /// ([`RedisLedger::DEFAULT_STALE_AFTER`] unless set). Keep it well above
+    /// the longest a miss can take (upstream timeout × attempts, plus waits).
     pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
         self.stale_after = stale_after;
         self
@@ -733,38 +742,43 @@ impl Ledger for RedisLedger {
         self.inner.ping().boxed()
     }
 
-    // Interim: kept in memory until the durable table lands.
     fn idempotency_begin<'a>(
         &'a self,
         tenant: &'a str,
         key: &'a str,
-        fingerprint: &'a super::Fingerprint,
-        ttl: std::time::Duration,
-    ) -> BoxFuture<'a, Result<super::IdempotencyBegin, LedgerError>> {
-        let found = self.keys.begin(tenant, key, fingerprint, ttl);
-        Box::pin(async move { Ok(found) })
+        fingerprint: &'a Fingerprint,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<IdempotencyBegin, LedgerError>> {
+        // Boxed: a round trip to Redis.
+        Arc::clone(&self.inner)
+            .idempotency_begin(tenant, key, fingerprint, ttl, self.stale_after)
+            .boxed()
     }
 
     fn idempotency_complete<'a>(
         &'a self,
         tenant: &'a str,
         key: &'a str,
-        fingerprint: &'a super::Fingerprint,
-        answer: super::StoredAnswer,
-        ttl: std::time::Duration,
+        fingerprint: &'a Fingerprint,
+        answer: StoredAnswer,
+        ttl: Duration,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        self.keys.complete(tenant, key, fingerprint, answer, ttl);
-        Box::pin(async move { Ok(()) })
+        self.inner
+            .idempotency_complete(tenant, key, fingerprint, answer, ttl)
+            .boxed()
     }
 
     fn idempotency_abandon<'a>(
         &'a self,
         tenant: &'a str,
         key: &'a str,
-        fingerprint: &'a super::Fingerprint,
+        fingerprint: &'a Fingerprint,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        self.keys.abandon(tenant, key, fingerprint);
-        Box::pin(async move { Ok(()) })
+        async move {
+            let name = idempotency::key_hash(tenant, key);
+            self.inner.idempotency_abandon(&name, fingerprint, "").await
+        }
+        .boxed()
     }
 }
 

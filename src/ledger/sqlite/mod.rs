@@ -1,0 +1,587 @@
+//! The durable ledger: a SQLite file written by one thread in group commits.
+//!
+//! Async callers never touch the disk. Reserve, settle, release, flush and
+//! idempotency keys go over a channel to the writer thread, which owns the read-write connection
+//! and the authoritative [`Book`]. It takes every command already queued (up
+//! to [`MAX_BATCH`]), applies them to the book in order — so the budget check
+//! is exact, one command after another — writes what changed in ONE
+//! `BEGIN IMMEDIATE … COMMIT` (one fsync for the whole batch), and only then
+//! answers. A reservation (or an idempotency key's claim) is therefore on
+//! disk before the upstream is called.
+//! If the commit fails the book is rolled back and the whole batch answers
+//! `Unavailable`, so memory never holds what the disk does not.
+//!
+//! One exception, because it can only err toward over-counting: a settle that
+//! charges no more than its reservation held, or a release, is answered as
+//! soon as it is applied to the book, and written with the next batch that
+//! must be durable (the next reservation) or after [`CLOSE_WRITE_DELAY`]. If
+//! the process dies first, the reservation is still open on disk and the next
+//! start counts its whole amount as spent (`orphaned`): the ledger may then
+//! over-count by what those last closes gave back, never under-count. This
+//! halves the fsyncs of a miss (one instead of two). A settle that charges
+//! more than was held is answered only once it is on disk. An answered close
+//! whose write fails is kept and retried with the next batch. Abandoning an
+//! idempotency key's claim is treated the same way (see `keys`).
+//!
+//! After each commit the writer copies the accounts it touched into a shared
+//! mirror, which answers `balance` and `usage` without a disk read or a trip
+//! through the writer.
+//!
+//! One process writes a ledger file at a time: `open` locks the file itself
+//! (`flock`), and while serving, the path is watched: if the file or its
+//! directory vanishes or is replaced, new spend answers `Unavailable` and
+//! `health` fails (see `owner`). Reports ([`read_usage`]) open the file
+//! read-only and need no lock.
+//!
+//! Reservations are rows. A process killed between reserve and settle leaves
+//! them behind; the next [`SqliteLedger::open`] counts them as spent (the
+//! upstream may have billed them) and as `orphaned`, in one transaction.
+//!
+//! File layout (schema version 2, `PRAGMA user_version`; a version-1 file is
+//! migrated in place by `open`, in one transaction):
+//! - `accounts(tenant, period, used, requests, cache_hits, credits_saved,
+//!   orphaned)`, one row per tenant and period key; `reserved` is not stored,
+//!   it is the sum of the tenant's open `reservations` rows.
+//! - `reservations(id, tenant, period, amount, request_id, created_at)`, one
+//!   row per open reservation, deleted when it is settled or released.
+//! - `idempotency_keys(tenant, key, fingerprint, state, status, body, owner,
+//!   expires_at)` (version 2), one row per key claimed (`in_flight`) or
+//!   answered (`done`); `owner` is a random id per open of the file, so a
+//!   claim whose owner is not this open was left by a process that died.
+//!
+//! The parts: `writer` (the thread and its group commits), `keys`
+//! (idempotency keys), `owner` (the file's lock and watch), `schema` (the
+//! file's layout, opening, migration and crash recovery), `report`
+//! (read-only usage reports beside a running server).
+//!
+//! [`Book`]: crate::ledger::book::Book
+//! [`MAX_BATCH`]: writer::MAX_BATCH
+//! [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
+
+mod keys;
+mod owner;
+mod report;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use super::book::{Account, AccountKey, budget_period};
+use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
+use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
+use crate::clock::Clock;
+use crate::config::Budget;
+use writer::Writer;
+
+pub use report::read_usage;
+
+/// How often pending cache-hit counts are written when nothing else is.
+const HIT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The durable ledger on a SQLite file.
+///
+/// One thread (`viewgate-ledger`) owns the file; calls queue to it and are
+/// answered after their batch is committed and fsynced, so a reservation is
+/// durable before the upstream is called (settles that charge no more than
+/// was held, and releases, are answered at once and written within
+/// [`CLOSE_WRITE_DELAY`]: see the module notes). `balance` and `usage` read an
+/// in-memory copy of what is committed. Cache hits are written with the next
+/// batch or within a second. Reservations a crash left open are counted as
+/// spent (and `orphaned`) by the next [`SqliteLedger::open`].
+///
+/// Call [`SqliteLedger::flush`] at graceful shutdown. Dropping it also stops
+/// the writer after committing everything already sent, blocking for that
+/// last commit.
+///
+/// [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
+#[derive(Debug)]
+pub struct SqliteLedger {
+    path: PathBuf,
+    clock: Clock,
+    commands: mpsc::Sender<Command>,
+    mirror: Arc<Mutex<Mirror>>,
+    writer: Option<JoinHandle<()>>,
+    /// Whether the path still names the file this ledger has open.
+    watch: Arc<owner::Watch>,
+    /// Stops the watch thread when dropped, and its handle.
+    watcher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+/// What async callers can read without asking the writer.
+#[derive(Debug, Default)]
+struct Mirror {
+    /// Accounts as last committed, plus the answered closes not yet written.
+    accounts: HashMap<AccountKey, Account>,
+    /// Cache hits counted but not yet committed.
+    pending_hits: HashMap<AccountKey, Hits>,
+    /// Batches committed that changed an account or an idempotency key,
+    /// for tests of group commit.
+    commits: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Hits {
+    hits: u64,
+    credits_saved: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
+
+#[derive(Debug)]
+enum Command {
+    Reserve {
+        tenant: Arc<str>,
+        period: String,
+        limit: Option<u64>,
+        estimate: u64,
+        request_id: String,
+        reply: Reply<Reservation>,
+    },
+    /// Settle (`actual` is `Some`) or release; answers with the balance of
+    /// `tenant` in `period`, the current one when the call was made.
+    Close {
+        id: u64,
+        actual: Option<u64>,
+        tenant: Arc<str>,
+        period: String,
+        budget: Option<Budget>,
+        reply: Reply<Balance>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+    /// Claims an idempotency key; answered after the claim is committed.
+    KeyBegin {
+        id: keys::KeyId,
+        fingerprint: Fingerprint,
+        ttl: Duration,
+        reply: Reply<IdempotencyBegin>,
+    },
+    /// Stores a key's answer; answered after it is committed.
+    KeyComplete {
+        id: keys::KeyId,
+        fingerprint: Fingerprint,
+        answer: StoredAnswer,
+        ttl: Duration,
+        reply: Reply<()>,
+    },
+    /// Frees a key's claim; not answered (rides with the next batch).
+    KeyAbandon {
+        id: keys::KeyId,
+        fingerprint: Fingerprint,
+    },
+    /// Checks the file still takes writes, without changing it.
+    Probe {
+        reply: Reply<()>,
+    },
+    /// Commit what is queued, then exit.
+    Stop,
+    /// Exit at once, committing nothing more (tests of crash recovery).
+    Crash,
+    /// Makes every later write fail (`true`) or succeed again (`false`).
+    #[cfg(test)]
+    BreakWrites(bool),
+}
+
+impl SqliteLedger {
+    /// Opens (or creates) the ledger file at `path`, creating its directory if
+    /// missing, converts reservations a previous process left open into spend,
+    /// and starts the writer thread.
+    ///
+    /// Fails with [`LedgerError::Unavailable`] naming the path and the reason
+    /// when the file cannot be opened, is not a viewgate ledger, is corrupt,
+    /// or is newer than this build understands.
+    pub fn open(path: &Path, clock: Clock) -> Result<SqliteLedger, LedgerError> {
+        Self::open_with(path, clock, HIT_FLUSH_INTERVAL)
+    }
+
+    fn open_with(
+        path: &Path,
+        clock: Clock,
+        hit_flush_interval: Duration,
+    ) -> Result<SqliteLedger, LedgerError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if parent.exists() && !parent.is_dir() {
+                return Err(unavailable(
+                    path,
+                    format!("{} is not a directory", parent.display()),
+                ));
+            }
+            std::fs::create_dir_all(parent)
+                .map_err(|e| unavailable(path, format!("cannot create its directory: {e}")))?;
+        }
+        if path.is_dir() {
+            return Err(unavailable(path, "is a directory, not a file"));
+        }
+        let owner = owner::take_ownership(path)?;
+        let watch = Arc::new(owner.watch(path));
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| unavailable(path, format!("cannot open: {e}")))?;
+        schema::configure(&conn).map_err(|e| unavailable(path, e))?;
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(unavailable(
+                path,
+                "is read-only: the ledger must write to it",
+            ));
+        }
+        schema::create_schema(&mut conn, path)?;
+        let mut book =
+            schema::load(&conn).map_err(|e| unavailable(path, format!("cannot read: {e}")))?;
+        schema::recover(&mut conn, &mut book, &clock)
+            .map_err(|e| unavailable(path, format!("cannot recover open reservations: {e}")))?;
+
+        let mirror = Arc::new(Mutex::new(Mirror {
+            accounts: book.accounts().clone(),
+            ..Mirror::default()
+        }));
+        // Tells this open's claims from those of a process that died holding the file.
+        let owner_id = getrandom::u64()
+            .map(|id| i64::from_ne_bytes(id.to_ne_bytes()))
+            .map_err(|e| unavailable(path, format!("no random owner id: {e}")))?;
+        let watcher = owner::spawn_watcher(Arc::clone(&watch), owner::WATCH_EVERY)
+            .map_err(|e| unavailable(path, format!("cannot start the file watch thread: {e}")))?;
+        let (commands, receiver) = mpsc::channel();
+        let writer = Writer {
+            conn,
+            path: path.to_path_buf(),
+            clock: clock.clone(),
+            book,
+            mirror: Arc::clone(&mirror),
+            commands: receiver,
+            hit_flush_interval,
+            closes_waiting_since: None,
+            answered: Vec::new(),
+            keys: keys::KeyWrites::default(),
+            owner_id,
+            next_purge: clock.now(),
+            _owner: owner,
+        };
+        let writer = std::thread::Builder::new()
+            .name("viewgate-ledger".into())
+            .spawn(move || writer.run())
+            .map_err(|e| unavailable(path, format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteLedger {
+            path: path.to_path_buf(),
+            clock,
+            commands,
+            mirror,
+            writer: Some(writer),
+            watch,
+            watcher: Some(watcher),
+        })
+    }
+
+    /// Waits until everything sent so far, pending cache-hit counts included,
+    /// is committed. Call it at graceful shutdown, after the last request.
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::Flush { reply }, answer).await
+    }
+
+    /// Stops the writer as a `kill -9` would: queued commands and pending hit
+    /// counts are dropped, open reservations stay in the file. Tests only.
+    #[doc(hidden)]
+    pub fn crash(mut self) {
+        let _ = self.commands.send(Command::Crash);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+
+    #[cfg(test)]
+    fn break_writes(&self, broken: bool) {
+        let _ = self.commands.send(Command::BreakWrites(broken));
+    }
+
+    #[cfg(test)]
+    fn commits(&self) -> u64 {
+        lock(&self.mirror).commits
+    }
+
+    /// Fails once the file was found removed or replaced: new spend and new
+    /// claims would go to a file nobody can reach. One atomic load.
+    fn still_owned(&self) -> Result<(), LedgerError> {
+        self.watch.lost().map_or(Ok(()), |error| Err(error.clone()))
+    }
+
+    fn current_period(&self, budget: Option<Budget>) -> String {
+        period_key(budget_period(budget), self.clock.wall())
+    }
+
+    async fn ask<T>(
+        &self,
+        command: Command,
+        answer: oneshot::Receiver<Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        let stopped = || unavailable(&self.path, "the ledger writer has stopped");
+        self.commands.send(command).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn close(
+        &self,
+        reservation: Reservation,
+        actual: Option<u64>,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'_, Result<Balance, LedgerError>> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Close {
+            id: reservation.id,
+            actual,
+            tenant: reservation.tenant,
+            // The balance reported is the current period's, which may be a new one.
+            period: self.current_period(budget),
+            budget,
+            reply,
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        self.ask(command, answer).boxed()
+    }
+}
+
+impl Drop for SqliteLedger {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            let _ = self.commands.send(Command::Stop);
+            // Waits for the last commit (milliseconds), so the file holds
+            // everything and is closed once drop returns.
+            let _ = writer.join();
+        }
+        if let Some((stop, watcher)) = self.watcher.take() {
+            // A closed channel wakes the watch thread at once.
+            drop(stop);
+            let _ = watcher.join();
+        }
+    }
+}
+
+impl Ledger for SqliteLedger {
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a Arc<str>,
+        budget: Option<Budget>,
+        estimate: u64,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<Reservation, LedgerError>> {
+        if let Err(error) = self.still_owned() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Reserve {
+            tenant: Arc::clone(tenant),
+            period: self.current_period(budget),
+            limit: budget.map(|b| b.credits),
+            estimate,
+            request_id: request_id.to_string(),
+            reply,
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        self.ask(command, answer).boxed()
+    }
+
+    fn settle(
+        &self,
+        reservation: Reservation,
+        actual: u64,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'_, Result<Balance, LedgerError>> {
+        self.close(reservation, Some(actual), budget)
+    }
+
+    fn release(
+        &self,
+        reservation: Reservation,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'_, Result<Balance, LedgerError>> {
+        self.close(reservation, None, budget)
+    }
+
+    fn balance<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        let key = (tenant.to_string(), self.current_period(budget));
+        let account = lock(&self.mirror)
+            .accounts
+            .get(&key)
+            .copied()
+            .unwrap_or_default();
+        futures_util::future::ready(Ok(account.balance(budget))).boxed()
+    }
+
+    fn hit<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        // One key, one lock: the hit path's whole ledger cost.
+        let key = (tenant.to_string(), self.current_period(budget));
+        let mut mirror = lock(&self.mirror);
+        let account = mirror.accounts.get(&key).copied().unwrap_or_default();
+        let pending = mirror.pending_hits.entry(key).or_default();
+        pending.hits = pending.hits.saturating_add(1);
+        pending.credits_saved = pending.credits_saved.saturating_add(credits_saved);
+        futures_util::future::ready(Ok(account.balance(budget))).boxed()
+    }
+
+    fn record_hit<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        // Hits are statistics, not money: they wait in memory for the next
+        // batch (at most HIT_FLUSH_INTERVAL) instead of costing an fsync each.
+        // A kill -9 loses up to that last second of hit counts; spend is
+        // never lost this way.
+        let key = (tenant.to_string(), self.current_period(budget));
+        let mut mirror = lock(&self.mirror);
+        let pending = mirror.pending_hits.entry(key).or_default();
+        pending.hits = pending.hits.saturating_add(1);
+        pending.credits_saved = pending.credits_saved.saturating_add(credits_saved);
+        futures_util::future::ready(Ok(())).boxed()
+    }
+
+    fn usage<'a>(
+        &'a self,
+        tenants: &'a [(String, Option<Budget>)],
+    ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>> {
+        let mirror = lock(&self.mirror);
+        let out = tenants
+            .iter()
+            .map(|(tenant, budget)| {
+                let period_key = self.current_period(*budget);
+                let key = (tenant.clone(), period_key);
+                let mut account = mirror.accounts.get(&key).copied().unwrap_or_default();
+                if let Some(pending) = mirror.pending_hits.get(&key) {
+                    account.cache_hits = account.cache_hits.saturating_add(pending.hits);
+                    account.credits_saved =
+                        account.credits_saved.saturating_add(pending.credits_saved);
+                }
+                account.usage(tenant, *budget, key.1)
+            })
+            .collect();
+        futures_util::future::ready(Ok(out)).boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        SqliteLedger::flush(self).boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        // Checked now as well as every second: readiness is not the hot path.
+        if let Err(error) = self.watch.check() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
+        let (reply, answer) = oneshot::channel();
+        // Boxed: the answer comes back from another thread. The probe queues
+        // behind real work, so a stuck writer shows as a slow or failed check.
+        self.ask(Command::Probe { reply }, answer).boxed()
+    }
+
+    fn idempotency_begin<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<IdempotencyBegin, LedgerError>> {
+        if let Err(error) = self.still_owned() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
+        let (reply, answer) = oneshot::channel();
+        let command = Command::KeyBegin {
+            id: (tenant.to_string(), key.to_string()),
+            fingerprint: *fingerprint,
+            ttl,
+            reply,
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        self.ask(command, answer).boxed()
+    }
+
+    fn idempotency_complete<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+        answer: StoredAnswer,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        if let Err(error) = self.still_owned() {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
+        let (reply, committed) = oneshot::channel();
+        let command = Command::KeyComplete {
+            id: (tenant.to_string(), key.to_string()),
+            fingerprint: *fingerprint,
+            answer,
+            ttl,
+            reply,
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        self.ask(command, committed).boxed()
+    }
+
+    fn idempotency_abandon<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        fingerprint: &'a Fingerprint,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        // Queued behind every earlier command and ahead of every later one,
+        // so a later claim of the key sees it freed: no need to wait.
+        let command = Command::KeyAbandon {
+            id: (tenant.to_string(), key.to_string()),
+            fingerprint: *fingerprint,
+        };
+        let sent = self
+            .commands
+            .send(command)
+            .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
+        futures_util::future::ready(sent).boxed()
+    }
+}
+
+/// A duration in whole milliseconds, as stored; saturates.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// SQLite integers are signed; credits beyond `i64::MAX` are stored as `i64::MAX`.
+fn integer(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reads back a stored count; the CHECK constraints keep them non-negative.
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn unavailable(path: &Path, reason: impl Display) -> LedgerError {
+    LedgerError::Unavailable(format!("{}: {reason}", path.display()))
+}
+
+fn lock(mirror: &Mutex<Mirror>) -> MutexGuard<'_, Mirror> {
+    // Every update under this lock is a plain map write; a panic cannot
+    // leave it half-done, so a poisoned lock is still usable.
+    mirror.lock().unwrap_or_else(|e| e.into_inner())
+}

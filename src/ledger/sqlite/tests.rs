@@ -1,0 +1,244 @@
+//! Unit tests of the SQLite ledger that need its private parts: broken
+//! writes, commit counts, the hit flush interval, schema checks.
+
+use super::schema::{APPLICATION_ID, SCHEMA_V1, SCHEMA_VERSION};
+use super::*;
+use crate::config::Period;
+use crate::ledger::{IdempotencyBegin, StoredAnswer};
+
+fn budget(credits: u64) -> Option<Budget> {
+    Some(Budget {
+        credits,
+        period: Period::Total,
+    })
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_unavailable_and_answered_closes_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(10);
+    let held = ledger.reserve(&t, b, 4, "r1").await.unwrap();
+    let before = ledger.balance("crm", b).await.unwrap();
+
+    ledger.break_writes(true);
+    // A settle charging more than was held must be on disk to be answered.
+    let (settled, reserved) = futures_util::join!(
+        ledger.settle(held.clone(), 5, b),
+        ledger.reserve(&t, b, 1, "r2")
+    );
+    for error in [settled.unwrap_err(), reserved.unwrap_err()] {
+        let LedgerError::Unavailable(message) = error else {
+            panic!("expected Unavailable, got {error:?}");
+        };
+        assert!(message.contains("ledger.db"), "{message}");
+    }
+    assert!(ledger.health().await.is_err());
+    assert_eq!(ledger.balance("crm", b).await.unwrap(), before);
+    // One charging no more than was held is answered at once. Its write
+    // fails (with the flush, or on its own after 50 ms): it is kept, and
+    // readers go on seeing what its caller was told.
+    let early = ledger.settle(held.clone(), 4, b).await.unwrap();
+    assert_eq!((early.used, early.reserved), (4, 0));
+    ledger.flush().await.unwrap_err();
+    ledger.flush().await.unwrap_err();
+    assert_eq!(ledger.balance("crm", b).await.unwrap(), early);
+
+    // Once writes work again it is written; settling again changes nothing.
+    ledger.break_writes(false);
+    ledger.flush().await.unwrap();
+    assert!(ledger.health().await.is_ok());
+    let after = ledger.settle(held.clone(), 4, b).await.unwrap();
+    assert_eq!(after, early);
+    assert_eq!(ledger.settle(held, 4, b).await.unwrap(), after);
+    drop(ledger);
+    let usage = read_usage(&path, &[("crm".into(), b)], &Clock::real()).unwrap();
+    assert_eq!(usage[0].balance, after);
+    assert_eq!(usage[0].requests, 1);
+}
+
+#[tokio::test]
+async fn concurrent_commands_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let reservations =
+        futures_util::future::join_all((0..64).map(|_| ledger.reserve(&t, None, 1, "r"))).await;
+    assert!(reservations.iter().all(Result::is_ok));
+    // All 64 are queued before the writer wakes, give or take the first one.
+    assert!(ledger.commits() <= 8, "{} commits", ledger.commits());
+}
+
+#[tokio::test]
+async fn concurrent_key_claims_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), Clock::real()).unwrap();
+    let keys: Vec<String> = (0..64).map(|i| format!("key-{i}")).collect();
+    let ttl = Duration::from_secs(60);
+    let claims = keys
+        .iter()
+        .map(|key| ledger.idempotency_begin("crm", key, &[1; 32], ttl));
+    let claims = futures_util::future::join_all(claims).await;
+    assert!(claims.iter().all(|c| c == &Ok(IdempotencyBegin::Started)));
+    // Like reservations: all 64 queued before the writer wakes, give or take one.
+    assert!(ledger.commits() <= 8, "{} commits", ledger.commits());
+}
+
+#[tokio::test]
+async fn hit_counts_reach_the_file_without_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let interval = Duration::from_millis(20);
+    let ledger = SqliteLedger::open_with(&path, Clock::real(), interval).unwrap();
+    ledger.record_hit("crm", None, 3).await.unwrap();
+    // Seen at once by the ledger itself, and by the file within the interval.
+    let usage = ledger.usage(&[("crm".into(), None)]).await.unwrap();
+    assert_eq!((usage[0].cache_hits, usage[0].credits_saved), (1, 3));
+    let tenants = [("crm".to_string(), None)];
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = read_usage(&path, &tenants, &Clock::real()).unwrap()[0].cache_hits;
+        if seen == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, 1);
+    let usage = ledger.usage(&[("crm".into(), None)]).await.unwrap();
+    assert_eq!(usage[0].cache_hits, 1, "written hits are not counted twice");
+}
+
+#[test]
+fn another_application_s_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (text TEXT)")
+        .unwrap();
+    let error = SqliteLedger::open(&path, Clock::real()).unwrap_err();
+    assert!(
+        error.to_string().contains("not a viewgate ledger"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    drop(SqliteLedger::open(&path, Clock::real()).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    let newer = format!("schema version {}", SCHEMA_VERSION + 1);
+    let error = SqliteLedger::open(&path, Clock::real()).unwrap_err();
+    assert!(error.to_string().contains(&newer), "{error}");
+    let error = read_usage(&path, &[], &Clock::real()).unwrap_err();
+    assert!(error.to_string().contains(&newer), "{error}");
+}
+
+#[test]
+fn a_second_writer_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let first = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let error = SqliteLedger::open(&path, Clock::real()).unwrap_err();
+    assert!(error.to_string().contains("in use"), "{error}");
+    assert!(read_usage(&path, &[], &Clock::real()).is_ok());
+    drop(first);
+    assert!(SqliteLedger::open(&path, Clock::real()).is_ok());
+}
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_in_place_and_keeps_its_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts (tenant, period, used, requests) VALUES ('crm', 'total', 5, 2);
+             INSERT INTO reservations (tenant, period, amount, request_id, created_at)
+             VALUES ('crm', 'total', 3, 'r', '2026-11-27T10:00:00Z');",
+        )
+        .unwrap();
+    }
+    let tenants = [("crm".to_string(), budget(20))];
+    // A report reads a version-1 file as it is, without migrating it.
+    let report = read_usage(&path, &tenants, &Clock::real()).unwrap();
+    assert_eq!((report[0].balance.used, report[0].balance.reserved), (5, 3));
+
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!((usage[0].balance.used, usage[0].orphaned), (8, 3));
+    let fingerprint = [7u8; 32];
+    let ttl = Duration::from_secs(60);
+    let begun = ledger.idempotency_begin("crm", "k", &fingerprint, ttl);
+    assert_eq!(begun.await.unwrap(), IdempotencyBegin::Started);
+    drop(ledger);
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let keys: i64 = conn
+        .query_row("SELECT count(*) FROM idempotency_keys", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(keys, 1);
+}
+
+#[tokio::test]
+async fn expired_keys_are_deleted_in_the_background_a_bounded_batch_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Clock::fake("2026-11-27T10:00:00Z".parse().unwrap());
+    let interval = Duration::from_millis(20);
+    let ledger = SqliteLedger::open_with(&path, clock.clone(), interval).unwrap();
+    let ttl = Duration::from_secs(60);
+    let count = keys::PURGE_BATCH + 44;
+    let ledger = &ledger;
+    let begins = (0..count).map(|i| {
+        let key = format!("key-{i}");
+        async move { ledger.idempotency_begin("crm", &key, &[1; 32], ttl).await }
+    });
+    for begun in futures_util::future::join_all(begins).await {
+        assert_eq!(begun.unwrap(), IdempotencyBegin::Started);
+    }
+    let answer = StoredAnswer {
+        status: 200,
+        body: bytes::Bytes::from_static(b"{}"),
+    };
+    let kept = ledger.idempotency_complete("crm", "kept", &[2; 32], answer, ttl * 2);
+    kept.await.unwrap();
+    let rows = || -> i64 {
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.query_row("SELECT count(*) FROM idempotency_keys", [], |row| {
+            row.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(rows(), i64::try_from(count).unwrap() + 1);
+
+    clock.advance(ttl + Duration::from_secs(1));
+    // Idle ticks delete them, PURGE_BATCH per commit, and leave the live one.
+    let mut left = rows();
+    for _ in 0..500 {
+        if left == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        left = rows();
+    }
+    assert_eq!(left, 1);
+    let replay = ledger.idempotency_begin("crm", "kept", &[2; 32], ttl);
+    assert!(matches!(replay.await.unwrap(), IdempotencyBegin::Replay(_)));
+}

@@ -1,0 +1,450 @@
+//! The writer thread: owns the read-write connection and the authoritative
+//! book, applies queued commands in order and commits each batch in one
+//! transaction (one fsync) before answering.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use super::keys::{KeyWrites, PURGE_BATCH};
+use super::owner::Ownership;
+use super::{Command, Hits, Mirror, Reply, integer, lock, millis, unavailable};
+use crate::clock::{Clock, rfc3339};
+use crate::ledger::book::{Account, AccountKey, Book, Changes};
+use crate::ledger::{Balance, IdempotencyBegin, LedgerError, Reservation};
+
+/// The most commands one transaction carries.
+pub(super) const MAX_BATCH: usize = 512;
+
+/// How long an answered settle, release or abandon may wait for a batch to ride with.
+pub(super) const CLOSE_WRITE_DELAY: Duration = Duration::from_millis(50);
+
+/// How often expired idempotency keys are looked for (on the ledger's clock).
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+/// The thread that owns the read-write connection and the truth.
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
+    pub(super) clock: Clock,
+    pub(super) book: Book,
+    pub(super) mirror: Arc<Mutex<Mirror>>,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) hit_flush_interval: Duration,
+    /// When the book first held answered closes not yet on disk.
+    pub(super) closes_waiting_since: Option<Instant>,
+    /// Those closes: `(reservation id, actual)` (`None`: a release). Kept
+    /// until written, and applied again if their write fails.
+    pub(super) answered: Vec<(u64, Option<u64>)>,
+    /// Idempotency-key changes not yet committed.
+    pub(super) keys: KeyWrites,
+    /// This open's random id, stamped on the keys it claims.
+    pub(super) owner_id: i64,
+    /// When expired keys are next deleted.
+    pub(super) next_purge: Instant,
+    /// The file's lock, held until the thread ends. Last, so it is dropped
+    /// after `conn` is closed (see `owner`).
+    pub(super) _owner: Ownership,
+}
+
+/// A command applied to the book, waiting for the commit to be answered.
+enum Answer {
+    Reserve(Reply<Reservation>, Result<Reservation, LedgerError>),
+    Balance(Reply<Balance>, Balance),
+    Begin(
+        Reply<IdempotencyBegin>,
+        Result<IdempotencyBegin, LedgerError>,
+    ),
+    Committed(Reply<()>),
+}
+
+impl Answer {
+    /// Sends the result, or `failure` when the batch did not commit. A caller
+    /// that stopped waiting is no one's concern.
+    fn send(self, failure: Option<&LedgerError>) {
+        match self {
+            Answer::Reserve(reply, result) => {
+                let _ = reply.send(failure.map_or(result, |e| Err(e.clone())));
+            }
+            Answer::Balance(reply, balance) => {
+                let _ = reply.send(failure.map_or(Ok(balance), |e| Err(e.clone())));
+            }
+            Answer::Begin(reply, result) => {
+                let _ = reply.send(failure.map_or(result, |e| Err(e.clone())));
+            }
+            Answer::Committed(reply) => {
+                let _ = reply.send(failure.map_or(Ok(()), |e| Err(e.clone())));
+            }
+        }
+    }
+}
+
+/// What the writer does after a batch.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Writer {
+    pub(super) fn run(mut self) {
+        loop {
+            let wait = match self.closes_waiting_since {
+                Some(since) => CLOSE_WRITE_DELAY.saturating_sub(self.since(since)),
+                None => self.hit_flush_interval,
+            };
+            let first = match self.commands.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                // Nothing came: a good moment to write pending hit counts.
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
+            };
+            let mut batch: Vec<Command> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match self.commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            if self.apply(batch) == Next::Stop {
+                return;
+            }
+        }
+    }
+
+    /// Applies a batch to the book, commits it in one transaction, answers.
+    fn apply(&mut self, batch: Vec<Command>) -> Next {
+        let mut next = Next::Continue;
+        let mut probe = false;
+        let mut answers = Vec::with_capacity(batch.len());
+        let due = |since| self.since(since) >= CLOSE_WRITE_DELAY;
+        if !batch.is_empty() && self.closes_waiting_since.is_some_and(due) {
+            // Closes past their delay are written before anything new.
+            self.apply(Vec::new());
+        }
+        // Closes answered earlier may still be in the book's open batch.
+        if !self.book.in_batch() {
+            self.book.begin();
+        }
+        let quiet = batch.is_empty();
+        for command in batch {
+            match command {
+                Command::Reserve {
+                    tenant,
+                    period,
+                    limit,
+                    estimate,
+                    request_id,
+                    reply,
+                } => {
+                    let result = self
+                        .book
+                        .reserve(&tenant, period, limit, estimate, &request_id);
+                    answers.push(Answer::Reserve(reply, result));
+                }
+                Command::Close {
+                    id,
+                    actual,
+                    tenant,
+                    period,
+                    budget,
+                    reply,
+                } => {
+                    // An id that is no longer open changes nothing.
+                    let held = self.book.held(id);
+                    self.book.finish(id, actual);
+                    let gives_back = match (actual, &held) {
+                        (Some(actual), Some((_, held))) => actual <= *held,
+                        _ => true,
+                    };
+                    if gives_back {
+                        // Lost in a crash, the reservation is counted in full:
+                        // answer now. Readers (the mirror: what is committed)
+                        // see this close, and nothing else uncommitted, before
+                        // the caller is told.
+                        let mut mirror = lock(&self.mirror);
+                        if let Some((key, held)) = held {
+                            mirror.accounts.entry(key).or_default().close(held, actual);
+                            self.answered.push((id, actual));
+                        }
+                        let balance = mirror
+                            .accounts
+                            .get(&(tenant.to_string(), period))
+                            .copied()
+                            .unwrap_or_default()
+                            .balance(budget);
+                        drop(mirror);
+                        let now = self.clock.now();
+                        self.closes_waiting_since.get_or_insert(now);
+                        let _ = reply.send(Ok(balance));
+                    } else {
+                        let balance = self.book.account(&tenant, &period).balance(budget);
+                        answers.push(Answer::Balance(reply, balance));
+                    }
+                }
+                Command::KeyBegin {
+                    id,
+                    fingerprint,
+                    ttl,
+                    reply,
+                } => {
+                    let now_ms = self.clock.wall().as_millisecond();
+                    let result = self
+                        .keys
+                        .begin(
+                            &self.conn,
+                            id,
+                            &fingerprint,
+                            self.owner_id,
+                            now_ms,
+                            millis(ttl),
+                        )
+                        .map_err(|e| unavailable(&self.path, format!("cannot read: {e}")));
+                    answers.push(Answer::Begin(reply, result));
+                }
+                Command::KeyComplete {
+                    id,
+                    fingerprint,
+                    answer,
+                    ttl,
+                    reply,
+                } => {
+                    let now_ms = self.clock.wall().as_millisecond();
+                    self.keys.complete(
+                        id,
+                        &fingerprint,
+                        answer,
+                        self.owner_id,
+                        now_ms,
+                        millis(ttl),
+                    );
+                    answers.push(Answer::Committed(reply));
+                }
+                Command::KeyAbandon { id, fingerprint } => {
+                    // Its caller did not wait: like a release, it rides with
+                    // the next batch (see the `keys` module notes).
+                    match self
+                        .keys
+                        .abandon(&self.conn, id, &fingerprint, self.owner_id)
+                    {
+                        Ok(true) => {
+                            let now = self.clock.now();
+                            self.closes_waiting_since.get_or_insert(now);
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(
+                            error = %unavailable(&self.path, e),
+                            "ledger could not free an idempotency key; it stays claimed until it expires"
+                        ),
+                    }
+                }
+                Command::Flush { reply } => answers.push(Answer::Committed(reply)),
+                Command::Probe { reply } => {
+                    probe = true;
+                    answers.push(Answer::Committed(reply));
+                }
+                Command::Stop => next = Next::Stop,
+                Command::Crash => {
+                    // Dropping the answers tells their callers the writer stopped.
+                    self.book.rollback();
+                    return Next::Stop;
+                }
+                #[cfg(test)]
+                Command::BreakWrites(broken) => {
+                    let _ = self.conn.pragma_update(None, "query_only", broken);
+                }
+            }
+        }
+
+        let closes_due = self
+            .closes_waiting_since
+            .map(|since| self.since(since) >= CLOSE_WRITE_DELAY);
+        // A quiet tick writes pending hit counts, unless closes wait their turn.
+        let tick = quiet && closes_due.is_none();
+        let must_write = !answers.is_empty() || probe || tick || next == Next::Stop;
+        if !must_write && closes_due != Some(true) {
+            // Only answered closes: they ride with the next durable batch.
+            return next;
+        }
+        // A copy, not a take: until the commit, `usage` still sees them as pending.
+        let hits = lock(&self.mirror).pending_hits.clone();
+        for (key, pending) in &hits {
+            self.book.hit(key, pending.hits, pending.credits_saved);
+        }
+        self.closes_waiting_since = None;
+        let now = self.clock.now();
+        let wall = self.clock.wall();
+        let purge_before = (now >= self.next_purge).then(|| wall.as_millisecond());
+        let keys_changed = !self.keys.is_empty();
+        let written = {
+            let changes = self.book.changes();
+            if changes.is_empty() && self.keys.is_empty() && purge_before.is_none() {
+                if probe {
+                    probe_writes(&mut self.conn).map(|()| 0)
+                } else {
+                    Ok(0)
+                }
+            } else {
+                write_batch(
+                    &mut self.conn,
+                    &changes,
+                    &self.keys,
+                    purge_before,
+                    &rfc3339(wall),
+                )
+            }
+        };
+        match written {
+            Ok(purged) => {
+                let touched = self.book.commit();
+                self.keys.committed();
+                if purge_before.is_some() {
+                    // A full purge batch means more may wait: go on with the next batch.
+                    self.next_purge = if purged < PURGE_BATCH {
+                        now + PURGE_EVERY
+                    } else {
+                        now
+                    };
+                }
+                self.publish(touched, &hits, keys_changed);
+                for answer in answers {
+                    answer.send(None);
+                }
+            }
+            Err(e) => {
+                self.book.rollback();
+                self.keys.rollback();
+                let error = unavailable(&self.path, format!("cannot commit: {e}"));
+                if !self.answered.is_empty() {
+                    // Their callers were told: apply them again, to be
+                    // written with the next batch (readers kept seeing them).
+                    self.book.begin();
+                    for &(id, actual) in &self.answered {
+                        self.book.finish(id, actual);
+                    }
+                    let now = self.clock.now();
+                    self.closes_waiting_since = Some(now);
+                    tracing::warn!(
+                        error = %error,
+                        closes = self.answered.len(),
+                        "ledger could not write answered settles; they are kept and retried \
+                         (a crash before they are written counts their reservations in full)"
+                    );
+                }
+                if self.keys.has_freed() {
+                    // Abandons answered: retried like the closes.
+                    let now = self.clock.now();
+                    self.closes_waiting_since = Some(now);
+                } else if self.answered.is_empty() && answers.is_empty() {
+                    // Only hit counts were in it; they stay pending for the next try.
+                    tracing::warn!(error = %error, "ledger could not write cache-hit counts");
+                }
+                for answer in answers {
+                    answer.send(Some(&error));
+                }
+            }
+        }
+        next
+    }
+
+    /// Time since `then` on the ledger's clock (fake in tests).
+    fn since(&self, then: Instant) -> Duration {
+        self.clock.now().saturating_duration_since(then)
+    }
+
+    /// Shows committed accounts to readers and retires the hits written.
+    fn publish(
+        &mut self,
+        touched: Vec<(AccountKey, Account)>,
+        hits: &HashMap<AccountKey, Hits>,
+        keys_changed: bool,
+    ) {
+        self.answered.clear();
+        let mut mirror = lock(&self.mirror);
+        if !touched.is_empty() || keys_changed {
+            mirror.commits += 1;
+        }
+        mirror.accounts.extend(touched);
+        for (key, written) in hits {
+            if let Some(pending) = mirror.pending_hits.get_mut(key) {
+                pending.hits = pending.hits.saturating_sub(written.hits);
+                pending.credits_saved = pending.credits_saved.saturating_sub(written.credits_saved);
+                if pending.hits == 0 && pending.credits_saved == 0 {
+                    mirror.pending_hits.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// Takes the write lock and runs a write statement that matches no row:
+/// fails if the file no longer takes writes, changes nothing, costs no fsync.
+fn probe_writes(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM reservations WHERE id < 0", [])?;
+    tx.commit()
+}
+
+/// Writes a batch's changes in one `BEGIN IMMEDIATE … COMMIT`: accounts,
+/// reservations, idempotency keys, and (when `purge_before` is set) a bounded
+/// number of expired keys; returns how many of those were deleted. Accounts
+/// are written as absolute values from the book, so disk and memory agree
+/// exactly after the commit.
+pub(super) fn write_batch(
+    conn: &mut Connection,
+    changes: &Changes<'_>,
+    keys: &KeyWrites,
+    purge_before: Option<i64>,
+    now: &str,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO accounts (tenant, period, used, requests, cache_hits, credits_saved, orphaned)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (tenant, period) DO UPDATE SET
+                 used = excluded.used,
+                 requests = excluded.requests,
+                 cache_hits = excluded.cache_hits,
+                 credits_saved = excluded.credits_saved,
+                 orphaned = excluded.orphaned",
+        )?;
+        for ((tenant, period), account) in &changes.accounts {
+            upsert.execute(params![
+                tenant,
+                period,
+                integer(account.used),
+                integer(account.requests),
+                integer(account.cache_hits),
+                integer(account.credits_saved),
+                integer(account.orphaned),
+            ])?;
+        }
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO reservations (id, tenant, period, amount, request_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (id, hold) in &changes.opened {
+            insert.execute(params![
+                integer(*id),
+                hold.key.0,
+                hold.key.1,
+                integer(hold.amount),
+                &*hold.request_id,
+                now,
+            ])?;
+        }
+        let mut delete = tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?;
+        for id in &changes.closed {
+            delete.execute([integer(*id)])?;
+        }
+    }
+    let purged = keys.write(&tx, purge_before)?;
+    // Dropping `tx` on any error above rolls the batch back.
+    tx.commit()?;
+    Ok(purged)
+}
