@@ -429,3 +429,141 @@ async fn concurrent_mixed_actions_never_overspend_on_sqlite() {
         "the ledger holds what was billed"
     );
 }
+
+const SOMEONE: &str = "https://www.linkedin.com/in/someone";
+
+/// Findings 2 and 3 with the upstream really acting: an invite the upstream
+/// carried out and billed, then a timeout, a reset, a cut-short or an
+/// oversized body. Exactly one invitation, charged, never sent again.
+#[tokio::test]
+async fn an_invite_whose_reply_is_lost_is_sent_exactly_once() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("net", &["*"]).actions(&["invite"])],
+        max_retries: 2,
+        timeout_ms: 400,
+        ..WorldSpec::default()
+    })
+    .await;
+    let cases = [
+        (FaultKind::HangAfterExecute, 504),
+        (FaultKind::ResetAfterExecute, 502),
+        (FaultKind::CutShort, 502),
+        (FaultKind::oversized(), 502),
+        (FaultKind::InternalError, 502),
+    ];
+    for (n, (fault, status)) in cases.into_iter().enumerate() {
+        let target = format!("{SOMEONE}-{n}");
+        let body = INVITE.replace(SOMEONE, &target);
+        w.sim.set_fault(Fault::new(fault.clone()));
+        let r = call(&w, "net", "/v2/network", &body, &[]).await;
+        assert_eq!(r.status, status, "{fault:?}: {}", r.text());
+        assert!(r.text().contains("outcome is unknown"), "{}", r.text());
+        assert_eq!(r.json()["metadata"]["credits_consumed"], 1);
+        assert_eq!(
+            w.sim.calls_total(),
+            n as u64 + 1,
+            "{fault:?}: one upstream call"
+        );
+        let executed = u64::from(fault != FaultKind::InternalError);
+        assert_eq!(
+            w.sim.writes("invite", "acc-1", &target),
+            executed,
+            "{fault:?}"
+        );
+        assert_eq!(w.used("net").await, n as u64 + 1);
+        assert!(w.sim.credits_total() <= w.used("net").await);
+    }
+    w.sim.shutdown();
+}
+
+/// Finding 3: a billed page whose reply is cut short or oversized was
+/// retried as if free (3 billed calls, 0 charged).
+#[tokio::test]
+async fn a_billed_read_whose_reply_is_spoiled_is_charged_and_not_retried() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        max_retries: 2,
+        ..WorldSpec::default()
+    })
+    .await;
+    for (n, fault) in [FaultKind::CutShort, FaultKind::oversized()]
+        .into_iter()
+        .enumerate()
+    {
+        w.sim.set_fault(Fault::new(fault.clone()));
+        let r = w
+            .post(Some("crm"), &viewers("acc-1", n as u32 * 30, 30))
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (502, "UPSTREAM_UNAVAILABLE".into())
+        );
+        assert_eq!(r.json()["metadata"]["credits_consumed"], 3, "{fault:?}");
+        assert_eq!(w.sim.calls_total(), n as u64 + 1, "{fault:?}: not retried");
+        assert_eq!(
+            w.sim.credits_total(),
+            3 * (n as u64 + 1),
+            "the upstream billed it"
+        );
+        assert_eq!(
+            w.used("crm").await,
+            w.sim.credits_total(),
+            "and so did the ledger"
+        );
+    }
+}
+
+/// Finding 4: an upstream error echoing the upstream key (whole, in lower
+/// case, or minus a character) reached the tenant and the access log.
+#[tokio::test]
+async fn an_upstream_error_echoing_the_key_is_scrubbed_everywhere() {
+    use viewgate::sim::EchoVariant;
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        max_retries: 0,
+        ..WorldSpec::default()
+    })
+    .await;
+    let key = w.upstream_key.clone();
+    let fragments = [
+        key.clone(),
+        key.to_lowercase(),
+        key.to_uppercase(),
+        key[..key.len() - 1].to_string(),
+        key[key.len() - 8..].to_string(),
+        key[..8].to_string(),
+    ];
+    for (n, variant) in [
+        EchoVariant::Exact,
+        EchoVariant::Lower,
+        EchoVariant::MinusOne,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for status in [400u16, 500] {
+            w.sim
+                .set_fault(Fault::new(FaultKind::EchoKey { variant, status }));
+            let r = w
+                .post(Some("crm"), &viewers("acc-1", n as u32 * 10, 10))
+                .await;
+            assert_eq!(r.status, status);
+            assert_eq!(r.code(), "UPSTREAM_ERROR", "{}", r.text());
+            let text = r.text().to_lowercase();
+            for fragment in &fragments {
+                assert!(
+                    !text.contains(&fragment.to_lowercase()),
+                    "{variant:?}: a fragment of the key reached the tenant: {text}"
+                );
+            }
+        }
+    }
+    let logs = common::logs().to_lowercase();
+    for fragment in &fragments {
+        assert!(
+            !logs.contains(&fragment.to_lowercase()),
+            "a fragment of the key was logged"
+        );
+    }
+    assert_eq!(w.used("crm").await, 0, "errors cost nothing");
+}

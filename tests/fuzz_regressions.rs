@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TenantSpec, World, WorldSpec};
+use common::{TenantSpec, World, WorldSpec, viewers};
+use http::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -454,4 +455,42 @@ async fn upstream_data_with_a_lone_surrogate_is_forwarded_verbatim_or_refused() 
         502 => assert_eq!(reply.code(), "UPSTREAM_UNAVAILABLE"),
         other => panic!("{other}: {}", reply.text()),
     }
+}
+
+/// Finding 7: `viewgate_credits_charged_total` went backwards after an
+/// absurd upstream charge (a 64-bit wrap). The charge is recorded in full,
+/// saturating, and the counter never decreases.
+#[tokio::test]
+async fn an_absurd_upstream_charge_saturates_instead_of_wrapping() {
+    let (next, w) = over_fake_upstream("").await;
+    let counter = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("viewgate_credits_charged_total{tenant=\"crm\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut last = 0.0;
+    for (offset, charge) in [(0u32, "18446744073709551610"), (10, "10"), (20, "1e30")] {
+        *next.lock().unwrap() = (
+            200,
+            format!(
+                r#"{{"success":true,"data":{{"viewers":[]}},"metadata":{{"action":"get_viewers","credits_consumed":{charge}}}}}"#
+            )
+            .into_bytes(),
+        );
+        let r = w.post(Some("crm"), &viewers("acc-1", offset, 10)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let metrics = w.admin(Method::GET, "/metrics", None, "").await.text();
+        let now = counter(&metrics);
+        assert!(now >= last, "the counter went back from {last} to {now}");
+        last = now;
+    }
+    assert_eq!(last, u64::MAX as f64);
+    assert_eq!(
+        w.used("crm").await,
+        u64::MAX,
+        "recorded in full, saturating"
+    );
 }

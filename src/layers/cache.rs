@@ -249,7 +249,15 @@ impl Shared {
                 // A fetch whose outcome is unknown was charged what it held: say so.
                 let credits = outcome.credits();
                 return self
-                    .answer(&tenant, &context, &call, &page, CacheStatus::Stale, credits, None)
+                    .answer(
+                        &tenant,
+                        &context,
+                        &call,
+                        &page,
+                        CacheStatus::Stale,
+                        credits,
+                        None,
+                    )
                     .await;
             }
             return Err(outcome);
