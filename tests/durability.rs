@@ -9,10 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    Running, listening, post, read_until, signal, try_post, wait_exit, write_private,
+    Running, listening, post, read_until, signal, try_post, try_request, wait_exit, write_private,
 };
 use viewgate::keys::KeyHash;
-use viewgate::sim::{Fault, SimConfig, SimHandle, SimKey, Simulator};
+use viewgate::sim::{Fault, FaultKind, SimConfig, SimHandle, SimKey, Simulator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
 const TENANT_KEY: &str = "vg_durability-test-tenant";
@@ -23,6 +23,11 @@ struct Setup {
 }
 
 fn setup(sim: &SimHandle, budget: u64) -> Setup {
+    setup_with(sim, budget, "")
+}
+
+/// [`setup`] with extra lines under the tenant (indented four spaces).
+fn setup_with(sim: &SimHandle, budget: u64, tenant_yaml: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("upstream.key");
     write_private(&key_file, "durability-upstream");
@@ -30,7 +35,7 @@ fn setup(sim: &SimHandle, budget: u64) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "server:\n  listen: \"127.0.0.1:0\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: 10000\n  keys:\n    - name: primary\n      api_key_file: \"{}\"\nledger:\n  backend: sqlite\n  path: \"{}\"\ntenants:\n  - id: crm\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n    budget: {{ credits: {budget}, period: total }}\n",
+            "server:\n  listen: \"127.0.0.1:0\"\nupstream:\n  base_url: \"{}\"\n  timeout_ms: 10000\n  keys:\n    - name: primary\n      api_key_file: \"{}\"\nledger:\n  backend: sqlite\n  path: \"{}\"\ntenants:\n  - id: crm\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n    budget: {{ credits: {budget}, period: total }}\n{tenant_yaml}",
             sim.base_url(),
             key_file.display(),
             dir.path().join("ledger.db").display(),
@@ -430,4 +435,99 @@ fn a_vanished_ledger_turns_misses_and_readiness_503_and_is_logged_once() {
         "{error_line}"
     );
     assert_eq!(sim.credits_total(), 1, "no upstream call without a ledger");
+}
+
+fn invite(target: &str) -> String {
+    format!(r#"{{"account_id":"acc-1","action":"invite","params":{{"profile_url":"{target}"}}}}"#)
+}
+
+/// An `Idempotency-Key` POST of an invite, off the async runtime.
+async fn invite_once(
+    url: &str,
+    key: &'static str,
+    target: &str,
+) -> Option<common::process::RawReply> {
+    let (url, body) = (url.to_string(), invite(target));
+    tokio::task::spawn_blocking(move || {
+        try_request(
+            &url,
+            "/v2/network",
+            &[("x-api-key", TENANT_KEY), ("idempotency-key", key)],
+            &body,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// An answered Idempotency-Key replays after `kill -9`; a write cut off by
+/// `kill -9` while the upstream was carrying it out is never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_survive_kill_9_and_a_cut_off_write_is_never_resent() {
+    let sim = sim().await;
+    let s = setup_with(&sim, 100, "    actions: [\"invite\"]\n");
+    let (mut gw, url) = serve(&s.config);
+    let first = invite_once(&url, "order-1", "https://www.linkedin.com/in/a")
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.json);
+    signal(&gw.0, "KILL");
+    wait_exit(&mut gw.0, Duration::from_secs(10));
+
+    let (mut gw, url) = serve(&s.config);
+    let again = invite_once(&url, "order-1", "https://www.linkedin.com/in/a")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200);
+    assert!(
+        again.head.contains("idempotent-replayed: true"),
+        "{}",
+        again.head
+    );
+    assert_eq!(again.json, first.json, "the first answer, again");
+    assert_eq!(
+        sim.writes("invite", "acc-1", "https://www.linkedin.com/in/a"),
+        1
+    );
+
+    // The upstream carries the next invite out, then its reply never comes;
+    // the gateway is killed while it waits.
+    sim.set_fault(Fault::new(FaultKind::HangAfterExecute));
+    let target = "https://www.linkedin.com/in/b";
+    let pending = tokio::spawn({
+        let url = url.clone();
+        async move { invite_once(&url, "order-2", target).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.writes("invite", "acc-1", target) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sim.writes("invite", "acc-1", target),
+        1,
+        "the upstream acted"
+    );
+    signal(&gw.0, "KILL");
+    wait_exit(&mut gw.0, Duration::from_secs(10));
+    assert!(
+        pending.await.unwrap().is_none(),
+        "the client saw the connection die"
+    );
+    sim.clear_fault();
+
+    let (_gw, url) = serve(&s.config);
+    let retry = invite_once(&url, "order-2", target).await.unwrap();
+    assert_eq!(retry.status, 502, "{}", retry.json);
+    assert_eq!(retry.json["error"]["code"], "UPSTREAM_UNAVAILABLE");
+    let once_more = invite_once(&url, "order-2", target).await.unwrap();
+    assert_eq!(once_more.status, 502);
+    assert!(once_more.head.contains("idempotent-replayed: true"));
+    assert_eq!(sim.writes("invite", "acc-1", target), 1, "never sent twice");
+    assert_eq!(sim.calls_total(), 2);
+    let row = usage(&s.config);
+    assert_eq!(
+        row["orphaned"], 1,
+        "the cut-off call's reservation counts as spent"
+    );
+    assert_eq!(row["used"], 2);
 }

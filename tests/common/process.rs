@@ -54,6 +54,25 @@ pub fn post(url: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
 
 /// As [`post`], but `None` when the connection fails or breaks (a killed gateway).
 pub fn try_post(url: &str, key: &str, body: &str) -> Option<(u16, serde_json::Value)> {
+    try_request(url, "/v2/profiles", &[("x-api-key", key)], body).map(|r| (r.status, r.json))
+}
+
+/// One answer of [`try_request`].
+pub struct RawReply {
+    pub status: u16,
+    /// The response head's header lines, lower-cased.
+    pub head: String,
+    pub json: serde_json::Value,
+}
+
+/// POSTs `body` to `path` with `headers` over a plain socket; `None` when the
+/// connection fails or breaks (a killed gateway).
+pub fn try_request(
+    url: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<RawReply> {
     // A blocking client is enough here: one request at a time over a plain socket.
     use std::io::Read;
     let addr = url
@@ -65,17 +84,25 @@ pub fn try_post(url: &str, key: &str, body: &str) -> Option<(u16, serde_json::Va
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "POST /v2/profiles HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw).ok()?;
     let status = raw.get(9..12)?.parse().ok()?;
-    let json = raw.split("\r\n\r\n").nth(1)?;
-    Some((status, serde_json::from_str(json).ok()?))
+    let (head, json) = raw.split_once("\r\n\r\n")?;
+    Some(RawReply {
+        status,
+        head: head.to_ascii_lowercase(),
+        json: serde_json::from_str(json).ok()?,
+    })
 }
 
 /// Writes a file only its owner can read (as upstream key files must be).
