@@ -94,7 +94,14 @@ impl Gateway {
             }
         };
         let metrics = Arc::new(Metrics::new());
-        let mut cache = PageCache::new(&config.cache, clock.clone());
+        let longest_ttl = config
+            .actions
+            .rules()
+            .iter()
+            .filter_map(|r| r.cache_ttl)
+            .max()
+            .unwrap_or(config.cache.ttl);
+        let mut cache = PageCache::new(&config.cache, clock.clone(), longest_ttl);
         if let (true, LedgerConfig::Redis { url }) = (config.cache.shared, &config.ledger) {
             cache = cache.with_shared(SharedTier::connect(url)?);
         }

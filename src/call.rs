@@ -55,17 +55,23 @@ impl ApiCall {
         format!("/v2/{}", self.category)
     }
 
-    /// The cache key, for calls viewgate knows how to cache.
+    /// The cache key, for reads whose rule gives a cache TTL: `get_viewers`
+    /// by (account_id, offset, count), others by their canonical params.
     pub fn cache_key(&self) -> Option<CacheKey> {
-        match self.params {
-            CallParams::Viewers { offset, count } => Some(CacheKey {
-                action: self.action.as_str().into(),
-                account_id: self.account_id.as_str().into(),
-                offset,
-                count,
-            }),
-            CallParams::Other(_) => None,
+        if self.rule.is_write() || self.rule.cache_ttl.is_none() {
+            return None;
         }
+        let (offset, count, params) = match self.params {
+            CallParams::Viewers { offset, count } => (offset, count, Box::from("")),
+            CallParams::Other(_) => (0, 0, self.canonical_params().into_boxed_str()),
+        };
+        Some(CacheKey {
+            action: self.action.as_str().into(),
+            account_id: self.account_id.as_str().into(),
+            offset,
+            count,
+            params,
+        })
     }
 
     /// The body viewgate sends upstream: defaults written out, so the page

@@ -553,6 +553,7 @@ proptest! {
             account_id: account.as_str().into(),
             offset,
             count,
+            params: "".into(),
         };
         prop_assert_eq!(key_of(&first), expected.clone(), "{}", first);
         prop_assert_eq!(key_of(&second), expected, "{}", second);

@@ -22,21 +22,25 @@ use crate::clock::Clock;
 use crate::config::CacheConfig;
 
 /// Which page: equal requests (after defaults are applied) share a key.
+/// `get_viewers` pages are keyed by (account_id, offset, count); other reads
+/// by their canonical params (keys sorted, no spaces).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// The action (only cacheable ones).
     pub action: Box<str>,
     /// The account.
     pub account_id: Box<str>,
-    /// Items skipped.
+    /// Items skipped (`get_viewers`).
     pub offset: u32,
-    /// Page size.
+    /// Page size (`get_viewers`).
     pub count: u32,
+    /// Canonical params of other reads; empty for `get_viewers`.
+    pub params: Box<str>,
 }
 
 impl CacheKey {
     fn weight(&self) -> usize {
-        self.action.len() + self.account_id.len() + 8
+        self.action.len() + self.account_id.len() + self.params.len() + 8
     }
 }
 
@@ -111,14 +115,19 @@ pub struct PageCache {
 }
 
 impl PageCache {
-    /// A cache following `config`, reading freshness from `clock`.
-    pub fn new(config: &CacheConfig, clock: Clock) -> Self {
+    /// A cache following `config`, reading freshness from `clock`, whose
+    /// pages are fresh for at most `longest_ttl` (the longest TTL of any
+    /// action: moka may drop an entry once no window can still use it).
+    pub fn new(config: &CacheConfig, clock: Clock, longest_ttl: Duration) -> Self {
         let pages = moka::future::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|k: &CacheKey, v: &Arc<CachedPage>| {
                 u32::try_from(k.weight() + v.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
-            .time_to_live(config.ttl + config.stale_if_error.max(config.stale_while_revalidate))
+            .time_to_live(
+                longest_ttl.max(config.ttl)
+                    + config.stale_if_error.max(config.stale_while_revalidate),
+            )
             // Needed by purge_account (invalidate_entries_if).
             .support_invalidation_closures()
             // A fast seeded hasher: the key is short and hashed on every request.
@@ -176,6 +185,7 @@ impl PageCache {
             remote.data,
             remote.credits,
             remote.cached_at,
+            remote.ttl.unwrap_or(self.ttl),
         ));
         self.pages.insert(key.clone(), Arc::clone(&page)).await;
         Some(page)
@@ -189,6 +199,7 @@ impl PageCache {
         data: Bytes,
         credits: u64,
         cached_at: jiff::Timestamp,
+        ttl: Duration,
     ) -> CachedPage {
         let now = self.clock.now();
         let age = self
@@ -198,7 +209,7 @@ impl PageCache {
             .try_into()
             .unwrap_or(Duration::ZERO);
         let fetched = now.checked_sub(age).unwrap_or(now);
-        let fresh_until = fetched + self.ttl;
+        let fresh_until = fetched + ttl;
         CachedPage {
             status,
             data,
@@ -211,26 +222,29 @@ impl PageCache {
         }
     }
 
-    /// Builds a page fetched now and stores it.
+    /// Builds a page fetched now, fresh for `ttl` (`None`: `cache.ttl_s`), and stores it.
     pub async fn store(
         &self,
         key: CacheKey,
         status: StatusCode,
         data: Bytes,
         credits: u64,
+        ttl: Option<Duration>,
     ) -> Arc<CachedPage> {
+        let ttl = ttl.unwrap_or(self.ttl);
         // A slice of the upstream body can keep hyper's whole read buffer
         // (several times the page) alive for as long as the page is cached:
         // store an exact copy, so `cache.max_bytes` bounds real memory.
         let data = Bytes::copy_from_slice(&data);
-        let page = Arc::new(self.page_fetched_at(status, data, credits, self.clock.wall()));
+        let page = Arc::new(self.page_fetched_at(status, data, credits, self.clock.wall(), ttl));
         if let Some(shared) = &self.shared {
-            let keep = self.ttl + self.stale_if_error.max(self.stale_while_revalidate);
+            let keep = ttl + self.stale_if_error.max(self.stale_while_revalidate);
             let copy = SharedPage {
                 status,
                 credits,
                 cached_at: page.cached_at,
                 data: page.data.clone(),
+                ttl: Some(ttl),
             };
             shared.save(&key, copy, keep);
         }

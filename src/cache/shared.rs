@@ -17,6 +17,8 @@ use jiff::Timestamp;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+use sha2::{Digest, Sha256};
+
 use super::CacheKey;
 
 /// How long a lookup may take before it counts as a miss.
@@ -33,6 +35,9 @@ pub struct SharedPage {
     pub cached_at: Timestamp,
     /// The upstream's `data`.
     pub data: Bytes,
+    /// How long it is fresh from `cached_at` (`None`: the reader's
+    /// `cache.ttl_s`, for pages written before TTLs were per action).
+    pub ttl: Option<Duration>,
 }
 
 /// Pages in Redis.
@@ -49,10 +54,16 @@ impl std::fmt::Debug for SharedTier {
 /// The Redis key of a page; the account is a hash tag, so one account's
 /// pages share a Cluster slot and a purge pattern.
 fn redis_key(key: &CacheKey) -> String {
-    format!(
-        "vg:page:{{{}}}:{}:{}:{}",
-        key.account_id, key.action, key.offset, key.count
-    )
+    if key.params.is_empty() {
+        return format!(
+            "vg:page:{{{}}}:{}:{}:{}",
+            key.account_id, key.action, key.offset, key.count
+        );
+    }
+    // Params can be long and hold any character: their digest names them.
+    let digest = Sha256::digest(key.params.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("vg:page:{{{}}}:{}:p:{hex}", key.account_id, key.action)
 }
 
 /// Escapes glob characters so an account id matches itself only in SCAN.
@@ -67,31 +78,48 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-/// Encodes a page for Redis.
+/// Encodes a page for Redis (`VG2`: status, credits, cached_at, TTL, data).
 pub fn encode(page: &SharedPage) -> Bytes {
-    let mut out = BytesMut::with_capacity(21 + page.data.len());
-    out.put_slice(b"VG1");
+    let mut out = BytesMut::with_capacity(29 + page.data.len());
+    out.put_slice(b"VG2");
     out.put_u16(page.status.as_u16());
     out.put_u64(page.credits);
     out.put_i64(page.cached_at.as_millisecond());
+    let ttl_ms = page.ttl.map_or(u64::MAX, |t| t.as_millis() as u64);
+    out.put_u64(ttl_ms);
     out.put_slice(&page.data);
     out.freeze()
 }
 
-/// Decodes a page written by [`encode`]; anything else is `None`.
+/// Decodes a page written by [`encode`] (or by a replica still writing
+/// `VG1`, without a TTL); anything else is `None`.
 pub fn decode(mut raw: Bytes) -> Option<SharedPage> {
-    if raw.len() < 21 || &raw[..3] != b"VG1" {
+    let version = raw.get(..3)?;
+    let with_ttl = match version {
+        b"VG1" => false,
+        b"VG2" => true,
+        _ => return None,
+    };
+    if raw.len() < if with_ttl { 29 } else { 21 } {
         return None;
     }
     raw.advance(3);
     let status = StatusCode::from_u16(raw.get_u16()).ok()?;
     let credits = raw.get_u64();
     let cached_at = Timestamp::from_millisecond(raw.get_i64()).ok()?;
+    let ttl = if with_ttl {
+        Some(raw.get_u64())
+            .filter(|&ms| ms != u64::MAX)
+            .map(Duration::from_millis)
+    } else {
+        None
+    };
     Some(SharedPage {
         status,
         credits,
         cached_at,
         data: raw,
+        ttl,
     })
 }
 
@@ -185,6 +213,7 @@ mod tests {
             credits: 2,
             cached_at: Timestamp::from_millisecond(1_795_000_000_123).unwrap(),
             data: Bytes::from_static(br#"{"viewers":[]}"#),
+            ttl: Some(Duration::from_secs(600)),
         };
         assert_eq!(decode(encode(&page)), Some(page));
         assert_eq!(decode(Bytes::from_static(b"not a page at all, no")), None);
@@ -199,7 +228,18 @@ mod tests {
             account_id: "acc-1".into(),
             offset: 10,
             count: 20,
+            params: "".into(),
         };
         assert_eq!(redis_key(&key), "vg:page:{acc-1}:get_viewers:10:20");
+        let search = CacheKey {
+            action: "search_people".into(),
+            account_id: "acc-*".into(),
+            offset: 0,
+            count: 0,
+            params: r#"{"keywords":"a*b"}"#.into(),
+        };
+        let k = redis_key(&search);
+        assert!(k.starts_with("vg:page:{acc-*}:search_people:p:"), "{k}");
+        assert_eq!(k.len(), "vg:page:{acc-*}:search_people:p:".len() + 32);
     }
 }

@@ -286,7 +286,13 @@ impl Shared {
             let flight = match &result {
                 Ok(c) => Ok(this
                     .cache
-                    .store(key, c.reply.status, c.reply.data.clone(), c.credits)
+                    .store(
+                        key,
+                        c.reply.status,
+                        c.reply.data.clone(),
+                        c.credits,
+                        call.rule.cache_ttl,
+                    )
                     .await),
                 Err(e) => Err(e.clone()),
             };

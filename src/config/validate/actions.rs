@@ -317,9 +317,10 @@ fn per_price(
     })
 }
 
-/// `cache.actions`: the actions whose answers are cached. Only a read with a
-/// cache TTL can be: a write must reach the upstream every time, and a read
-/// without a TTL has no freshness to keep it by.
+/// `cache.actions`: the actions whose answers are cached; by default every
+/// read with a cache TTL. Only such a read can be listed: a write must reach
+/// the upstream every time, and a read without a TTL has no freshness to
+/// keep it by.
 pub(super) fn cached(raw: &RawCache, table: &ActionTable, p: &mut Problems) -> HashSet<String> {
     let cacheable = |a: &str| {
         table
@@ -327,10 +328,11 @@ pub(super) fn cached(raw: &RawCache, table: &ActionTable, p: &mut Problems) -> H
             .is_some_and(|r| r.kind == Kind::Read && r.cache_ttl.is_some())
     };
     match &raw.actions {
-        None => ["get_viewers"]
+        None => table
+            .rules()
             .into_iter()
-            .filter(|a| cacheable(a))
-            .map(str::to_string)
+            .filter(|r| cacheable(&r.name))
+            .map(|r| r.name.clone())
             .collect(),
         Some(list) => {
             for a in list.value.iter().filter(|a| !cacheable(a)) {

