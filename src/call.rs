@@ -47,6 +47,9 @@ pub enum CallParams {
     },
     /// Any other action: passed through as written.
     Other(Option<Box<RawValue>>),
+    /// `POST /v2/login` or `/v2/checkpoint`: the whole body, sent as written
+    /// (it holds passwords, tokens and codes: never logged, never kept).
+    Connect(Box<RawValue>),
 }
 
 impl ApiCall {
@@ -63,7 +66,9 @@ impl ApiCall {
         }
         let (offset, count, params) = match self.params {
             CallParams::Viewers { offset, count } => (offset, count, Box::from("")),
-            CallParams::Other(_) => (0, 0, self.canonical_params().into_boxed_str()),
+            CallParams::Other(_) | CallParams::Connect(_) => {
+                (0, 0, self.canonical_params().into_boxed_str())
+            }
         };
         Some(CacheKey {
             action: self.action.as_str().into(),
@@ -74,9 +79,27 @@ impl ApiCall {
         })
     }
 
+    /// Whether it connects an account (`/v2/login`, `/v2/checkpoint`).
+    pub fn is_connect(&self) -> bool {
+        matches!(self.params, CallParams::Connect(_))
+    }
+
+    /// The account whose upstream key carries the call: none for account
+    /// connection, which goes to the key that takes new accounts.
+    pub fn routing_account(&self) -> &str {
+        if self.is_connect() {
+            ""
+        } else {
+            &self.account_id
+        }
+    }
+
     /// The body viewgate sends upstream: defaults written out, so the page
     /// fetched is exactly the page the cache key names.
     pub fn upstream_body(&self) -> Bytes {
+        if let CallParams::Connect(raw) = &self.params {
+            return Bytes::copy_from_slice(raw.get().as_bytes());
+        }
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(b"{\"account_id\":");
         let _ = serde_json::to_writer(&mut out, &self.account_id);
@@ -90,7 +113,7 @@ impl ApiCall {
                 );
             }
             CallParams::Other(Some(raw)) => out.extend_from_slice(raw.get().as_bytes()),
-            CallParams::Other(None) => out.extend_from_slice(b"{}"),
+            CallParams::Other(None) | CallParams::Connect(_) => out.extend_from_slice(b"{}"),
         }
         out.push(b'}');
         Bytes::from(out)
@@ -115,6 +138,17 @@ impl ApiCall {
                 // Parsing validated it; should it ever fail, the raw text is still a key.
                 Err(_) => raw.get().to_string(),
             },
+            // Secrets stay out of fingerprints: a retry of the same
+            // connection is the same request whatever it types as a password.
+            CallParams::Connect(raw) => match serde_json::from_str::<Value>(raw.get()) {
+                Ok(Value::Object(mut map)) => {
+                    for secret in CONNECT_SECRETS {
+                        map.remove(*secret);
+                    }
+                    canonical_json(&Value::Object(map))
+                }
+                _ => String::new(),
+            },
         }
     }
 
@@ -134,6 +168,9 @@ impl ApiCall {
         hash.finalize().into()
     }
 }
+
+/// Body fields of `/v2/login` and `/v2/checkpoint` that are secrets.
+pub const CONNECT_SECRETS: &[&str] = &["password", "login_token", "code"];
 
 /// `value` as JSON with object keys sorted at every depth.
 pub fn canonical_json(value: &Value) -> String {

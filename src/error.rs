@@ -60,6 +60,9 @@ pub enum GatewayError {
     /// The action is not on the tenant's list.
     #[error("action not allowed for this key")]
     ActionNotAllowed,
+    /// An endpoint only the gateway's operator uses (webhooks).
+    #[error("{0}")]
+    OperatorOnly(&'static str),
     /// The tenant's rate limit is exhausted.
     #[error("rate limit exceeded; retry after {retry_after_s} s")]
     RateLimited {
@@ -161,7 +164,7 @@ impl GatewayError {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             InvalidAccount => StatusCode::NOT_FOUND,
-            ActionNotAllowed => StatusCode::FORBIDDEN,
+            ActionNotAllowed | OperatorOnly(_) => StatusCode::FORBIDDEN,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             UpstreamUnavailable { .. } | UpstreamAuthFailed => StatusCode::BAD_GATEWAY,
@@ -189,7 +192,7 @@ impl GatewayError {
             NotFound => "NOT_FOUND",
             MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             InvalidAccount => "INVALID_ACCOUNT",
-            ActionNotAllowed => "ACTION_NOT_ALLOWED",
+            ActionNotAllowed | OperatorOnly(_) => "ACTION_NOT_ALLOWED",
             RateLimited { .. } => "RATE_LIMITED",
             InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",

@@ -72,7 +72,7 @@ impl MissPath {
             });
         }
         // Before reserving: an account no upstream key owns costs no ledger write.
-        if !self.upstream.owns(&call.account_id) {
+        if !self.upstream.owns(call.routing_account()) {
             return Err(GatewayError::InvalidAccount);
         }
         let reservation = self
@@ -81,7 +81,7 @@ impl MissPath {
             .await?;
         let upstream_call = UpstreamCall {
             path: call.path(),
-            account_id: call.account_id.clone(),
+            account_id: call.routing_account().to_string(),
             body: call.upstream_body(),
             request_id: context.request_id.clone(),
             write: call.is_write(),

@@ -38,6 +38,8 @@ pub struct Tenant {
     pub budget: Option<Budget>,
     /// Whether it may force a refresh.
     pub allow_refresh: bool,
+    /// Whether it may connect accounts (`/v2/login`, `/v2/checkpoint`).
+    pub connect_accounts: bool,
 }
 
 impl Tenant {
@@ -69,6 +71,7 @@ impl Tenant {
             rate_limit: config.rate_limit,
             budget: config.budget,
             allow_refresh: config.allow_refresh,
+            connect_accounts: config.connect_accounts,
         }
     }
 

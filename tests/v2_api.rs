@@ -127,3 +127,101 @@ async fn writes_are_never_cached() {
         "without an Idempotency-Key, two requests are two invitations"
     );
 }
+
+const PASSWORD: &str = "correct-horse-battery-staple-42";
+
+fn login(email: &str) -> String {
+    format!(r#"{{"platform":"linkedin","email":"{email}","password":"{PASSWORD}","country":"FR"}}"#)
+}
+
+#[tokio::test]
+async fn only_tenants_allowed_to_connect_accounts_may_log_in_and_nothing_of_it_is_logged() {
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["*"]).budget(10, "day"),
+            TenantSpec::new("admin-app", &["*"])
+                .connect_accounts()
+                .budget(10, "day"),
+        ],
+        sim: viewgate::sim::SimConfig::default().with_checkpoint("pin@example.com"),
+        ..WorldSpec::default()
+    })
+    .await;
+    let refused = call(&w, "crm", "/v2/login", &login("a@example.com")).await;
+    assert_eq!(
+        (refused.status.as_u16(), refused.code()),
+        (403, "ACTION_NOT_ALLOWED".into()),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(w.sim.calls_total(), 0);
+
+    let ok = call(&w, "admin-app", "/v2/login", &login("a@example.com")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let account = ok.json()["data"]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ok.meta()["account_id"], account.as_str());
+    assert_eq!(
+        ok.meta()["credits_consumed"],
+        1,
+        "a new connection costs a credit"
+    );
+    assert_eq!(w.used("admin-app").await, 1);
+
+    // A checkpoint challenge, then its code.
+    let pending = call(&w, "admin-app", "/v2/login", &login("pin@example.com")).await;
+    assert_eq!(
+        pending.json()["data"]["status"],
+        "checkpoint_required",
+        "{}",
+        pending.text()
+    );
+    let pin_account = pending.json()["data"]["account_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = format!(r#"{{"account_id":"{pin_account}","code":"123456"}}"#);
+    let done = call(&w, "admin-app", "/v2/checkpoint", &code).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+
+    let logs = common::logs();
+    assert!(!logs.contains(PASSWORD), "a password was logged");
+    assert!(!logs.contains("123456"), "a checkpoint code was logged");
+    assert!(!logs.contains("a@example.com"), "an email was logged");
+    let connected: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("account connected") && l.contains("admin-app"))
+        .collect();
+    assert!(
+        connected.iter().any(|l| l.contains(&account)),
+        "{connected:?}"
+    );
+    assert!(
+        connected.iter().any(|l| l.contains(&pin_account)),
+        "{connected:?}"
+    );
+    assert!(
+        !connected.iter().any(|l| l.contains("checkpoint_required")),
+        "a login waiting for its checkpoint is not connected yet"
+    );
+}
+
+#[tokio::test]
+async fn webhook_endpoints_stay_the_operators() {
+    let w = World::start(two_tenants(&["*"])).await;
+    let r = call(
+        &w,
+        "crm",
+        "/v2/webhooks",
+        r#"{"url":"https://example.com/hook"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "ACTION_NOT_ALLOWED".into())
+    );
+    assert!(r.text().contains("operator"), "{}", r.text());
+    assert_eq!(w.sim.calls_total(), 0);
+}

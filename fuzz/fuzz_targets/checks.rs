@@ -63,6 +63,7 @@ fn check_accepted(category: &str, call: &ApiCall) {
             assert!((1..=MAX_COUNT).contains(count), "count {count}");
             assert!(call.cache_key().is_some());
         }
+        CallParams::Connect(_) => panic!("parse_call never builds a connection call"),
         CallParams::Other(raw) => {
             assert!(!viewers, "get_viewers params passed through untyped");
             // Reads with a TTL are cached by their canonical params; writes never.

@@ -106,6 +106,20 @@ impl Service<Request<ApiCall>> for CacheService {
     }
 }
 
+/// The account a login or checkpoint answer names, and whether it is
+/// connected now (not waiting for a checkpoint).
+fn connected_account(data: &[u8]) -> Option<(String, bool)> {
+    #[derive(serde::Deserialize)]
+    struct Connected {
+        account_id: String,
+        #[serde(default)]
+        status: Option<String>,
+    }
+    let c: Connected = serde_json::from_slice(data).ok()?;
+    let done = c.status.as_deref() != Some("checkpoint_required");
+    Some((c.account_id, done))
+}
+
 /// `cache-control: no-cache` (or `max-age=0`) asks for a fresh page.
 fn wants_refresh(headers: &http::HeaderMap) -> bool {
     headers
@@ -143,9 +157,23 @@ impl Shared {
                 }
             };
             note(&context, None, Some(charged.reply.upstream_ms));
+            let connected = call
+                .is_connect()
+                .then(|| connected_account(&charged.reply.data))
+                .flatten();
+            if let Some((account_id, true)) = &connected {
+                tracing::info!(
+                    request_id = context.request_id_str(),
+                    tenant = &*tenant.id,
+                    account_id = account_id.as_str(),
+                    "account connected"
+                );
+            }
             let meta = PageMeta {
                 action: &call.action,
-                account_id: &call.account_id,
+                account_id: connected
+                    .as_ref()
+                    .map_or(call.account_id.as_str(), |(id, _)| id.as_str()),
                 credits_consumed: charged.credits,
                 timestamp: self.clock.wall(),
                 cache: None,

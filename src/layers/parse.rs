@@ -91,6 +91,15 @@ where
         let actions = Arc::clone(&self.actions);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
+            if parts
+                .extensions
+                .get::<Category>()
+                .is_some_and(|c| c.0 == "webhooks")
+            {
+                return Err(GatewayError::OperatorOnly(
+                    "webhook endpoints are managed by the gateway's operator, not by tenants",
+                ));
+            }
             let declared = parts
                 .headers
                 .get(header::CONTENT_LENGTH)
@@ -117,7 +126,11 @@ where
                 .extensions
                 .get::<Category>()
                 .map_or("profiles", |c| c.0.as_str());
-            let mut call = parse_call_with(category, &bytes, &actions)?;
+            let mut call = if CONNECT_ENDPOINTS.contains(&category) {
+                parse_connect(category, &bytes, &actions)?
+            } else {
+                parse_call_with(category, &bytes, &actions)?
+            };
             call.max_credits = max_credits(&parts.headers)?;
             if let Some(context) = parts
                 .extensions
@@ -125,7 +138,10 @@ where
             {
                 let mut fields = context.fields();
                 fields.action = Some(call.action.clone());
-                fields.account_id = Some(call.account_id.clone());
+                // No body field of an account connection is logged.
+                if !call.is_connect() {
+                    fields.account_id = Some(call.account_id.clone());
+                }
                 if let CallParams::Viewers { offset, count } = call.params {
                     fields.offset = Some(offset);
                     fields.count = Some(count);
@@ -172,6 +188,49 @@ struct Wire<'a> {
 
 fn invalid(message: impl Into<String>) -> GatewayError {
     GatewayError::InvalidParams(message.into())
+}
+
+/// Endpoints that connect accounts: their body is not a V2 call but the
+/// connection's own fields, and their endpoint is their action.
+pub const CONNECT_ENDPOINTS: [&str; 2] = ["login", "checkpoint"];
+
+/// Validates a body sent to `/v2/login` or `/v2/checkpoint`: a JSON object
+/// (the upstream checks its fields), with a valid `account_id` for a
+/// checkpoint. The body is forwarded as written.
+pub fn parse_connect(
+    endpoint: &str,
+    body: &[u8],
+    actions: &ActionTable,
+) -> Result<ApiCall, GatewayError> {
+    let rule = actions.find(endpoint, endpoint).ok_or_else(|| {
+        GatewayError::InvalidAction(format!("viewgate has no price for /v2/{endpoint}"))
+    })?;
+    let text = std::str::from_utf8(body).map_err(|_| invalid("the body must be UTF-8 JSON"))?;
+    let map = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return Err(invalid("the body must be a JSON object")),
+    };
+    let account_id = match map.get("account_id") {
+        None if endpoint == "login" => String::new(),
+        Some(serde_json::Value::String(id)) if valid_account_id(id) => id.clone(),
+        _ => {
+            return Err(invalid(
+                "account_id is required: 1 to 128 printable ASCII characters without spaces",
+            ));
+        }
+    };
+    let bound = rule.price.bound(Some(&map)).map_err(invalid)?;
+    let raw = RawValue::from_string(text.to_string())
+        .map_err(|_| invalid("the body must be a JSON object"))?;
+    Ok(ApiCall {
+        category: endpoint.to_string(),
+        account_id,
+        action: endpoint.to_string(),
+        params: CallParams::Connect(raw),
+        rule: Arc::clone(rule),
+        bound,
+        max_credits: None,
+    })
 }
 
 /// The built-in action table (cache TTL of get_viewers at its default),

@@ -55,6 +55,14 @@ where
             return Either::Left(ready(Err(GatewayError::InvalidApiKey)));
         };
         let call = request.body();
+        // Connecting an account is its own grant: the account is not the
+        // tenant's yet (the operator grants it once it exists).
+        if call.is_connect() {
+            if !tenant.connect_accounts {
+                return Either::Left(ready(Err(GatewayError::ActionNotAllowed)));
+            }
+            return Either::Right(self.inner.call(request));
+        }
         if !tenant.may_read(&call.account_id) {
             return Either::Left(ready(Err(GatewayError::InvalidAccount)));
         }

@@ -62,7 +62,8 @@ where
         if category == "accounts" {
             return Either::Left(ready(Err(GatewayError::NotFound)));
         }
-        if request.method() != Method::POST {
+        // Webhooks are the operator's: refused once the caller is known (any method).
+        if request.method() != Method::POST && category != "webhooks" {
             return Either::Left(ready(Err(GatewayError::MethodNotAllowed { allow: "POST" })));
         }
         let category = Category(category.to_string());

@@ -69,8 +69,17 @@ impl KeyPool {
         Ok(Self { keys })
     }
 
-    /// The key that owns `account_id`, if any.
+    /// The key that owns `account_id`, if any; for `""` (an account being
+    /// connected, not known yet), the key that takes new accounts: the first
+    /// one owning `*`, else the first one.
     pub fn route(&self, account_id: &str) -> Option<&UpstreamKey> {
+        if account_id.is_empty() {
+            return self
+                .keys
+                .iter()
+                .find(|k| k.accounts.contains(&AccountPattern::Any))
+                .or(self.keys.first());
+        }
         let mut best: Option<(usize, &UpstreamKey)> = None;
         for key in &self.keys {
             for pattern in &key.accounts {

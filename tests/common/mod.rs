@@ -44,6 +44,7 @@ pub struct TenantSpec {
     pub rate_limit: Option<&'static str>,
     pub budget: Option<(u64, &'static str)>,
     pub allow_refresh: bool,
+    pub connect_accounts: bool,
 }
 
 impl TenantSpec {
@@ -55,6 +56,7 @@ impl TenantSpec {
             rate_limit: None,
             budget: None,
             allow_refresh: false,
+            connect_accounts: false,
         }
     }
     pub fn budget(mut self, credits: u64, period: &'static str) -> Self {
@@ -71,6 +73,10 @@ impl TenantSpec {
     }
     pub fn allow_refresh(mut self) -> Self {
         self.allow_refresh = true;
+        self
+    }
+    pub fn connect_accounts(mut self) -> Self {
+        self.connect_accounts = true;
         self
     }
 }
@@ -245,12 +251,13 @@ impl World {
             let accounts: Vec<String> = t.accounts.iter().map(|a| format!("\"{a}\"")).collect();
             let actions: Vec<String> = t.actions.iter().map(|a| format!("\"{a}\"")).collect();
             yaml.push_str(&format!(
-                "  - id: {}\n    key_sha256: \"{}\"\n    accounts: [{}]\n    actions: [{}]\n    allow_refresh: {}\n",
+                "  - id: {}\n    key_sha256: \"{}\"\n    accounts: [{}]\n    actions: [{}]\n    allow_refresh: {}\n    connect_accounts: {}\n",
                 t.id,
                 KeyHash::of(key.as_bytes()).to_hex(),
                 accounts.join(", "),
                 actions.join(", "),
-                t.allow_refresh
+                t.allow_refresh,
+                t.connect_accounts
             ));
             if let Some(rl) = t.rate_limit {
                 yaml.push_str(&format!("    rate_limit: {rl}\n"));
