@@ -14,12 +14,14 @@ use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
+use crate::accounts::AccountDirectory;
 use crate::actions::ActionTable;
 use crate::cache::PageCache;
 use crate::cache::shared::SharedTier;
 use crate::clock::Clock;
 use crate::config::{Config, LedgerConfig};
 use crate::credits::Credits;
+use crate::layers::accounts::AccountsLayer;
 use crate::layers::admission::AdmissionLayer;
 use crate::layers::auth::AuthLayer;
 use crate::layers::cache::CacheService;
@@ -57,6 +59,8 @@ pub struct Gateway {
     pub credits: Arc<Credits>,
     /// The action table.
     pub actions: Arc<ActionTable>,
+    /// The accounts each upstream key lists, held briefly.
+    pub accounts: Arc<AccountDirectory>,
     /// The page cache.
     pub cache: PageCache,
     /// The upstream client.
@@ -102,6 +106,12 @@ impl Gateway {
             .max()
             .unwrap_or(config.cache.ttl);
         let mut cache = PageCache::new(&config.cache, clock.clone(), longest_ttl);
+        let upstream = Arc::new(Upstream::new(
+            &config.upstream,
+            clock.clone(),
+            Arc::clone(&metrics),
+            redis.as_ref(),
+        )?);
         if let (true, LedgerConfig::Redis { url }) = (config.cache.shared, &config.ledger) {
             cache = cache.with_shared(SharedTier::connect(url)?);
         }
@@ -109,12 +119,8 @@ impl Gateway {
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
             tenants: Arc::new(Tenants::new(&config.tenants, &clock, None, redis.as_ref())),
             cache,
-            upstream: Arc::new(Upstream::new(
-                &config.upstream,
-                clock.clone(),
-                Arc::clone(&metrics),
-                redis.as_ref(),
-            )?),
+            accounts: Arc::new(AccountDirectory::new(Arc::clone(&upstream), clock.clone())),
+            upstream,
             redis,
             metrics,
             credits: Arc::new(Credits::new(Arc::clone(&ledger))),
@@ -177,6 +183,15 @@ impl Gateway {
                 self.redis.as_ref(),
             )?)
         };
+        // A new upstream client lists accounts afresh (its keys may differ).
+        let accounts = if Arc::ptr_eq(&upstream, &self.upstream) {
+            Arc::clone(&self.accounts)
+        } else {
+            Arc::new(AccountDirectory::new(
+                Arc::clone(&upstream),
+                self.clock.clone(),
+            ))
+        };
         let slots = if config.server.max_in_flight == old.server.max_in_flight {
             Arc::clone(&self.slots)
         } else {
@@ -192,6 +207,7 @@ impl Gateway {
             )),
             redis: self.redis.clone(),
             cache: self.cache.retimed(&config.cache),
+            accounts,
             upstream,
             ledger: Arc::clone(&self.ledger),
             credits: Arc::clone(&self.credits),
@@ -232,6 +248,12 @@ impl Gateway {
             .layer(AuthLayer::new(Arc::clone(&self.tenants)))
             // Per-tenant GCRA, before any body is read: over-rate costs nothing.
             .layer(RateLimitLayer::new(self.clock.clone()))
+            // GET /v2/accounts[/{id}]: answered here, filtered to the tenant's
+            // grants; they have no body, so they leave before the body stages.
+            .layer(AccountsLayer::new(
+                Arc::clone(&self.accounts),
+                self.clock.clone(),
+            ))
             // Body limit (413), content type (415), JSON validation (400).
             .layer(ParseLayer::new(
                 self.config.server.max_body_bytes,

@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod actions;
 pub mod admin;
 pub mod app;

@@ -225,3 +225,82 @@ async fn webhook_endpoints_stay_the_operators() {
     assert!(r.text().contains("operator"), "{}", r.text());
     assert_eq!(w.sim.calls_total(), 0);
 }
+
+async fn get(w: &World, tenant: &str, path: &str) -> Reply {
+    let headers = [("x-api-key", w.key(tenant).to_string())];
+    w.request(Method::GET, path, &headers, "").await
+}
+
+fn account_ids(r: &Reply) -> Vec<String> {
+    r.json()["data"]["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.text()))
+        .iter()
+        .map(|i| i["account_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn accounts_are_listed_filtered_to_the_tenant_and_paged() {
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["acc-1", "acc-2", "team-*"]),
+            TenantSpec::new("ops", &["acc-3"]),
+        ],
+        upstream_accounts: vec!["acc-1", "acc-2", "acc-3", "team-1", "other-9"],
+        ..WorldSpec::default()
+    })
+    .await;
+    let all = get(&w, "crm", "/v2/accounts").await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    assert_eq!(account_ids(&all), ["acc-1", "acc-2", "team-1"]);
+    assert_eq!(all.json()["data"]["total"], 3, "counted after filtering");
+    assert_eq!(all.json()["metadata"]["credits_consumed"], 0);
+    let page = get(&w, "crm", "/v2/accounts?limit=2&offset=1").await;
+    assert_eq!(account_ids(&page), ["acc-2", "team-1"]);
+    assert_eq!(page.json()["data"]["total"], 3);
+    assert_eq!(
+        account_ids(&get(&w, "ops", "/v2/accounts").await),
+        ["acc-3"]
+    );
+    assert_eq!(
+        w.sim.calls_total(),
+        1,
+        "one upstream listing serves every page and tenant"
+    );
+    for bad in ["limit=0", "limit=501", "offset=-1"] {
+        let r = get(&w, "crm", &format!("/v2/accounts?{bad}")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (400, "INVALID_PARAMS".into()),
+            "{bad}"
+        );
+    }
+    // Held briefly: after that, listed afresh.
+    w.clock.advance(Duration::from_secs(31));
+    get(&w, "crm", "/v2/accounts").await;
+    assert_eq!(w.sim.calls_total(), 2);
+
+    let one = get(&w, "crm", "/v2/accounts/acc-1").await;
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(one.json()["data"]["account_id"], "acc-1");
+    for outside in [
+        "/v2/accounts/acc-3",
+        "/v2/accounts/nope",
+        "/v2/accounts/other-9",
+    ] {
+        let r = get(&w, "crm", outside).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (404, "INVALID_ACCOUNT".into()),
+            "{outside}"
+        );
+    }
+    assert_eq!(w.sim.calls_total(), 3, "refusals never reach the upstream");
+    // Only GET.
+    let post = call(&w, "crm", "/v2/accounts", "{}").await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET"));
+    let anonymous = w.request(Method::GET, "/v2/accounts", &[], "").await;
+    assert_eq!(anonymous.status, 403);
+}

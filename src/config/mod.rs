@@ -266,6 +266,16 @@ impl AccountPattern {
         }
     }
 
+    /// Whether some account matches both patterns.
+    pub fn overlaps(&self, other: &AccountPattern) -> bool {
+        use AccountPattern::*;
+        match (self, other) {
+            (Any, _) | (_, Any) => true,
+            (Exact(a), p) | (p, Exact(a)) => p.matches(a),
+            (Prefix(a), Prefix(b)) => a.starts_with(b.as_str()) || b.starts_with(a.as_str()),
+        }
+    }
+
     /// Higher is more specific: exact beats a longer prefix beats a shorter one beats `*`.
     pub fn specificity(&self) -> usize {
         match self {

@@ -1,5 +1,6 @@
 //! The request path's stages, one tower layer each, in the order `app::build_stack` lists them.
 
+pub mod accounts;
 pub mod admission;
 pub mod auth;
 pub mod cache;

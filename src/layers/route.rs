@@ -10,6 +10,7 @@ use http::{Method, Request};
 use tower::{Layer, Service};
 
 use super::StageResult;
+use super::accounts::AccountsRoute;
 use crate::error::GatewayError;
 
 /// The category of `/v2/{category}`, for later stages.
@@ -31,6 +32,18 @@ impl<S> Layer<S> for RouteLayer {
 #[derive(Debug, Clone)]
 pub struct Route<S> {
     inner: S,
+}
+
+/// `/v2/accounts` (the list) or `/v2/accounts/{account_id}` (one account).
+pub fn accounts_route(path: &str) -> Option<AccountsRoute> {
+    let rest = path.strip_prefix("/v2/accounts")?;
+    match rest {
+        "" => Some(AccountsRoute(None)),
+        _ => {
+            let id = rest.strip_prefix('/')?;
+            (!id.is_empty() && !id.contains('/')).then(|| AccountsRoute(Some(id.to_string())))
+        }
+    }
 }
 
 /// The category of a tenant API path, if it is one.
@@ -55,13 +68,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Some(route) = accounts_route(request.uri().path()) {
+            if request.method() != Method::GET {
+                return Either::Left(ready(Err(GatewayError::MethodNotAllowed { allow: "GET" })));
+            }
+            request.extensions_mut().insert(route);
+            return Either::Right(self.inner.call(request));
+        }
         let Some(category) = category(request.uri().path()) else {
             return Either::Left(ready(Err(GatewayError::NotFound)));
         };
-        // `GET /v2/accounts` would list the upstream key's accounts: not for tenants.
-        if category == "accounts" {
-            return Either::Left(ready(Err(GatewayError::NotFound)));
-        }
         // Webhooks are the operator's: refused once the caller is known (any method).
         if request.method() != Method::POST && category != "webhooks" {
             return Either::Left(ready(Err(GatewayError::MethodNotAllowed { allow: "POST" })));
@@ -84,5 +100,13 @@ mod tests {
         assert_eq!(category("/v2/profiles/x"), None);
         assert_eq!(category("/v1/profiles"), None);
         assert_eq!(category("/"), None);
+        assert_eq!(accounts_route("/v2/accounts"), Some(AccountsRoute(None)));
+        assert_eq!(
+            accounts_route("/v2/accounts/acc%2D1"),
+            Some(AccountsRoute(Some("acc%2D1".into())))
+        );
+        assert_eq!(accounts_route("/v2/accounts/"), None);
+        assert_eq!(accounts_route("/v2/accounts/a/b"), None);
+        assert_eq!(accounts_route("/v2/accountsx"), None);
     }
 }

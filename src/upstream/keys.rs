@@ -31,6 +31,15 @@ pub struct UpstreamKey {
     accounts: Vec<AccountPattern>,
 }
 
+impl UpstreamKey {
+    /// Whether this key could own an account some of `grants` match.
+    pub fn may_own_any_of(&self, grants: &[AccountPattern]) -> bool {
+        self.accounts
+            .iter()
+            .any(|own| grants.iter().any(|grant| own.overlaps(grant)))
+    }
+}
+
 /// All upstream keys.
 #[derive(Debug, Default)]
 pub struct KeyPool {

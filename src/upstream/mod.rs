@@ -224,6 +224,16 @@ impl Upstream {
             .keys
             .route(&call.account_id)
             .ok_or(UpstreamError::Free(GatewayError::InvalidAccount))?;
+        self.call_via(key, call).await
+    }
+
+    /// [`Upstream::call`] with `key`, whatever account the call names (the
+    /// accounts listing asks each key for its own).
+    pub async fn call_via(
+        &self,
+        key: &UpstreamKey,
+        call: &UpstreamCall,
+    ) -> Result<UpstreamReply, UpstreamError> {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut attempt = 0u32;
