@@ -45,11 +45,14 @@ pub struct Account {
 
 type Listing = Result<Arc<Vec<Account>>, GatewayError>;
 
+/// A key's list and when it was fetched.
+type Held = (Instant, Arc<Vec<Account>>);
+
 /// Lists of accounts per upstream key, held briefly.
 pub struct AccountDirectory {
     upstream: Arc<Upstream>,
     clock: Clock,
-    held: Mutex<HashMap<String, (Instant, Arc<Vec<Account>>)>>,
+    held: Mutex<HashMap<String, Held>>,
     flights: SingleFlight<String, Listing>,
 }
 
