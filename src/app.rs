@@ -266,6 +266,9 @@ impl Gateway {
             .layer(IdempotencyLayer::new(
                 Arc::clone(&self.ledger),
                 self.config.idempotency_ttl,
+                // An upstream call with all its retries, plus the ledger's
+                // share, with room to spare.
+                self.config.upstream.deadline * 2 + self.config.server.request_timeout,
                 self.clock.clone(),
             ))
             // Innermost: cache hit, single-flight miss (reserve → upstream →

@@ -8,6 +8,7 @@
 //! configured key, in any letter case, is replaced by `***`.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 /// Shortest run of a key's characters that is removed. Eight characters of
 /// a 32-byte random key are never in a message by chance, and shorter runs
@@ -24,59 +25,106 @@ pub const FALLBACK_CODE: &str = "UPSTREAM_ERROR";
 /// Removes fragments of known secrets from text.
 #[derive(Clone, Default)]
 pub struct Scrubber {
-    /// Each secret, ASCII-lowercased.
-    secrets: Vec<Vec<u8>>,
+    /// Every run of [`MIN_RUN`] bytes of every secret, ASCII-lowercased and
+    /// packed into a `u64`: a text leaks where one of its windows is here.
+    windows: HashSet<u64, foldhash::fast::FixedState>,
+    /// Secrets shorter than [`MIN_RUN`], lowercased: matched whole.
+    short: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Scrubber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Scrubber({} secrets)", self.secrets.len())
+        write!(f, "Scrubber({} windows)", self.windows.len())
     }
+}
+
+/// `bytes` (exactly [`MIN_RUN`] of them) lowercased and packed.
+fn pack(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; MIN_RUN];
+    for (w, b) in word.iter_mut().zip(bytes) {
+        *w = b.to_ascii_lowercase();
+    }
+    u64::from_le_bytes(word)
 }
 
 impl Scrubber {
     /// A scrubber of `secrets` (their case does not matter).
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        Self {
-            secrets: secrets
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
+        let mut scrubber = Scrubber::default();
+        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+            if secret.len() < MIN_RUN {
+                scrubber.short.push(secret.to_ascii_lowercase());
+            } else {
+                scrubber.windows.extend(secret.windows(MIN_RUN).map(pack));
+            }
         }
+        scrubber
+    }
+
+    /// Marks every byte of `text` inside a window of [`MIN_RUN`] bytes that a
+    /// secret also contains (overlapping windows mark whole runs), or inside
+    /// a whole short secret. `None` when nothing is marked.
+    fn mark(&self, text: &[u8]) -> Option<Vec<bool>> {
+        let mut marked: Option<Vec<bool>> = None;
+        let mut mark = |from: usize, len: usize| {
+            let m = marked.get_or_insert_with(|| vec![false; text.len()]);
+            for b in &mut m[from..from + len] {
+                *b = true;
+            }
+        };
+        if !self.windows.is_empty() && text.len() >= MIN_RUN {
+            for (i, window) in text.windows(MIN_RUN).enumerate() {
+                if self.windows.contains(&pack(window)) {
+                    mark(i, MIN_RUN);
+                }
+            }
+        }
+        for short in &self.short {
+            for (i, window) in text.windows(short.len()).enumerate() {
+                if window.eq_ignore_ascii_case(short) {
+                    mark(i, short.len());
+                }
+            }
+        }
+        marked
+    }
+
+    /// Whether `bytes` holds a fragment of a secret.
+    pub fn leaks(&self, bytes: &[u8]) -> bool {
+        self.mark(bytes).is_some()
+    }
+
+    /// `bytes` with each run of marked bytes replaced by `***`.
+    pub fn bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
+        let Some(marked) = self.mark(bytes) else {
+            return Cow::Borrowed(bytes);
+        };
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if marked[i] {
+                out.extend_from_slice(b"***");
+                while i < bytes.len() && marked[i] {
+                    i += 1;
+                }
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// `text` with every run of [`MIN_RUN`]+ characters of a secret replaced
     /// by `***`, cut to [`MAX_MESSAGE`] bytes first.
     pub fn message<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let text = cut(text, MAX_MESSAGE);
-        let mut marked = vec![false; text.len()];
-        let mut any = false;
-        for secret in &self.secrets {
-            any |= mark_common_runs(text.as_bytes(), secret, &mut marked);
+        match self.bytes(text.as_bytes()) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            // Marked bytes are ASCII (secrets are header values), so cutting
+            // them out leaves valid UTF-8.
+            Cow::Owned(out) => Cow::Owned(String::from_utf8_lossy(&out).into_owned()),
         }
-        if !any {
-            return Cow::Borrowed(text);
-        }
-        // Marked bytes are ASCII (secrets are header values), so every
-        // unmarked stretch starts and ends on a character boundary.
-        let mut out = String::with_capacity(text.len());
-        let mut i = 0;
-        while i < text.len() {
-            if marked[i] {
-                out.push_str("***");
-                while i < text.len() && marked[i] {
-                    i += 1;
-                }
-            } else {
-                let start = i;
-                while i < text.len() && !marked[i] {
-                    i += 1;
-                }
-                out.push_str(&text[start..i]);
-            }
-        }
-        Cow::Owned(out)
     }
 
     /// The upstream's code if it is a plain V2 code that reveals no secret,
@@ -88,36 +136,12 @@ impl Scrubber {
             && code
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-        if plain && matches!(self.message(code), Cow::Borrowed(_)) {
+        if plain && !self.leaks(code.as_bytes()) {
             code.to_string()
         } else {
             FALLBACK_CODE.to_string()
         }
     }
-}
-
-/// Marks in `marked` every byte of `text` that lies in a run of at least
-/// [`MIN_RUN`] bytes also found, contiguously, in `secret` (compared
-/// ASCII-case-insensitively). Longest-common-substring table, one row at a time.
-fn mark_common_runs(text: &[u8], secret: &[u8], marked: &mut [bool]) -> bool {
-    let mut previous = vec![0usize; secret.len() + 1];
-    let mut current = vec![0usize; secret.len() + 1];
-    let mut any = false;
-    for (i, &t) in text.iter().enumerate() {
-        let t = t.to_ascii_lowercase();
-        for (j, &s) in secret.iter().enumerate() {
-            current[j + 1] = if t == s { previous[j] + 1 } else { 0 };
-            let run = current[j + 1];
-            if run >= MIN_RUN {
-                for m in &mut marked[i + 1 - run..=i] {
-                    *m = true;
-                }
-                any = true;
-            }
-        }
-        std::mem::swap(&mut previous, &mut current);
-    }
-    any
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
@@ -173,6 +197,19 @@ mod tests {
         ] {
             assert!(matches!(s.message(text), Cow::Borrowed(_)), "{text}");
         }
+    }
+
+    #[test]
+    fn short_keys_are_removed_whole_and_pages_are_scrubbed_too() {
+        let s = Scrubber::new([b"Ab3dE7g".as_slice(), KEY.as_bytes()]);
+        assert_eq!(s.message("echo AB3DE7G here"), "echo *** here");
+        let page = format!(r#"{{"note":"your key is {}"}}"#, KEY.to_lowercase());
+        assert!(s.leaks(page.as_bytes()));
+        assert_eq!(
+            &*s.bytes(page.as_bytes()),
+            br#"{"note":"your key is ***"}"#.as_slice()
+        );
+        assert!(!s.leaks(br#"{"viewers":[{"title":"Jane Doe"}]}"#));
     }
 
     #[test]

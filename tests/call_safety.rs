@@ -567,3 +567,136 @@ async fn an_upstream_error_echoing_the_key_is_scrubbed_everywhere() {
     }
     assert_eq!(w.used("crm").await, 0, "errors cost nothing");
 }
+
+/// Sends `body` to `path` over a raw connection with `headers`, then hangs
+/// up once `sent` says the upstream has the call (or at once).
+async fn hang_up_after(
+    w: &World,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+    sent: impl Fn() -> bool,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(w.server.addr())
+        .await
+        .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+        w.key("net"),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    for _ in 0..500 {
+        if sent() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
+}
+
+/// Red team: a client that hung up right after sending left its
+/// Idempotency-Key claimed for good (409 for a day), though nothing ran.
+#[tokio::test]
+async fn a_client_that_hangs_up_never_leaves_its_idempotency_key_stuck() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("net", &["*"]).actions(&["invite"])],
+        ..WorldSpec::default()
+    })
+    .await;
+    for n in 0..20 {
+        let key = format!("hang-up-{n}");
+        let body = INVITE.replace(SOMEONE, &format!("{SOMEONE}-{n}"));
+        hang_up_after(
+            &w,
+            "/v2/network",
+            &body,
+            &[("idempotency-key", &key)],
+            || true,
+        )
+        .await;
+    }
+    for n in 0..20 {
+        let key = format!("hang-up-{n}");
+        let target = format!("{SOMEONE}-{n}");
+        let body = INVITE.replace(SOMEONE, &target);
+        let mut last = None;
+        for _ in 0..300 {
+            let r = call(&w, "net", "/v2/network", &body, &idempotent(&key)).await;
+            if r.status != 409 {
+                last = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = last.expect("the key is answered within 3 s");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            w.sim.writes("invite", "acc-1", &target) <= 1,
+            "never sent twice"
+        );
+    }
+}
+
+/// Red team: charges of calls whose client hung up mid-call were on no log
+/// line at all.
+#[tokio::test]
+async fn a_call_whose_client_hung_up_is_still_logged_and_its_charge_settled() {
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("net", &["*"])
+                .actions(&["get_candidates"])
+                .budget(100, "day"),
+        ],
+        fake_clock: false,
+        ..WorldSpec::default()
+    })
+    .await;
+    w.sim.set_fault(Fault::latency(300));
+    for n in 0..3u64 {
+        let id = format!("hung-up-{n}");
+        // Three different pages: identical ones would be served from the cache.
+        hang_up_after(
+            &w,
+            "/v2/recruiter",
+            &candidates(50).replace("acc-1", &format!("acc-{n}")),
+            &[("x-request-id", &id)],
+            || w.sim.calls_total() > n,
+        )
+        .await;
+    }
+    for _ in 0..300 {
+        if w.reserved("net").await == 0 && w.used("net").await == w.sim.credits_total() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let used = w.used("net").await;
+    assert_eq!(used, w.sim.credits_total());
+    let mut logged = 0;
+    for _ in 0..300 {
+        logged = 0;
+        for line in common::logs().lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["request_id"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("hung-up-"))
+            {
+                logged += v["credits_charged"].as_u64().unwrap_or(0);
+            }
+        }
+        if logged == used {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(logged, used, "every credit is on a log line");
+    assert!(common::logs().contains("\"status\":499"));
+}

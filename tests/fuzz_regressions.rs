@@ -494,3 +494,32 @@ async fn an_absurd_upstream_charge_saturates_instead_of_wrapping() {
         "recorded in full, saturating"
     );
 }
+
+/// Red team: a key the upstream echoed in a success body or a passed-through
+/// header reached the tenant (and a page with it would have been cached).
+#[tokio::test]
+async fn a_key_echoed_in_a_page_never_reaches_a_tenant() {
+    let (next, w) = over_fake_upstream("").await;
+    let key = w.upstream_key.clone();
+    for (n, echoed) in [key.clone(), key.to_lowercase(), key[2..12].to_string()]
+        .into_iter()
+        .enumerate()
+    {
+        *next.lock().unwrap() = (
+            200,
+            format!(
+                r#"{{"success":true,"data":{{"viewers":[],"note":"your key is {echoed}"}},"metadata":{{"credits_consumed":1}}}}"#
+            )
+            .into_bytes(),
+        );
+        // A fresh page each time: never a hit on the page scrubbed before.
+        let r = w
+            .post(Some("crm"), &viewers("acc-1", n as u32 * 10, 10))
+            .await;
+        assert_eq!(r.meta()["cache"], "miss");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text().to_lowercase();
+        assert!(!text.contains(&echoed.to_lowercase()), "{text}");
+        assert!(text.contains("your key is ***"), "{text}");
+    }
+}

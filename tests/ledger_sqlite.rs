@@ -558,6 +558,40 @@ async fn a_replaced_file_turns_the_ledger_unavailable_within_seconds() {
     refuses_new_spend(&ledger, &path, earlier).await;
 }
 
+/// Found by the red team: deleting the `-wal` and `-shm` files while
+/// serving lost every commit still in the write-ahead log at the next start,
+/// while the ledger kept taking (and losing) spend.
+#[tokio::test]
+async fn removed_write_ahead_files_turn_the_ledger_unavailable_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let earlier = ledger.reserve(&t, None, 1, "req").await.unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::fs::remove_file(std::path::PathBuf::from(name)).unwrap();
+    }
+    let mut refused = None;
+    for _ in 0..250 {
+        match ledger.reserve(&t, None, 1, "req").await {
+            Ok(r) => {
+                ledger.release(r, None).await.unwrap();
+            }
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = refused.expect("reservations refused within 5 s");
+    assert!(error.to_string().contains("write-ahead"), "{error}");
+    assert!(ledger.health().await.is_err());
+    refuses_new_spend(&ledger, &path, earlier).await;
+}
+
 #[tokio::test]
 async fn the_lock_is_on_the_file_itself_not_a_side_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -41,13 +41,27 @@ static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 pub struct IdempotencyLayer {
     ledger: Arc<dyn Ledger>,
     ttl: Duration,
+    /// How long a claim is held before its answer: never shorter than the
+    /// longest a call can take, or a retry could find the key expired and
+    /// send a write still in flight a second time.
+    claim_ttl: Duration,
     clock: Clock,
 }
 
 impl IdempotencyLayer {
-    /// Keys kept in `ledger` for `ttl`.
-    pub fn new(ledger: Arc<dyn Ledger>, ttl: Duration, clock: Clock) -> Self {
-        Self { ledger, ttl, clock }
+    /// Keys kept in `ledger` for `ttl`; a call takes at most `longest_call`.
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        ttl: Duration,
+        longest_call: Duration,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            ledger,
+            ttl,
+            claim_ttl: ttl.max(longest_call),
+            clock,
+        }
     }
 }
 
@@ -96,7 +110,17 @@ where
         // The clone that was polled ready goes with this request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Either::Right(Box::pin(guarded(self.layer.clone(), inner, request, key)))
+        // The whole claim-answer-complete sequence runs in its own task: a
+        // client that hangs up (or a deadline that passes) after the claim
+        // must not leave the key claimed with nothing running behind it.
+        let task = tokio::spawn(guarded(self.layer.clone(), inner, request, key));
+        Either::Right(Box::pin(async move {
+            task.await.unwrap_or_else(|join| {
+                Err(GatewayError::ServiceUnavailable {
+                    detail: format!("idempotent request task failed: {join}"),
+                })
+            })
+        }))
     }
 }
 
@@ -139,7 +163,7 @@ where
     let context = super::context(&request).cloned();
     let found = layer
         .ledger
-        .idempotency_begin(&tenant.id, &key, &fingerprint, layer.ttl)
+        .idempotency_begin(&tenant.id, &key, &fingerprint, layer.claim_ttl)
         .await
         .map_err(|e| GatewayError::ServiceUnavailable {
             detail: format!("idempotency key store: {e}"),
@@ -166,48 +190,39 @@ where
         IdempotencyBegin::Mismatch => return Err(GatewayError::IdempotencyKeyReused),
         IdempotencyBegin::InFlight => return Err(GatewayError::IdempotencyKeyInUse),
     }
-    let answering = inner.call(request);
-    let task = tokio::spawn(async move {
-        let result = answering.await;
-        match result {
-            Ok(response) => {
-                let (parts, body) = response.into_parts();
-                let bytes = match body.collect().await {
-                    Ok(collected) => collected.to_bytes(),
-                    Err(never) => match never {},
-                };
-                let answer = StoredAnswer {
-                    status: parts.status.as_u16(),
-                    body: bytes.clone(),
-                };
-                complete(&layer, &tenant, &key, &fingerprint, answer).await;
-                Ok(Response::from_parts(parts, Body::new(bytes)))
-            }
-            Err(error) if error.is_final() => {
-                let answer = StoredAnswer {
-                    status: error.status().as_u16(),
-                    body: error.body(Some(&action), layer.clock.wall()),
-                };
-                complete(&layer, &tenant, &key, &fingerprint, answer).await;
-                Err(error)
-            }
-            Err(error) => {
-                if let Err(e) = layer
-                    .ledger
-                    .idempotency_abandon(&tenant.id, &key, &fingerprint)
-                    .await
-                {
-                    tracing::warn!(tenant = &*tenant.id, error = %e, "could not free an idempotency key; it stays in flight until it expires");
-                }
-                Err(error)
-            }
+    match inner.call(request).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(never) => match never {},
+            };
+            let answer = StoredAnswer {
+                status: parts.status.as_u16(),
+                body: bytes.clone(),
+            };
+            complete(&layer, &tenant, &key, &fingerprint, answer).await;
+            Ok(Response::from_parts(parts, Body::new(bytes)))
         }
-    });
-    task.await.unwrap_or_else(|join| {
-        Err(GatewayError::ServiceUnavailable {
-            detail: format!("idempotent request task failed: {join}"),
-        })
-    })
+        Err(error) if error.is_final() => {
+            let answer = StoredAnswer {
+                status: error.status().as_u16(),
+                body: error.body(Some(&action), layer.clock.wall()),
+            };
+            complete(&layer, &tenant, &key, &fingerprint, answer).await;
+            Err(error)
+        }
+        Err(error) => {
+            if let Err(e) = layer
+                .ledger
+                .idempotency_abandon(&tenant.id, &key, &fingerprint)
+                .await
+            {
+                tracing::warn!(tenant = &*tenant.id, error = %e, "could not free an idempotency key; it stays in flight until it expires");
+            }
+            Err(error)
+        }
+    }
 }
 
 async fn complete(

@@ -160,20 +160,42 @@ where
             context,
             in_flight: self.metrics.request_started(),
             metrics: Arc::clone(&self.metrics),
+            logged: false,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// Sets the header and logs once the inner response is ready.
+    /// Sets the header and logs once the inner response is ready; logs the
+    /// request as abandoned if the client hangs up first.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         context: Arc<RequestContext>,
         in_flight: InFlight,
         metrics: Arc<Metrics>,
+        logged: bool,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.logged {
+                // The client went away before its answer: every request still
+                // gets its one access line (nginx's 499), and a charge its
+                // call settles later goes on a settle line of its own.
+                this.context.fields().error_code = Some(CLIENT_CLOSED.to_string());
+                log_access(this.context, CLIENT_CLOSED_STATUS);
+                record(this.metrics, this.context, CLIENT_CLOSED_STATUS);
+            }
+        }
     }
 }
+
+/// Status logged for a request whose client hung up before its answer.
+const CLIENT_CLOSED_STATUS: u16 = 499;
+/// Error code logged for it.
+const CLIENT_CLOSED: &str = "CLIENT_CLOSED_REQUEST";
 
 impl<F> Future for ResponseFuture<F>
 where
@@ -188,6 +210,7 @@ where
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), this.context.request_id.clone());
         let status = response.status().as_u16();
+        *this.logged = true;
         log_access(this.context, status);
         record(this.metrics, this.context, status);
         Poll::Ready(Ok(response))

@@ -10,6 +10,7 @@
 mod breaker;
 mod keys;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,15 +132,18 @@ struct Metadata<'a> {
 fn reported_credits(metadata: Option<Metadata<'_>>) -> Option<u64> {
     let raw = metadata?.credits_consumed?;
     let text = raw.get().trim();
+    // The largest charge any ledger can store (SQLite integers are i64):
+    // clamped here, so the ledger, the logs and the metrics agree on it.
+    const MOST: u64 = i64::MAX as u64;
     if let Ok(n) = text.parse::<u64>() {
-        return Some(n);
+        return Some(n.min(MOST));
     }
     let n: f64 = serde_json::from_str(text).ok()?;
     if n.is_nan() {
         return None;
     }
     // `as` saturates: negatives become 0, huge values u64::MAX.
-    Some(n.ceil() as u64)
+    Some((n.ceil() as u64).min(MOST))
 }
 
 /// What one attempt produced.
@@ -401,12 +405,22 @@ impl Upstream {
             && status.is_success()
             && let Some(data) = envelope.data
         {
+            let mut data = body.slice_ref(data.get().as_bytes());
+            // A page is shown to tenants and cached for others: it must not
+            // carry a key either, whatever the upstream put in it.
+            if let Cow::Owned(clean) = self.scrubber.bytes(&data) {
+                tracing::warn!(
+                    upstream_key = %key.name,
+                    "the upstream's answer held a fragment of a key; scrubbed"
+                );
+                data = Bytes::from(clean);
+            }
             return Attempt::Done(Ok(UpstreamReply {
                 status,
-                data: body.slice_ref(data.get().as_bytes()),
+                data,
                 credits: reported_credits(envelope.metadata),
                 upstream_ms,
-                headers: passed_headers(&parts.headers),
+                headers: passed_headers(&parts.headers, &self.scrubber),
             }));
         }
         if status.is_success() {
@@ -463,13 +477,18 @@ fn unknown(timeout: bool, detail: &str) -> Attempt {
     }))
 }
 
-/// Upstream response headers a client may act on, passed through.
-fn passed_headers(headers: &http::HeaderMap) -> Vec<(http::HeaderName, HeaderValue)> {
+/// Upstream response headers a client may act on, passed through (never
+/// one that carries a fragment of a key).
+fn passed_headers(
+    headers: &http::HeaderMap,
+    scrubber: &Scrubber,
+) -> Vec<(http::HeaderName, HeaderValue)> {
     headers
         .iter()
-        .filter(|(name, _)| {
+        .filter(|(name, value)| {
             let name = name.as_str();
-            name == "retry-after" || name.starts_with("x-ratelimit-")
+            (name == "retry-after" || name.starts_with("x-ratelimit-"))
+                && !scrubber.leaks(value.as_bytes())
         })
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect()

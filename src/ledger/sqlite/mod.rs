@@ -357,16 +357,18 @@ impl SqliteLedger {
 
 impl Drop for SqliteLedger {
     fn drop(&mut self) {
+        // The watch first: closing the connection removes the write-ahead
+        // files, which must not read as someone else removing them.
+        if let Some((stop, watcher)) = self.watcher.take() {
+            // A closed channel wakes the watch thread at once.
+            drop(stop);
+            let _ = watcher.join();
+        }
         if let Some(writer) = self.writer.take() {
             let _ = self.commands.send(Command::Stop);
             // Waits for the last commit (milliseconds), so the file holds
             // everything and is closed once drop returns.
             let _ = writer.join();
-        }
-        if let Some((stop, watcher)) = self.watcher.take() {
-            // A closed channel wakes the watch thread at once.
-            drop(stop);
-            let _ = watcher.join();
         }
     }
 }

@@ -74,9 +74,15 @@ pub(super) struct Ownership {
 impl Ownership {
     /// A watch on the path of the file this ownership holds.
     pub(super) fn watch(&self, path: &Path) -> Watch {
+        let companion = |suffix: &str| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            (PathBuf::from(name), None)
+        };
         Watch {
             path: path.to_path_buf(),
             id: self.id,
+            companions: Mutex::new(vec![companion("-wal"), companion("-shm")]),
             lost: OnceLock::new(),
         }
     }
@@ -141,6 +147,11 @@ pub(super) fn take_ownership(path: &Path) -> Result<Ownership, LedgerError> {
 pub(super) struct Watch {
     path: PathBuf,
     id: Option<FileId>,
+    /// SQLite's `-wal` and `-shm` files, and their identity once seen. While
+    /// a connection is open they are never removed or replaced by SQLite;
+    /// if someone else does it, the commits still in the write-ahead log
+    /// are gone at the next start, so the ledger must stop taking spend.
+    companions: Mutex<Vec<(PathBuf, Option<FileId>)>>,
     /// Set once, the first time the file is found gone; never cleared.
     lost: OnceLock<LedgerError>,
 }
@@ -162,7 +173,10 @@ impl Watch {
             return Ok(());
         };
         let reason = match std::fs::metadata(&self.path) {
-            Ok(meta) if identity(&meta) == Some(id) => return Ok(()),
+            Ok(meta) if identity(&meta) == Some(id) => match self.companion_gone() {
+                None => return Ok(()),
+                Some(reason) => reason,
+            },
             Ok(_) => "was replaced by another file".to_string(),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 "was removed (or its directory was)".to_string()
@@ -186,12 +200,36 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// Why a `-wal` or `-shm` file once seen is no longer the same file.
+    fn companion_gone(&self) -> Option<String> {
+        let mut companions = self.companions.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, seen) in companions.iter_mut() {
+            let now = std::fs::metadata(&*path).ok().and_then(|m| identity(&m));
+            match (*seen, now) {
+                (None, now) => *seen = now,
+                (Some(was), Some(now)) if was == now => {}
+                (Some(_), _) => {
+                    return Some(format!(
+                        "lost its write-ahead file {} (removed or replaced)",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
 /// The thread that checks a [`Watch`] every `every`; it ends once the
 /// file is lost or the returned sender is dropped.
 pub(super) fn spawn_watcher(
     watch: Arc<Watch>,
     every: Duration,
 ) -> std::io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    // Now, before any request: the write-ahead files exist once the schema
+    // is in place, and are recorded as they are.
+    let _ = watch.check();
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("viewgate-ledger-watch".into())
