@@ -7,6 +7,10 @@
 //! A reload builds the new gateway from the old one (see
 //! [`Gateway::reconfigure`]) and swaps both; an invalid file changes
 //! nothing and says why.
+//!
+//! With `server.tls`, [`Live`] also holds the listener's certificate:
+//! SIGHUP re-reads it after the configuration (so new file paths apply), and
+//! a watcher re-reads it when either file changes.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -20,6 +24,7 @@ use tower::ServiceExt;
 
 use crate::app::{Gateway, Stack};
 use crate::config::Config;
+use crate::listener::ServerTls;
 
 /// The tenant API as a hyper service: one clone of the current stack per request.
 #[derive(Clone)]
@@ -40,17 +45,34 @@ pub struct Live {
     gateway: ArcSwap<Gateway>,
     stack: ArcSwap<Stack<Incoming>>,
     source: Option<PathBuf>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Live {
     /// Serves `gateway`; `source` is the file reloads read.
     pub fn new(gateway: Gateway, source: Option<PathBuf>) -> Arc<Self> {
+        Self::with_tls(gateway, source, None)
+    }
+
+    /// As [`Live::new`], with the listener's certificate (read from the
+    /// files of `server.tls`), which reloads re-read.
+    pub fn with_tls(
+        gateway: Gateway,
+        source: Option<PathBuf>,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Arc<Self> {
         let stack = gateway.build_stack();
         Arc::new(Self {
             gateway: ArcSwap::from_pointee(gateway),
             stack: ArcSwap::from_pointee(stack),
             source,
+            tls,
         })
+    }
+
+    /// The listener's TLS, when it serves HTTPS.
+    pub fn tls(&self) -> Option<Arc<ServerTls>> {
+        self.tls.clone()
     }
 
     /// The gateway in force now.
@@ -64,9 +86,18 @@ impl Live {
     }
 
     /// Applies a validated configuration: returns the settings that need a restart.
-    pub fn apply(&self, config: Config) -> Result<Vec<&'static str>, String> {
+    pub fn apply(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
         let current = self.gateway();
-        let (next, ignored) = current.reconfigure(config)?;
+        // The listener is plain or HTTPS from its start; the files of
+        // `server.tls` may change (the certificate reload reads them).
+        let tls_switched = config.server.tls.is_some() != current.config.server.tls.is_some();
+        if tls_switched {
+            config.server.tls = current.config.server.tls.clone();
+        }
+        let (next, mut ignored) = current.reconfigure(config)?;
+        if tls_switched {
+            ignored.push("server.tls");
+        }
         let stack = next.build_stack();
         // Gateway first: a request that sees the new stack must find the new
         // gateway too (the admin API reads it).
@@ -103,6 +134,25 @@ impl Live {
         result.map(|_| ())
     }
 
+    /// Re-reads the listener's certificate and key from the files the
+    /// configuration in force names; a bad pair keeps the old one (logged).
+    pub fn reload_certificate(&self) -> Result<(), String> {
+        let (Some(tls), Some(files)) = (&self.tls, self.gateway().config.server.tls.clone()) else {
+            return Ok(());
+        };
+        tls.reload(&files).map_err(|e| e.reason)
+    }
+
+    /// Re-reads the certificate whenever its files change (see
+    /// [`ServerTls::reload_on_change`]), until the process ends.
+    pub async fn reload_certificate_on_change(self: Arc<Self>, every: Duration) {
+        let Some(tls) = self.tls.clone() else {
+            return;
+        };
+        tls.reload_on_change(|| self.gateway().config.server.tls.clone(), every)
+            .await
+    }
+
     /// Reloads on every SIGHUP, until the process ends.
     pub async fn reload_on_sighup(self: Arc<Self>) {
         let Ok(mut hangups) =
@@ -114,6 +164,8 @@ impl Live {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");
             let _ = self.reload();
+            // After the configuration, so a reload that moved the files reads the new ones.
+            let _ = self.reload_certificate();
         }
     }
 

@@ -12,10 +12,10 @@ use crate::admin::Admin;
 use crate::app::Gateway;
 use crate::clock::Clock;
 use crate::config::{Config, LedgerConfig};
-use crate::listener::{self, ServerOptions};
+use crate::listener::{self, ServerOptions, ServerTls};
 use crate::live::Live;
 
-/// How often the config file is checked for changes.
+/// How often the config file (and the certificate's files) are checked for changes.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Loads the config, serves until SIGTERM / SIGINT, drains, returns.
@@ -23,6 +23,12 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     crate::logging::set_level(config.log_level.as_deref());
     let listen = config.server.listen;
+    let tls = match &config.server.tls {
+        Some(files) => {
+            Some(ServerTls::load(files).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?)
+        }
+        None => None,
+    };
     let gateway = Gateway::new(config, Clock::real())
         .await
         .map_err(anyhow::Error::msg)?;
@@ -30,7 +36,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     run_gateway(
-        Live::new(gateway, Some(path)),
+        Live::with_tls(gateway, Some(path), tls),
         listener,
         crate::cli::shutdown_signal(),
     )
@@ -39,7 +45,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
 
 /// Serves `live` on `listener` (and its admin listener, if configured) until
 /// `shutdown` resolves; then drains in-flight requests, flushes the ledger
-/// and returns. With a config file, SIGHUP and changes to the file reload it.
+/// and returns. With a config file, SIGHUP and changes to the file reload it
+/// (and the certificate, which also reloads when its files change).
 pub async fn run_gateway(
     live: Arc<Live>,
     listener: TcpListener,
@@ -66,6 +73,7 @@ pub async fn run_gateway(
     let reloaders = [
         tokio::spawn(Arc::clone(&live).reload_on_sighup()),
         tokio::spawn(Arc::clone(&live).reload_on_change(WATCH_EVERY)),
+        tokio::spawn(Arc::clone(&live).reload_certificate_on_change(WATCH_EVERY)),
     ];
     let flag = Arc::clone(&draining);
     let shutdown = async move {
@@ -74,7 +82,7 @@ pub async fn run_gateway(
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");
     };
-    listener::serve(listener, live.service(), options, shutdown).await;
+    listener::serve(listener, live.service(), options, live.tls(), shutdown).await;
     for task in reloaders {
         task.abort();
     }
@@ -109,6 +117,7 @@ pub fn announce(
     };
     tracing::info!(
         listen = %addr,
+        scheme = if config.server.tls.is_some() { "https" } else { "http" },
         admin = admin.map(|a| a.to_string()),
         upstream = %config.upstream.base_url,
         upstream_keys = keys.join(","),
@@ -117,6 +126,7 @@ pub fn announce(
         cache_ttl_s = config.cache.ttl.as_secs(),
         max_in_flight = config.server.max_in_flight,
         max_connections = config.server.max_connections,
+        idle_timeout_ms = config.server.idle_timeout.as_millis() as u64,
         // The failure policies in force, in one place.
         on_upstream_failure = format!(
             "retry 429/5xx/connect up to {} times within {} ms; breaker opens after {} failures for {} s; serve stale up to {} s after expiry",

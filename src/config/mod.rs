@@ -52,8 +52,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Connections whose headers take longer are closed.
+    /// A request's headers must arrive within this (slowloris); a new
+    /// connection's first request too.
     pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress (HTTP/2: no open
+    /// stream) for this long is closed (HTTP/2: with a GOAWAY).
+    pub idle_timeout: Duration,
     /// A request not answered by then gets 503.
     pub request_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -62,6 +66,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Requests being answered at most; further ones get 503 at once.
     pub max_in_flight: usize,
+    /// `server.tls`: serve HTTPS with this certificate, else plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `server.tls`: where the tenant listener's certificate and key are read
+/// from (at start, on SIGHUP, and whenever either file changes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching the leaf.
+    pub key_file: PathBuf,
 }
 
 /// `admin:`.

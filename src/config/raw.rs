@@ -42,6 +42,15 @@ pub struct RawServer {
     pub shutdown_grace_s: Option<S<u64>>,
     pub max_connections: Option<S<u64>>,
     pub max_in_flight: Option<S<u64>>,
+    pub idle_timeout_ms: Option<S<u64>>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: S<String>,
+    pub key_file: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,8 +9,11 @@ use serde_saphyr::Location;
 
 use super::Problems;
 use super::values::{addr, count, hash, millis, seconds};
-use crate::config::raw::{RawAdmin, RawCache, RawIdempotency, RawLedger, RawLog, RawServer};
-use crate::config::{AdminConfig, CacheConfig, LedgerConfig, ServerConfig};
+use crate::config::raw::{
+    RawAdmin, RawCache, RawIdempotency, RawLedger, RawLog, RawServer, RawTls,
+};
+use crate::config::{AdminConfig, CacheConfig, LedgerConfig, ServerConfig, TlsFiles};
+use crate::listener::tls::{PairProblem, read_pair};
 
 /// `server:`.
 pub(super) fn server(raw: &RawServer, p: &mut Problems) -> ServerConfig {
@@ -52,7 +55,32 @@ pub(super) fn server(raw: &RawServer, p: &mut Problems) -> ServerConfig {
             10_000,
         ),
         max_in_flight: count(p, raw.max_in_flight.as_ref(), "server.max_in_flight", 4_096),
+        idle_timeout: millis(
+            p,
+            raw.idle_timeout_ms.as_ref(),
+            "server.idle_timeout_ms",
+            75_000,
+        ),
+        tls: raw.tls.as_ref().map(|t| tls(t, p)),
     }
+}
+
+/// `server.tls`: both files are read, parsed and matched here, so `check`
+/// and a reload refuse a pair the listener could not serve, at the line that
+/// names the bad file. (Reasons never quote the key file's contents.)
+fn tls(raw: &RawTls, p: &mut Problems) -> TlsFiles {
+    let files = TlsFiles {
+        cert_file: PathBuf::from(&raw.cert_file.value),
+        key_file: PathBuf::from(&raw.key_file.value),
+    };
+    if let Err(e) = read_pair(&files) {
+        let (at, key) = match e.problem {
+            PairProblem::Certificate => (&raw.cert_file, "server.tls.cert_file"),
+            PairProblem::Key => (&raw.key_file, "server.tls.key_file"),
+        };
+        p.at(&at.referenced, key, e.reason);
+    }
+    files
 }
 
 /// `admin:`.

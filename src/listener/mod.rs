@@ -1,31 +1,37 @@
-//! The accept loop: HTTP/1.1 and h2c on one port, header limits, graceful drain.
+//! The accept loop: HTTP/1.1 and HTTP/2 on one port (h2c, or HTTPS with
+//! ALPN when `server.tls` is set), header limits, idle connections, drain.
 //!
 //! Headers must arrive within `server.header_timeout_ms` (slowloris) and fit
-//! in 16 KiB (else 431). At most `server.max_connections` connections are
-//! open; one more is closed as soon as it is accepted. On shutdown the
-//! listener stops accepting and waits for in-flight requests to finish, up
-//! to `server.shutdown_grace_s`.
+//! in 16 KiB (else 431); a keep-alive connection idle for
+//! `server.idle_timeout_ms` is closed (see [`connection`]). At most
+//! `server.max_connections` connections are open; one more is closed as
+//! soon as it is accepted. On shutdown the listener stops accepting, closes
+//! idle connections, and waits for in-flight requests to finish, up to
+//! `server.shutdown_grace_s`.
+
+mod connection;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneSyncService;
 
 use crate::config::ServerConfig;
 use crate::response::Body;
+
+pub use tls::ServerTls;
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -38,6 +44,8 @@ pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<Body>, In
 pub struct ServerOptions {
     /// Connections whose request headers take longer are closed.
     pub header_timeout: Duration,
+    /// Keep-alive connections with no request in progress this long are closed.
+    pub idle_timeout: Duration,
     /// Open connections at most; one more is closed as soon as it is accepted.
     pub max_connections: usize,
     /// How long in-flight requests may take to finish after shutdown starts.
@@ -49,6 +57,7 @@ impl ServerOptions {
     pub fn from_config(server: &ServerConfig) -> Self {
         Self {
             header_timeout: server.header_timeout,
+            idle_timeout: server.idle_timeout,
             max_connections: server.max_connections,
             shutdown_grace: server.shutdown_grace,
         }
@@ -104,24 +113,6 @@ impl<S> Serve for S where
 {
 }
 
-/// Notes that a connection has started its first request.
-#[derive(Clone)]
-struct FirstRequest<S> {
-    inner: S,
-    started: Arc<AtomicBool>,
-}
-
-impl<S: Serve> hyper::service::Service<Request<Incoming>> for FirstRequest<S> {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = S::Future;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.started.store(true, Ordering::Relaxed);
-        self.inner.call(request)
-    }
-}
-
 /// A boxed tower service, served as a hyper one.
 pub fn tower(service: HttpService) -> TowerToHyperService<HttpService> {
     TowerToHyperService::new(service)
@@ -133,10 +124,20 @@ pub async fn spawn(
     service: impl Serve,
     options: ServerOptions,
 ) -> std::io::Result<RunningServer> {
+    spawn_with_tls(addr, service, options, None).await
+}
+
+/// As [`spawn`], serving HTTPS when `tls` is given.
+pub async fn spawn_with_tls(
+    addr: SocketAddr,
+    service: impl Serve,
+    options: ServerOptions,
+    tls: Option<Arc<ServerTls>>,
+) -> std::io::Result<RunningServer> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, service, options, async {
+    let task = tokio::spawn(serve(listener, service, options, tls, async {
         let _ = stopped.await;
     }));
     Ok(RunningServer {
@@ -146,26 +147,38 @@ pub async fn spawn(
     })
 }
 
-/// Serves connections from `listener` until `shutdown` completes, then drains.
-pub async fn serve(
-    listener: TcpListener,
-    service: impl Serve,
-    options: ServerOptions,
-    shutdown: impl Future<Output = ()>,
-) {
+/// The HTTP settings every connection shares.
+fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout)
+        // Off: hyper's timer also runs while a keep-alive connection waits
+        // for its next request, which is idling, not a slow head. The
+        // connection keeps both deadlines itself (see `connection`).
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder
+}
+
+/// Serves connections from `listener` (HTTPS when `tls` is given) until
+/// `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    service: impl Serve,
+    options: ServerOptions,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(http_builder());
     let connections = Arc::new(Semaphore::new(options.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Told to every connection when draining starts.
+    let (stop, stopping) = watch::channel(());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -186,29 +199,16 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(stream);
-                let started = Arc::new(AtomicBool::new(false));
-                let service = FirstRequest {
-                    inner: service.clone(),
-                    started: Arc::clone(&started),
-                };
-                let conn = builder.serve_connection(io, service).into_owned();
-                let conn = graceful.watch(conn);
-                let header_timeout = options.header_timeout;
+                let connection = connection::run(
+                    stream,
+                    tls.clone(),
+                    service.clone(),
+                    Arc::clone(&builder),
+                    options,
+                    stopping.clone(),
+                );
                 tokio::spawn(async move {
-                    tokio::pin!(conn);
-                    // hyper's header timeout covers HTTP/1 request heads only:
-                    // a connection that sends nothing (or only an HTTP/2
-                    // preface) would otherwise hold a slot forever.
-                    tokio::select! {
-                        _ = &mut conn => {}
-                        _ = tokio::time::sleep(header_timeout) => {
-                            if started.load(Ordering::Relaxed) {
-                                // Connection errors (resets, timeouts) are the client's business.
-                                let _ = conn.await;
-                            }
-                        }
-                    }
+                    connection.await;
                     drop(slot);
                 });
             }
@@ -216,7 +216,11 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
+    let _ = stop.send(());
+    // Every connection holds a slot until it ends: all slots back means
+    // every in-flight request has been answered.
+    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.shutdown_grace, connections.acquire_many(all))
         .await
         .is_err()
     {
