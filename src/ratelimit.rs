@@ -8,17 +8,18 @@
 //! rate. When Redis cannot be reached, a global limiter falls back to its
 //! local twin (each replica then allows the full rate on its own) and says
 //! so in the log; it goes back to Redis by itself on the next call that
-//! reaches it.
+//! reaches it. Its Redis failures read "rate limit store unavailable", so
+//! they are not mistaken for the ledger's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::clock::Clock;
 use crate::config::RateLimit;
+use crate::redis::{Connection, Op, RedisFailure, Retry};
 use crate::tenant::TenantLimiter;
 
 /// A limiter's answer.
@@ -32,9 +33,8 @@ pub enum Decision {
 
 /// GCRA state in Redis, shared by the replicas.
 pub struct RedisGcra {
-    conn: ConnectionManager,
+    redis: Connection,
     script: Script,
-    secrets: Vec<String>,
     /// True while Redis is unreachable and limits run locally.
     degraded: AtomicBool,
 }
@@ -70,11 +70,10 @@ return {1, 0}
 impl RedisGcra {
     /// A limiter store on the Redis at `url` (connects lazily, reconnects by itself).
     pub fn connect(url: &str) -> Result<Arc<Self>, String> {
-        let (conn, secrets) = crate::ledger::redis::connection(url).map_err(|e| e.to_string())?;
+        let redis = Connection::open(url).map_err(unavailable)?;
         Ok(Arc::new(Self {
-            conn,
+            redis,
             script: Script::new(GCRA_LUA),
-            secrets,
             degraded: AtomicBool::new(false),
         }))
     }
@@ -82,17 +81,18 @@ impl RedisGcra {
     async fn check(&self, key: &str, limit: &RateLimit) -> Result<Decision, String> {
         let emission = (limit.period.as_micros() / u128::from(limit.count.get())).max(1) as u64;
         let tolerance = emission.saturating_mul(u64::from(limit.burst.get()) - 1);
-        let mut conn = self.conn.clone();
         let mut invocation = self.script.key(key);
         invocation.arg(emission).arg(tolerance);
-        let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok((1, _))) => Ok(Decision::Allowed),
-            Ok(Ok((_, wait_us))) => {
-                Ok(Decision::Wait(Duration::from_micros(wait_us.max(1) as u64)))
-            }
-            Ok(Err(e)) => Err(crate::ledger::redis::redact(&self.secrets, e).to_string()),
-            Err(_) => Err("redis: rate limit check timed out".into()),
+        // Never resent: a limiter that cannot ask Redis at once falls back
+        // to its local twin rather than wait for a reconnect.
+        let reply = self
+            .redis
+            .run::<(i64, i64)>(Op::Script(&invocation), Retry::Never, CALL_TIMEOUT)
+            .await;
+        match reply {
+            Ok((1, _)) => Ok(Decision::Allowed),
+            Ok((_, wait_us)) => Ok(Decision::Wait(Duration::from_micros(wait_us.max(1) as u64))),
+            Err(failure) => Err(unavailable(failure)),
         }
     }
 
@@ -195,6 +195,11 @@ impl Limiter {
             },
         }
     }
+}
+
+/// What the log and `connect`'s error say when Redis fails the limiter.
+fn unavailable(failure: RedisFailure) -> String {
+    format!("rate limit store unavailable: {failure}")
 }
 
 fn check_governor(limiter: &TenantLimiter, clock: &Clock) -> Decision {

@@ -10,7 +10,7 @@ mod book;
 mod idempotency;
 mod memory;
 mod period;
-pub(crate) mod redis;
+mod redis;
 mod sqlite;
 
 use std::sync::Arc;

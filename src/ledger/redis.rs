@@ -46,8 +46,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Cmd, FromRedisValue, Pipeline, RedisError, Script, ScriptInvocation};
+use ::redis::{FromRedisValue, Script};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 use jiff::civil::Time;
@@ -59,15 +58,10 @@ use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
 use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
 use crate::clock::Clock;
 use crate::config::{Budget, Period};
+use crate::redis::{Connection, Op, RESPONSE_TIMEOUT, RedisFailure, Retry};
 
 /// See [`RedisLedger::CALL_TIMEOUT`].
 const CALL_TIMEOUT: Duration = RedisLedger::CALL_TIMEOUT;
-
-/// Each attempt to open a connection gives up after this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Each command gives up waiting for its answer after this.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A local balance older than this is refreshed from Redis (in the background).
 const VIEW_MAX_AGE: Duration = Duration::from_secs(1);
@@ -112,10 +106,8 @@ impl fmt::Debug for RedisLedger {
 
 /// What the ledger and its background tasks share.
 struct Inner {
-    conn: ConnectionManager,
+    redis: Connection,
     clock: Clock,
-    /// Strings that must never appear in an error message (the password).
-    secrets: Vec<String>,
     scripts: Scripts,
     /// Each tenant's period as last seen in Redis, for `balance`.
     views: Mutex<HashMap<AccountKey, View>>,
@@ -156,35 +148,6 @@ struct PendingHits {
     expires_at: Option<Timestamp>,
 }
 
-/// One request to Redis, sent again as is when a retry is safe.
-enum Op<'a> {
-    Script(&'a ScriptInvocation<'a>),
-    Cmd(&'a Cmd),
-    Pipeline(&'a Pipeline),
-}
-
-impl Op<'_> {
-    async fn query<T: FromRedisValue>(
-        &self,
-        conn: &mut ConnectionManager,
-    ) -> Result<T, RedisError> {
-        match self {
-            Op::Script(invocation) => invocation.invoke_async(conn).await,
-            Op::Cmd(cmd) => cmd.query_async(conn).await,
-            Op::Pipeline(pipeline) => pipeline.query_async(conn).await,
-        }
-    }
-}
-
-/// Whether an operation may be sent a second time after a lost connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Reads, and scripts idempotent on their reservation id.
-    Once,
-    /// Adding hit counts: a second send could count them twice.
-    Never,
-}
-
 impl RedisLedger {
     /// How long a reservation may stay open before the sweeper counts it as
     /// spent, unless [`RedisLedger::with_stale_after`] says otherwise: far
@@ -204,11 +167,10 @@ impl RedisLedger {
     /// Connection attempts give up after 1 s, commands after 1 s, and a whole
     /// call after [`RedisLedger::CALL_TIMEOUT`].
     pub async fn connect(url: &str, clock: Clock) -> Result<RedisLedger, LedgerError> {
-        let (conn, secrets) = connection(url)?;
+        let redis = Connection::open(url).map_err(unavailable)?;
         let inner = Arc::new(Inner {
-            conn,
+            redis,
             clock,
-            secrets,
             scripts: Scripts {
                 reserve: Script::new(include_str!("redis/reserve.lua")),
                 close: Script::new(include_str!("redis/close.lua")),
@@ -280,25 +242,17 @@ impl Inner {
     }
 
     /// Runs `op` within [`CALL_TIMEOUT`], turning every failure into
-    /// `Unavailable`. A lost connection is reconnected by the connection
-    /// manager; with [`Retry::Once`] the call is sent again on the new one,
-    /// so the first call after Redis comes back succeeds.
+    /// `Unavailable` (see [`Connection::run`] for when it is sent again).
     async fn run<T: FromRedisValue>(&self, op: Op<'_>, retry: Retry) -> Result<T, LedgerError> {
-        let attempts = async {
-            let mut conn = self.conn.clone();
-            match op.query(&mut conn).await {
-                Err(e) if retry == Retry::Once && connection_lost(&e) => op.query(&mut conn).await,
-                result => result,
-            }
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, attempts).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(redact(&self.secrets, e)),
-            Err(_) => Err(redact(
-                &self.secrets,
-                format!("no answer within {} ms", CALL_TIMEOUT.as_millis()),
-            )),
-        }
+        self.redis
+            .run(op, retry, CALL_TIMEOUT)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// `Unavailable` for `reason`, without the URL's secrets.
+    fn failure(&self, reason: impl fmt::Display) -> LedgerError {
+        unavailable(self.redis.failure(reason))
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
@@ -316,8 +270,8 @@ impl Inner {
     ) -> Result<Reservation, LedgerError> {
         let (period, expires_at) = self.current_period(budget);
         let estimate = estimate.min(MAX_COUNT);
-        let id = getrandom::u64()
-            .map_err(|e| redact(&self.secrets, format!("no random reservation id: {e}")))?;
+        let id =
+            getrandom::u64().map_err(|e| self.failure(format!("no random reservation id: {e}")))?;
         let limit = budget.map_or_else(
             || "-1".to_string(),
             |b| b.credits.min(MAX_COUNT).to_string(),
@@ -597,10 +551,7 @@ impl Inner {
     fn triple(&self, reply: &[i64]) -> Result<(u64, u64, u64), LedgerError> {
         match reply {
             [a, b, c] => Ok((count(*a), count(*b), count(*c))),
-            _ => Err(redact(
-                &self.secrets,
-                format!("unexpected script reply {reply:?}"),
-            )),
+            _ => Err(self.failure(format!("unexpected script reply {reply:?}"))),
         }
     }
 
@@ -782,14 +733,6 @@ impl Ledger for RedisLedger {
     }
 }
 
-/// Whether a failure means the connection is gone (the manager reconnects),
-/// as opposed to an answer from a live server. A timeout is not: a server
-/// that did not answer in time would not answer a second try sooner.
-fn connection_lost(error: &RedisError) -> bool {
-    !error.is_timeout()
-        && (error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error())
-}
-
 /// The moment the keys of `period` containing `now` expire: 35 days after the
 /// period ends. `None` for `total`, which never expires.
 fn expiry(period: Period, now: Timestamp) -> Option<Timestamp> {
@@ -852,72 +795,9 @@ fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// The password of `url`, as written and percent-decoded, to keep out of messages.
-/// A lazily connected, self-reconnecting Redis connection with short,
-/// bounded timeouts, and the secrets of `url` (to scrub from messages).
-/// Shared by the ledger and the global rate limiter.
-pub(crate) fn connection(url: &str) -> Result<(ConnectionManager, Vec<String>), LedgerError> {
-    let secrets = secrets_in(url);
-    let client =
-        ::redis::Client::open(url).map_err(|e| redact(&secrets, format!("bad url: {e}")))?;
-    // No retries inside the connection manager: a call that finds the
-    // connection lost triggers one reconnect and waits for it (bounded by
-    // CONNECT_TIMEOUT) instead of a series of backoffs.
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(0);
-    let conn =
-        ConnectionManager::new_lazy_with_config(client, config).map_err(|e| redact(&secrets, e))?;
-    Ok((conn, secrets))
-}
-
-fn secrets_in(url: &str) -> Vec<String> {
-    let Some((_, rest)) = url.split_once("://") else {
-        return Vec::new();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let Some((userinfo, _)) = authority.rsplit_once('@') else {
-        return Vec::new();
-    };
-    // `redis://secret@host` is a username to Redis, but people write passwords there.
-    let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
-    let mut secrets = vec![password.to_string(), percent_decode(password)];
-    secrets.retain(|s| !s.is_empty());
-    secrets.dedup();
-    secrets
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `Unavailable("redis: …")` with every secret replaced by `***`.
-pub(crate) fn redact(secrets: &[String], reason: impl fmt::Display) -> LedgerError {
-    let mut message = format!("redis: {reason}");
-    for secret in secrets {
-        message = message.replace(secret.as_str(), "***");
-    }
-    LedgerError::Unavailable(message)
+/// The ledger's answer to a Redis failure: the gateway turns it into 503.
+fn unavailable(failure: RedisFailure) -> LedgerError {
+    LedgerError::Unavailable(failure.to_string())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -972,19 +852,5 @@ mod tests {
         let expected = (day * 35 + SignedDuration::from_hours(14)).as_millis();
         assert_eq!(i128::from(ttl), expected);
         assert_eq!(ttl_ms(None, now), 0);
-    }
-
-    #[test]
-    fn passwords_never_reach_a_message() {
-        let secrets = secrets_in("redis://:s3cr%40t@db.internal:6379/0");
-        assert_eq!(secrets, vec!["s3cr%40t".to_string(), "s3cr@t".to_string()]);
-        let LedgerError::Unavailable(message) =
-            redact(&secrets, "AUTH s3cr@t failed for redis://:s3cr%40t@db")
-        else {
-            unreachable!()
-        };
-        assert_eq!(message, "redis: AUTH *** failed for redis://:***@db");
-        assert_eq!(secrets_in("redis://user:pw@host"), vec!["pw".to_string()]);
-        assert!(secrets_in("redis://127.0.0.1:6379").is_empty());
     }
 }
