@@ -15,12 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use redis::Script;
 
 use crate::clock::Clock;
 use crate::config::RateLimit;
 use crate::redis::{Connection, Op, RedisFailure, Retry};
-use crate::tenant::TenantLimiter;
+
+/// A GCRA limiter in this process, on viewgate's clock (one per tenant or
+/// upstream key: their quotas differ).
+pub type LocalLimiter =
+    governor::RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Instant>>;
 
 /// A limiter's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +112,7 @@ impl RedisGcra {
 #[derive(Debug)]
 pub enum Limiter {
     /// This process only.
-    Local(Arc<TenantLimiter>),
+    Local(Arc<LocalLimiter>),
     /// Shared by all replicas through Redis; `fallback` while Redis is down.
     Global {
         /// Where the state lives.
@@ -116,7 +122,7 @@ pub enum Limiter {
         /// The limit.
         limit: RateLimit,
         /// Used while Redis is unreachable.
-        fallback: Arc<TenantLimiter>,
+        fallback: Arc<LocalLimiter>,
     },
 }
 
@@ -202,7 +208,7 @@ fn unavailable(failure: RedisFailure) -> String {
     format!("rate limit store unavailable: {failure}")
 }
 
-fn check_governor(limiter: &TenantLimiter, clock: &Clock) -> Decision {
+fn check_governor(limiter: &LocalLimiter, clock: &Clock) -> Decision {
     match limiter.check() {
         Ok(()) => Decision::Allowed,
         Err(not_until) => Decision::Wait(not_until.wait_time_from(clock.now())),
