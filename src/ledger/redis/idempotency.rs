@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use ::redis::Value;
 
-use super::{Inner, MAX_COUNT, tenant_prefix};
+use super::keys::tenant_prefix;
+use super::{Inner, MAX_COUNT};
 use crate::ledger::{Fingerprint, IdempotencyBegin, LedgerError, StoredAnswer};
 use crate::redis::{Op, RESPONSE_TIMEOUT, Retry};
 
