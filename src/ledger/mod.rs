@@ -7,6 +7,7 @@
 //! with every call, so a budget changed in the config applies at once.
 
 mod book;
+mod hits;
 mod idempotency;
 mod memory;
 mod period;

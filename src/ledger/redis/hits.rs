@@ -15,39 +15,29 @@ use super::{Inner, MAX_COUNT, lock};
 use crate::config::Budget;
 use crate::ledger::LedgerError;
 use crate::ledger::book::AccountKey;
+use crate::ledger::hits::Hits;
 use crate::redis::{Op, Retry};
 
 /// How often cache-hit counts are added to Redis.
 const HIT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct PendingHits {
-    pub(super) hits: u64,
-    pub(super) credits_saved: u64,
-    /// When the period's keys expire; `None` for `total`.
-    pub(super) expires_at: Option<Timestamp>,
-}
+/// When a period's keys expire (`None` for `total`), the note kept with its
+/// waiting hits: the write that adds them may create the period's hash, and
+/// gives it this lifetime.
+pub(super) type Expiry = Option<Timestamp>;
 
 impl Inner {
     /// Counts a cache hit; it is written with the next second's batch.
     pub(super) fn count_hit(&self, tenant: &str, budget: Option<Budget>, credits_saved: u64) {
         let (period, expires_at) = self.current_period(budget);
-        let mut pending = lock(&self.pending_hits);
-        let hits = pending
-            .entry((tenant.to_string(), period))
-            .or_insert(PendingHits {
-                expires_at,
-                ..PendingHits::default()
-            });
-        hits.hits = hits.hits.saturating_add(1);
-        hits.credits_saved = hits.credits_saved.saturating_add(credits_saved);
+        lock(&self.pending_hits).count((tenant.to_string(), period), credits_saved, expires_at);
     }
 
     /// Adds the hit counts counted here to Redis. Counts stay pending until
     /// Redis confirms them, so an outage delays them instead of losing them.
     pub(super) async fn write_hits(&self) -> Result<(), LedgerError> {
         let _flushing = self.flushing.lock().await;
-        let snapshot: Vec<(AccountKey, PendingHits)> = lock(&self.pending_hits)
+        let snapshot: Vec<(AccountKey, Hits<Expiry>)> = lock(&self.pending_hits)
             .iter()
             .map(|(key, hits)| (key.clone(), *hits))
             .collect();
@@ -57,21 +47,13 @@ impl Inner {
                 .key(period_hash(&tenant, &period))
                 .arg(hits.hits.min(MAX_COUNT))
                 .arg(hits.credits_saved.min(MAX_COUNT))
-                .arg(ttl_ms(hits.expires_at, self.clock.wall()));
+                .arg(ttl_ms(hits.note, self.clock.wall()));
             // Never resent: a lost answer may mean they were added. If the
             // call fails anyway they are sent again next second, so a lost
             // answer can count one second of hits twice (statistics, not money).
             self.run::<i64>(Op::Script(&invocation), Retry::Never)
                 .await?;
-            let key = (tenant, period);
-            let mut pending = lock(&self.pending_hits);
-            if let Some(left) = pending.get_mut(&key) {
-                left.hits = left.hits.saturating_sub(hits.hits);
-                left.credits_saved = left.credits_saved.saturating_sub(hits.credits_saved);
-                if left.hits == 0 && left.credits_saved == 0 {
-                    pending.remove(&key);
-                }
-            }
+            lock(&self.pending_hits).written(&(tenant, period), &hits);
         }
         Ok(())
     }

@@ -66,12 +66,13 @@ use futures_util::future::{BoxFuture, ready};
 use jiff::Timestamp;
 
 use super::book::{Account, AccountKey, budget_period};
+use super::hits::PendingHits;
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
 use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
 use crate::clock::Clock;
 use crate::config::Budget;
 use crate::redis::{Connection, Op, RedisFailure, Retry};
-use hits::{PendingHits, write_hits_every_second};
+use hits::{Expiry, write_hits_every_second};
 use keys::{expiry, period_hash};
 use scripts::Scripts;
 use views::View;
@@ -110,7 +111,7 @@ struct Inner {
     /// Each tenant's period as last seen in Redis, for `balance`.
     views: Mutex<HashMap<AccountKey, View>>,
     /// Cache hits counted here but not yet added in Redis.
-    pending_hits: Mutex<HashMap<AccountKey, PendingHits>>,
+    pending_hits: Mutex<PendingHits<Expiry>>,
     /// Held while hit counts are written, and by `usage` so that it never
     /// counts hits both in Redis and as pending.
     flushing: tokio::sync::Mutex<()>,
@@ -141,7 +142,7 @@ impl RedisLedger {
             clock,
             scripts: Scripts::new(),
             views: Mutex::new(HashMap::new()),
-            pending_hits: Mutex::new(HashMap::new()),
+            pending_hits: Mutex::new(PendingHits::default()),
             flushing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(write_hits_every_second(Arc::downgrade(&inner)));
@@ -222,10 +223,7 @@ impl Inner {
                 credits_saved: field("credits_saved"),
                 orphaned: field("orphaned"),
             };
-            if let Some(hits) = pending.get(&key) {
-                account.cache_hits = account.cache_hits.saturating_add(hits.hits);
-                account.credits_saved = account.credits_saved.saturating_add(hits.credits_saved);
-            }
+            pending.add_to(&key, &mut account);
             self.remember(key.clone(), account.used, account.reserved);
             out.push(account.usage(tenant, *budget, key.1));
         }
