@@ -12,7 +12,7 @@
 //! again without holding or charging twice, and a reservation whose outcome
 //! is unknown is released in the background.
 //!
-//! The request path never waits on Redis for a cache hit: `record_hit` counts
+//! The request path never waits on Redis for a cache hit: `hit` counts it
 //! in memory and a task adds the counts to Redis every second (a replica
 //! crash loses at most that second of hit counts, never spend), and `balance`
 //! answers from a local view of each tenant's period, refreshed in the
@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use ::redis::FromRedisValue;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, ready};
+use futures_util::future::BoxFuture;
 use jiff::Timestamp;
 
 use super::book::{Account, AccountKey, budget_period};
@@ -270,14 +270,14 @@ impl Ledger for RedisLedger {
         self.inner.balance(tenant, budget)
     }
 
-    fn record_hit<'a>(
+    fn hit<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
         credits_saved: u64,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         self.inner.count_hit(tenant, budget, credits_saved);
-        ready(Ok(())).boxed()
+        self.inner.balance(tenant, budget)
     }
 
     fn usage<'a>(

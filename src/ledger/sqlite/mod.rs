@@ -427,29 +427,16 @@ impl Ledger for SqliteLedger {
         budget: Option<Budget>,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        // One key, one lock: the hit path's whole ledger cost.
+        // One key, one lock: the hit path's whole ledger cost. Hits are
+        // statistics, not money: they wait in memory for the next batch (at
+        // most HIT_FLUSH_INTERVAL) instead of costing an fsync each. A kill -9
+        // loses up to that last second of hit counts; spend is never lost
+        // this way.
         let key = (tenant.to_string(), self.current_period(budget));
         let mut mirror = lock(&self.mirror);
         let account = mirror.accounts.get(&key).copied().unwrap_or_default();
         mirror.pending_hits.count(key, credits_saved, ());
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
-    }
-
-    fn record_hit<'a>(
-        &'a self,
-        tenant: &'a str,
-        budget: Option<Budget>,
-        credits_saved: u64,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        // Hits are statistics, not money: they wait in memory for the next
-        // batch (at most HIT_FLUSH_INTERVAL) instead of costing an fsync each.
-        // A kill -9 loses up to that last second of hit counts; spend is
-        // never lost this way.
-        let key = (tenant.to_string(), self.current_period(budget));
-        lock(&self.mirror)
-            .pending_hits
-            .count(key, credits_saved, ());
-        futures_util::future::ready(Ok(())).boxed()
     }
 
     fn usage<'a>(
