@@ -220,13 +220,14 @@ pub fn ceil_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
-/// Waits for `limiter` until `give_up`; `Err(wait)` when the wait would pass it.
+/// Waits for `limiter` until `give_up` (an instant of `clock`); `Err(wait)`
+/// when the wait would pass it.
 pub async fn wait_for(limiter: &Limiter, clock: &Clock, give_up: Instant) -> Result<(), Duration> {
     loop {
         match limiter.check(clock).await {
             Decision::Allowed => return Ok(()),
             Decision::Wait(wait) => {
-                if Instant::now() + wait > give_up {
+                if clock.now() + wait > give_up {
                     return Err(wait);
                 }
                 tokio::time::sleep(wait).await;
