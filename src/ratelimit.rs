@@ -54,9 +54,9 @@ impl std::fmt::Debug for RedisGcra {
 /// Whole call bound: a slow Redis must not stall the request path.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The GCRA step: KEYS[1] holds the theoretical arrival time (µs, server
-/// clock); ARGV[1] is the emission interval and ARGV[2] the burst tolerance,
-/// both in µs. Returns {1, 0} when allowed, {0, wait_µs} when not.
+/// The GCRA step: `KEYS[1]` holds the theoretical arrival time (µs, server
+/// clock); `ARGV[1]` is the emission interval and `ARGV[2]` the burst
+/// tolerance, both in µs. Returns `{1, 0}` when allowed, `{0, wait_µs}` when not.
 const GCRA_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
