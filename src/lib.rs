@@ -23,6 +23,7 @@ pub mod logging;
 pub mod metrics;
 pub mod miss;
 pub mod ratelimit;
+pub(crate) mod redis;
 pub mod response;
 pub mod scrub;
 pub mod sim;

@@ -8,18 +8,25 @@
 //! rate. When Redis cannot be reached, a global limiter falls back to its
 //! local twin (each replica then allows the full rate on its own) and says
 //! so in the log; it goes back to Redis by itself on the next call that
-//! reaches it.
+//! reaches it. Its Redis failures read "rate limit store unavailable", so
+//! they are not mistaken for the ledger's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::clock::Clock;
 use crate::config::RateLimit;
-use crate::tenant::TenantLimiter;
+use crate::redis::{Connection, Op, RedisFailure, Retry};
+
+/// A GCRA limiter in this process, on viewgate's clock (one per tenant or
+/// upstream key: their quotas differ).
+pub type LocalLimiter =
+    governor::RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Instant>>;
 
 /// A limiter's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,9 +39,8 @@ pub enum Decision {
 
 /// GCRA state in Redis, shared by the replicas.
 pub struct RedisGcra {
-    conn: ConnectionManager,
+    redis: Connection,
     script: Script,
-    secrets: Vec<String>,
     /// True while Redis is unreachable and limits run locally.
     degraded: AtomicBool,
 }
@@ -48,9 +54,9 @@ impl std::fmt::Debug for RedisGcra {
 /// Whole call bound: a slow Redis must not stall the request path.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The GCRA step: KEYS[1] holds the theoretical arrival time (µs, server
-/// clock); ARGV[1] is the emission interval and ARGV[2] the burst tolerance,
-/// both in µs. Returns {1, 0} when allowed, {0, wait_µs} when not.
+/// The GCRA step: `KEYS[1]` holds the theoretical arrival time (µs, server
+/// clock); `ARGV[1]` is the emission interval and `ARGV[2]` the burst
+/// tolerance, both in µs. Returns `{1, 0}` when allowed, `{0, wait_µs}` when not.
 const GCRA_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -70,11 +76,10 @@ return {1, 0}
 impl RedisGcra {
     /// A limiter store on the Redis at `url` (connects lazily, reconnects by itself).
     pub fn connect(url: &str) -> Result<Arc<Self>, String> {
-        let (conn, secrets) = crate::ledger::redis::connection(url).map_err(|e| e.to_string())?;
+        let redis = Connection::open(url).map_err(unavailable)?;
         Ok(Arc::new(Self {
-            conn,
+            redis,
             script: Script::new(GCRA_LUA),
-            secrets,
             degraded: AtomicBool::new(false),
         }))
     }
@@ -82,17 +87,18 @@ impl RedisGcra {
     async fn check(&self, key: &str, limit: &RateLimit) -> Result<Decision, String> {
         let emission = (limit.period.as_micros() / u128::from(limit.count.get())).max(1) as u64;
         let tolerance = emission.saturating_mul(u64::from(limit.burst.get()) - 1);
-        let mut conn = self.conn.clone();
         let mut invocation = self.script.key(key);
         invocation.arg(emission).arg(tolerance);
-        let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok((1, _))) => Ok(Decision::Allowed),
-            Ok(Ok((_, wait_us))) => {
-                Ok(Decision::Wait(Duration::from_micros(wait_us.max(1) as u64)))
-            }
-            Ok(Err(e)) => Err(crate::ledger::redis::redact(&self.secrets, e).to_string()),
-            Err(_) => Err("redis: rate limit check timed out".into()),
+        // Never resent: a limiter that cannot ask Redis at once falls back
+        // to its local twin rather than wait for a reconnect.
+        let reply = self
+            .redis
+            .run::<(i64, i64)>(Op::Script(&invocation), Retry::Never, CALL_TIMEOUT)
+            .await;
+        match reply {
+            Ok((1, _)) => Ok(Decision::Allowed),
+            Ok((_, wait_us)) => Ok(Decision::Wait(Duration::from_micros(wait_us.max(1) as u64))),
+            Err(failure) => Err(unavailable(failure)),
         }
     }
 
@@ -106,7 +112,7 @@ impl RedisGcra {
 #[derive(Debug)]
 pub enum Limiter {
     /// This process only.
-    Local(Arc<TenantLimiter>),
+    Local(Arc<LocalLimiter>),
     /// Shared by all replicas through Redis; `fallback` while Redis is down.
     Global {
         /// Where the state lives.
@@ -116,7 +122,7 @@ pub enum Limiter {
         /// The limit.
         limit: RateLimit,
         /// Used while Redis is unreachable.
-        fallback: Arc<TenantLimiter>,
+        fallback: Arc<LocalLimiter>,
     },
 }
 
@@ -197,7 +203,12 @@ impl Limiter {
     }
 }
 
-fn check_governor(limiter: &TenantLimiter, clock: &Clock) -> Decision {
+/// What the log and `connect`'s error say when Redis fails the limiter.
+fn unavailable(failure: RedisFailure) -> String {
+    format!("rate limit store unavailable: {failure}")
+}
+
+fn check_governor(limiter: &LocalLimiter, clock: &Clock) -> Decision {
     match limiter.check() {
         Ok(()) => Decision::Allowed,
         Err(not_until) => Decision::Wait(not_until.wait_time_from(clock.now())),
@@ -209,13 +220,14 @@ pub fn ceil_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
-/// Waits for `limiter` until `give_up`; `Err(wait)` when the wait would pass it.
+/// Waits for `limiter` until `give_up` (an instant of `clock`); `Err(wait)`
+/// when the wait would pass it.
 pub async fn wait_for(limiter: &Limiter, clock: &Clock, give_up: Instant) -> Result<(), Duration> {
     loop {
         match limiter.check(clock).await {
             Decision::Allowed => return Ok(()),
             Decision::Wait(wait) => {
-                if Instant::now() + wait > give_up {
+                if clock.now() + wait > give_up {
                     return Err(wait);
                 }
                 tokio::time::sleep(wait).await;

@@ -3,22 +3,18 @@
 //! The registry maps SHA-256(key) to a [`Tenant`]. Lookup hashes the presented
 //! key, finds the entry, then compares the stored hash in constant time, so
 //! neither the map nor the comparison leaks how much of a key was right.
+//!
+//! A tenant owns its rate [`Limiter`]; the limiters know nothing of tenants
+//! (upstream keys use them too), so this module depends on `ratelimit` and
+//! not the other way round.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
-
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
 
 use crate::clock::Clock;
 use crate::config::{AccountPattern, Budget, RateLimit, TenantConfig};
 use crate::keys::KeyHash;
 use crate::ratelimit::{Limiter, RedisGcra};
-
-/// A tenant's own GCRA limiter (one per tenant: quotas differ per tenant).
-pub type TenantLimiter =
-    governor::RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Instant>>;
 
 /// A tenant, as the request path sees it.
 #[derive(Debug)]

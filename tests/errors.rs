@@ -481,13 +481,20 @@ impl Ledger for SwitchableLedger {
             Err(e) => async move { Err(e) }.boxed(),
         }
     }
-    fn record_hit<'a>(
+    fn hit<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
         saved: u64,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        self.inner.record_hit(tenant, budget, saved)
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        // Counted even while "down", like a ledger that counts hits in
+        // memory; only the balance is refused.
+        async move {
+            let balance = self.inner.hit(tenant, budget, saved).await;
+            self.check()?;
+            balance
+        }
+        .boxed()
     }
     fn usage<'a>(
         &'a self,

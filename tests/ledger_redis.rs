@@ -531,7 +531,7 @@ async fn hits_reach_other_replicas_within_a_second_and_at_flush() {
     let here = connect(&server, Clock::real()).await;
     let there = connect(&server, Clock::real()).await;
     for _ in 0..3 {
-        here.record_hit("crm", b, 2).await.unwrap();
+        here.hit("crm", b, 2).await.unwrap();
     }
     // Seen at once by the replica that counted them...
     let usage = here.usage(&tenants).await.unwrap();
@@ -541,7 +541,7 @@ async fn hits_reach_other_replicas_within_a_second_and_at_flush() {
         there.usage(&tenants).await.unwrap()[0].cache_hits == 3
     })
     .await;
-    here.record_hit("crm", b, 1).await.unwrap();
+    here.hit("crm", b, 1).await.unwrap();
     here.flush().await.unwrap();
     let usage = there.usage(&tenants).await.unwrap();
     assert_eq!((usage[0].cache_hits, usage[0].credits_saved), (4, 7));
@@ -580,7 +580,7 @@ async fn an_outage_answers_unavailable_at_once_and_recovery_needs_no_help() {
     let r = ledger.reserve(&t, b, 2, "req").await.unwrap();
     let known = ledger.settle(r, 2, b).await.unwrap();
     let open = ledger.reserve(&t, b, 1, "req").await.unwrap();
-    ledger.record_hit("crm", b, 1).await.unwrap();
+    ledger.hit("crm", b, 1).await.unwrap();
 
     server.stop();
     assert_unavailable(answered(ledger.reserve(&t, b, 1, "req")).await, PASSWORD);

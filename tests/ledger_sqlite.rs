@@ -62,7 +62,7 @@ async fn a_restart_preserves_remaining_credits_exactly() {
     }
     let r = ledger.reserve(&t, b, 5, "req").await.unwrap();
     ledger.release(r, b).await.unwrap();
-    ledger.record_hit("crm", b, 4).await.unwrap();
+    ledger.hit("crm", b, 4).await.unwrap();
     let before = ledger.usage(&[("crm".into(), b)]).await.unwrap();
     drop(ledger);
 
@@ -370,7 +370,7 @@ async fn a_report_beside_a_running_ledger_sees_spend_and_open_reservations() {
     let r = ledger.reserve(&t, b, 5, "req").await.unwrap();
     ledger.settle(r, 6, b).await.unwrap();
     let open = ledger.reserve(&t, b, 10, "req").await.unwrap();
-    ledger.record_hit("crm", b, 2).await.unwrap();
+    ledger.hit("crm", b, 2).await.unwrap();
     ledger.flush().await.unwrap();
 
     let tenants = [("crm".to_string(), b), ("nobody".to_string(), None)];
@@ -439,13 +439,13 @@ async fn flush_and_drop_write_pending_hit_counts() {
     let path = ledger_path(&dir);
     let tenants = [("crm".to_string(), None)];
     let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
-    ledger.record_hit("crm", None, 5).await.unwrap();
+    ledger.hit("crm", None, 5).await.unwrap();
     ledger.flush().await.unwrap();
     assert_eq!(
         read_usage(&path, &tenants, &Clock::real()).unwrap()[0].cache_hits,
         1
     );
-    ledger.record_hit("crm", None, 5).await.unwrap();
+    ledger.hit("crm", None, 5).await.unwrap();
     drop(ledger);
     let report = read_usage(&path, &tenants, &Clock::real()).unwrap();
     assert_eq!((report[0].cache_hits, report[0].credits_saved), (2, 10));

@@ -6,7 +6,8 @@
 //! an error). A page is written to Redis in the background after a fetch,
 //! with the same freshness and stale windows as the local copy. Pages are
 //! stored as `VG1`, the status (2 bytes), the credits (8), the fetch time in
-//! Unix milliseconds (8), then the upstream's `data` bytes.
+//! Unix milliseconds (8), then the upstream's `data` bytes. Its Redis
+//! failures read "shared cache tier unavailable", never the URL's password.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +16,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use jiff::Timestamp;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use sha2::{Digest, Sha256};
 
 use super::CacheKey;
+use crate::redis::{Connection, RedisFailure};
 
 /// How long a lookup may take before it counts as a miss.
 const LOOKUP_TIMEOUT: Duration = Duration::from_millis(200);
@@ -42,7 +43,7 @@ pub struct SharedPage {
 
 /// Pages in Redis.
 pub struct SharedTier {
-    conn: ConnectionManager,
+    redis: Connection,
 }
 
 impl std::fmt::Debug for SharedTier {
@@ -126,20 +127,21 @@ pub fn decode(mut raw: Bytes) -> Option<SharedPage> {
 impl SharedTier {
     /// The tier on the Redis at `url` (connects lazily, reconnects by itself).
     pub fn connect(url: &str) -> Result<Arc<Self>, String> {
-        let (conn, _secrets) = crate::ledger::redis::connection(url).map_err(|e| e.to_string())?;
-        Ok(Arc::new(Self { conn }))
+        let redis = Connection::open(url).map_err(unavailable)?;
+        Ok(Arc::new(Self { redis }))
     }
 
     /// The page under `key`, if Redis has it and answers quickly.
     pub async fn load(&self, key: &CacheKey) -> Option<SharedPage> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         let name = redis_key(key);
         let get = conn.get::<_, Option<Vec<u8>>>(name);
         match tokio::time::timeout(LOOKUP_TIMEOUT, get).await {
             Ok(Ok(Some(raw))) => decode(Bytes::from(raw)),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "shared cache lookup failed; treating it as a miss");
+                let error = unavailable(self.redis.failure(e));
+                tracing::debug!(%error, "shared cache lookup failed; treating it as a miss");
                 None
             }
             Err(_) => None,
@@ -151,7 +153,7 @@ impl SharedTier {
         let this = Arc::clone(self);
         let name = redis_key(key);
         tokio::spawn(async move {
-            let mut conn = this.conn.clone();
+            let mut conn = this.redis.manager();
             let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
             let result: redis::RedisResult<()> = redis::cmd("SET")
                 .arg(&name)
@@ -161,7 +163,8 @@ impl SharedTier {
                 .query_async(&mut conn)
                 .await;
             if let Err(e) = result {
-                tracing::debug!(error = %e, "shared cache write failed");
+                let error = unavailable(this.redis.failure(e));
+                tracing::debug!(%error, "shared cache write failed");
             }
         });
     }
@@ -174,7 +177,7 @@ impl SharedTier {
         };
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let mut conn = this.conn.clone();
+            let mut conn = this.redis.manager();
             let mut cursor: u64 = 0;
             // Bounded: SCAN visits each key at most a few times; stop after many rounds regardless.
             for _ in 0..100_000 {
@@ -200,6 +203,12 @@ impl SharedTier {
             }
         });
     }
+}
+
+/// The tier's wording of a Redis failure, so its log lines are not read as
+/// the ledger's or the rate limiter's.
+fn unavailable(failure: RedisFailure) -> String {
+    format!("shared cache tier unavailable: {failure}")
 }
 
 #[cfg(test)]

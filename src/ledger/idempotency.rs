@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn a_key_goes_from_claimed_to_answered_to_forgotten() {
         let mut t = IdempotencyTable::default();
-        let now = Instant::now();
+        let now = Clock::fake("2026-11-27T10:00:00Z".parse().unwrap()).now();
         let ttl = Duration::from_secs(60);
         let (a, b) = ([1u8; 32], [2u8; 32]);
         assert_eq!(t.begin("t", "k", &a, ttl, now), IdempotencyBegin::Started);

@@ -102,15 +102,17 @@ impl Ledger for MemoryLedger {
         ready(Ok(account.balance(budget))).boxed()
     }
 
-    fn record_hit<'a>(
+    fn hit<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
         credits_saved: u64,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         let key = (tenant.to_string(), self.current_period(budget));
-        self.lock().hit(&key, 1, credits_saved);
-        ready(Ok(())).boxed()
+        let mut book = self.lock();
+        book.hit(&key, 1, credits_saved);
+        let balance = book.account(&key.0, &key.1).balance(budget);
+        ready(Ok(balance)).boxed()
     }
 
     fn usage<'a>(
@@ -229,7 +231,7 @@ mod tests {
         let r = ledger.reserve(&t, None, 1_000_000, "test").await.unwrap();
         let bal = ledger.settle(r, 7, None).await.unwrap();
         assert_eq!((bal.used, bal.remaining()), (7, None));
-        ledger.record_hit("ops", None, 1).await.unwrap();
+        ledger.hit("ops", None, 1).await.unwrap();
         let usage = ledger.usage(&[("ops".into(), None)]).await.unwrap();
         assert_eq!(
             (

@@ -7,10 +7,11 @@
 //! with every call, so a budget changed in the config applies at once.
 
 mod book;
+mod hits;
 mod idempotency;
 mod memory;
 mod period;
-pub(crate) mod redis;
+mod redis;
 mod sqlite;
 
 use std::sync::Arc;
@@ -133,28 +134,16 @@ pub trait Ledger: Send + Sync + 'static {
         budget: Option<Budget>,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>>;
 
-    /// Counts a cache hit that saved `credits_saved`.
-    fn record_hit<'a>(
-        &'a self,
-        tenant: &'a str,
-        budget: Option<Budget>,
-        credits_saved: u64,
-    ) -> BoxFuture<'a, Result<(), LedgerError>>;
-
-    /// Counts a cache hit and returns the tenant's balance: what a hit needs,
-    /// in one call (implementations may do it under one lock).
+    /// Counts a cache hit that saved `credits_saved` and returns the tenant's
+    /// balance: all a hit asks of the ledger, in one call (under one lock
+    /// where the implementation has one). Hit counts are statistics: a
+    /// durable ledger may keep them in memory for a second before writing.
     fn hit<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
         credits_saved: u64,
-    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        Box::pin(async move {
-            // A hit that cannot be counted is still served.
-            let _ = self.record_hit(tenant, budget, credits_saved).await;
-            self.balance(tenant, budget).await
-        })
-    }
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>>;
 
     /// Usage of each `(tenant, budget)` in its current period.
     fn usage<'a>(

@@ -21,8 +21,10 @@ use std::time::Duration;
 
 use ::redis::Value;
 
-use super::{Inner, MAX_COUNT, Op, RESPONSE_TIMEOUT, Retry, redact, tenant_prefix};
+use super::keys::tenant_prefix;
+use super::{Inner, MAX_COUNT};
 use crate::ledger::{Fingerprint, IdempotencyBegin, LedgerError, StoredAnswer};
+use crate::redis::{Op, RESPONSE_TIMEOUT, Retry};
 
 impl Inner {
     /// See [`crate::ledger::Ledger::idempotency_begin`]; `stale_after` is
@@ -35,8 +37,8 @@ impl Inner {
         ttl: Duration,
         stale_after: Duration,
     ) -> Result<IdempotencyBegin, LedgerError> {
-        let token = getrandom::u64()
-            .map_err(|e| redact(&self.secrets, format!("no random claim token: {e}")))?;
+        let token =
+            getrandom::u64().map_err(|e| self.failure(format!("no random claim token: {e}")))?;
         let token = format!("{token:016x}");
         let name = key_hash(tenant, key);
         let mut invocation = self.scripts.key_begin.prepare_invoke();
@@ -142,13 +144,10 @@ impl Inner {
         };
         // Never the body in the message: it is a client's answer.
         found.ok_or_else(|| {
-            redact(
-                &self.secrets,
-                format!(
-                    "unexpected idempotency script reply ({} values)",
-                    reply.len()
-                ),
-            )
+            self.failure(format!(
+                "unexpected idempotency script reply ({} values)",
+                reply.len()
+            ))
         })
     }
 }

@@ -80,6 +80,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::book::{Account, AccountKey, budget_period};
+use super::hits::PendingHits;
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
 use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
 use crate::clock::Clock;
@@ -126,16 +127,10 @@ struct Mirror {
     /// Accounts as last committed, plus the answered closes not yet written.
     accounts: HashMap<AccountKey, Account>,
     /// Cache hits counted but not yet committed.
-    pending_hits: HashMap<AccountKey, Hits>,
+    pending_hits: PendingHits,
     /// Batches committed that changed an account or an idempotency key,
     /// for tests of group commit.
     commits: u64,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Hits {
-    hits: u64,
-    credits_saved: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
@@ -434,32 +429,16 @@ impl Ledger for SqliteLedger {
         budget: Option<Budget>,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        // One key, one lock: the hit path's whole ledger cost.
+        // One key, one lock: the hit path's whole ledger cost. Hits are
+        // statistics, not money: they wait in memory for the next batch (at
+        // most HIT_FLUSH_INTERVAL) instead of costing an fsync each. A kill -9
+        // loses up to that last second of hit counts; spend is never lost
+        // this way.
         let key = (tenant.to_string(), self.current_period(budget));
         let mut mirror = lock(&self.mirror);
         let account = mirror.accounts.get(&key).copied().unwrap_or_default();
-        let pending = mirror.pending_hits.entry(key).or_default();
-        pending.hits = pending.hits.saturating_add(1);
-        pending.credits_saved = pending.credits_saved.saturating_add(credits_saved);
+        mirror.pending_hits.count(key, credits_saved, ());
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
-    }
-
-    fn record_hit<'a>(
-        &'a self,
-        tenant: &'a str,
-        budget: Option<Budget>,
-        credits_saved: u64,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        // Hits are statistics, not money: they wait in memory for the next
-        // batch (at most HIT_FLUSH_INTERVAL) instead of costing an fsync each.
-        // A kill -9 loses up to that last second of hit counts; spend is
-        // never lost this way.
-        let key = (tenant.to_string(), self.current_period(budget));
-        let mut mirror = lock(&self.mirror);
-        let pending = mirror.pending_hits.entry(key).or_default();
-        pending.hits = pending.hits.saturating_add(1);
-        pending.credits_saved = pending.credits_saved.saturating_add(credits_saved);
-        futures_util::future::ready(Ok(())).boxed()
     }
 
     fn usage<'a>(
@@ -473,11 +452,7 @@ impl Ledger for SqliteLedger {
                 let period_key = self.current_period(*budget);
                 let key = (tenant.clone(), period_key);
                 let mut account = mirror.accounts.get(&key).copied().unwrap_or_default();
-                if let Some(pending) = mirror.pending_hits.get(&key) {
-                    account.cache_hits = account.cache_hits.saturating_add(pending.hits);
-                    account.credits_saved =
-                        account.credits_saved.saturating_add(pending.credits_saved);
-                }
+                mirror.pending_hits.add_to(&key, &mut account);
                 account.usage(tenant, *budget, key.1)
             })
             .collect();

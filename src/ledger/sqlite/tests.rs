@@ -92,7 +92,7 @@ async fn hit_counts_reach_the_file_without_a_flush() {
     let path = dir.path().join("ledger.db");
     let interval = Duration::from_millis(20);
     let ledger = SqliteLedger::open_with(&path, Clock::real(), interval).unwrap();
-    ledger.record_hit("crm", None, 3).await.unwrap();
+    ledger.hit("crm", None, 3).await.unwrap();
     // Seen at once by the ledger itself, and by the file within the interval.
     let usage = ledger.usage(&[("crm".into(), None)]).await.unwrap();
     assert_eq!((usage[0].cache_hits, usage[0].credits_saved), (1, 3));

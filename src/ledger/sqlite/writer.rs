@@ -2,7 +2,6 @@
 //! book, applies queued commands in order and commits each batch in one
 //! transaction (one fsync) before answering.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -12,9 +11,10 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::keys::{KeyWrites, PURGE_BATCH};
 use super::owner::Ownership;
-use super::{Command, Hits, Mirror, Reply, integer, lock, millis, unavailable};
+use super::{Command, Mirror, Reply, integer, lock, millis, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::book::{Account, AccountKey, Book, Changes};
+use crate::ledger::hits::PendingHits;
 use crate::ledger::{Balance, IdempotencyBegin, LedgerError, Reservation};
 
 /// The most commands one transaction carries.
@@ -272,7 +272,7 @@ impl Writer {
         }
         // A copy, not a take: until the commit, `usage` still sees them as pending.
         let hits = lock(&self.mirror).pending_hits.clone();
-        for (key, pending) in &hits {
+        for (key, pending) in hits.iter() {
             self.book.hit(key, pending.hits, pending.credits_saved);
         }
         self.closes_waiting_since = None;
@@ -360,7 +360,7 @@ impl Writer {
     fn publish(
         &mut self,
         touched: Vec<(AccountKey, Account)>,
-        hits: &HashMap<AccountKey, Hits>,
+        hits: &PendingHits,
         keys_changed: bool,
     ) {
         self.answered.clear();
@@ -369,15 +369,7 @@ impl Writer {
             mirror.commits += 1;
         }
         mirror.accounts.extend(touched);
-        for (key, written) in hits {
-            if let Some(pending) = mirror.pending_hits.get_mut(key) {
-                pending.hits = pending.hits.saturating_sub(written.hits);
-                pending.credits_saved = pending.credits_saved.saturating_sub(written.credits_saved);
-                if pending.hits == 0 && pending.credits_saved == 0 {
-                    mirror.pending_hits.remove(key);
-                }
-            }
-        }
+        mirror.pending_hits.all_written(hits);
     }
 }
 

@@ -1,0 +1,125 @@
+//! Cache-hit counts waiting to be written, the same for the SQLite and the
+//! Redis ledger.
+//!
+//! A hit is statistics, not money, so neither durable ledger pays an fsync or
+//! a round trip per hit: both count hits here, per tenant and period, and
+//! their writer adds the counts to the store in batches (SQLite with its next
+//! commit, Redis every second). Counts leave only once the store confirmed
+//! them, and hits counted meanwhile stay, so a failed write delays counts
+//! instead of losing them; `usage` adds what still waits to what is stored.
+
+use std::collections::HashMap;
+
+use super::book::{Account, AccountKey};
+
+/// The hits of one account waiting to be written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hits<Note = ()> {
+    /// Cache hits served.
+    pub(crate) hits: u64,
+    /// Credits those hits saved.
+    pub(crate) credits_saved: u64,
+    /// What the writer needs besides the counts, fixed by the account's first
+    /// hit (the Redis ledger: when the period's keys expire).
+    pub(crate) note: Note,
+}
+
+/// Hits counted but not yet written, per account.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingHits<Note = ()> {
+    by_account: HashMap<AccountKey, Hits<Note>>,
+}
+
+impl<Note> Default for PendingHits<Note> {
+    // Not derived: that would ask `Note: Default`, which no caller needs.
+    fn default() -> Self {
+        Self {
+            by_account: HashMap::new(),
+        }
+    }
+}
+
+impl<Note: Copy> PendingHits<Note> {
+    /// Counts one hit of `key` that saved `credits_saved`; `note` is kept
+    /// only if this is the first hit waiting for `key`.
+    pub(crate) fn count(&mut self, key: AccountKey, credits_saved: u64, note: Note) {
+        let waiting = self.by_account.entry(key).or_insert(Hits {
+            hits: 0,
+            credits_saved: 0,
+            note,
+        });
+        waiting.hits = waiting.hits.saturating_add(1);
+        waiting.credits_saved = waiting.credits_saved.saturating_add(credits_saved);
+    }
+
+    /// Whether nothing waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_account.is_empty()
+    }
+
+    /// Every account with hits waiting, and its counts.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&AccountKey, &Hits<Note>)> {
+        self.by_account.iter()
+    }
+
+    /// Adds what waits for `key` to `account` as read from the store.
+    pub(crate) fn add_to(&self, key: &AccountKey, account: &mut Account) {
+        if let Some(waiting) = self.by_account.get(key) {
+            account.cache_hits = account.cache_hits.saturating_add(waiting.hits);
+            account.credits_saved = account.credits_saved.saturating_add(waiting.credits_saved);
+        }
+    }
+
+    /// Takes `written` (counts the store confirmed) off what waits for `key`;
+    /// hits counted since they were read stay.
+    pub(crate) fn written(&mut self, key: &AccountKey, written: &Hits<Note>) {
+        if let Some(left) = self.by_account.get_mut(key) {
+            left.hits = left.hits.saturating_sub(written.hits);
+            left.credits_saved = left.credits_saved.saturating_sub(written.credits_saved);
+            if left.hits == 0 && left.credits_saved == 0 {
+                self.by_account.remove(key);
+            }
+        }
+    }
+
+    /// [`PendingHits::written`] for every account of `written`.
+    pub(crate) fn all_written(&mut self, written: &PendingHits<Note>) {
+        for (key, hits) in written.iter() {
+            self.written(key, hits);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tenant: &str) -> AccountKey {
+        (tenant.to_string(), "total".to_string())
+    }
+
+    #[test]
+    fn hits_counted_during_a_write_are_kept() {
+        let mut pending = PendingHits::default();
+        pending.count(key("crm"), 2, 7);
+        pending.count(key("crm"), 3, 9);
+        pending.count(key("ops"), 1, 5);
+        let (_, crm) = pending.iter().find(|(k, _)| **k == key("crm")).unwrap();
+        assert_eq!((crm.hits, crm.credits_saved, crm.note), (2, 5, 7));
+
+        let read = pending.clone();
+        pending.count(key("crm"), 4, 0);
+        pending.all_written(&read);
+        let mut account = Account::default();
+        pending.add_to(&key("crm"), &mut account);
+        assert_eq!((account.cache_hits, account.credits_saved), (1, 4));
+        let mut ops = Account::default();
+        pending.add_to(&key("ops"), &mut ops);
+        assert_eq!(ops, Account::default(), "written in full, so gone");
+
+        let (_, left) = pending.iter().next().unwrap();
+        let left = *left;
+        pending.written(&key("crm"), &left);
+        assert!(pending.is_empty());
+    }
+}
