@@ -144,14 +144,10 @@ impl AccountDirectory {
             .keys()
             .route(account_id)
             .ok_or(GatewayError::InvalidAccount)?;
-        let call = UpstreamCall {
-            path: format!("/v2/accounts/{}", percent_encode(account_id)),
-            account_id: account_id.to_string(),
-            body: Bytes::new(),
-            request_id: request_id.clone(),
-            write: false,
-            get: true,
-        };
+        let call = listing_call(
+            format!("/v2/accounts/{}", percent_encode(account_id)),
+            request_id,
+        );
         let reply = self
             .upstream
             .call_via(key, &call)
@@ -210,14 +206,10 @@ impl AccountDirectory {
         let mut accounts = Vec::new();
         for page in 0..MAX_PAGES {
             let offset = page * PAGE;
-            let call = UpstreamCall {
-                path: format!("/v2/accounts?limit={PAGE}&offset={offset}"),
-                account_id: String::new(),
-                body: Bytes::new(),
-                request_id: request_id.clone(),
-                write: false,
-                get: true,
-            };
+            let call = listing_call(
+                format!("/v2/accounts?limit={PAGE}&offset={offset}"),
+                request_id,
+            );
             let reply = self
                 .upstream
                 .call_via(key, &call)
@@ -241,6 +233,18 @@ impl AccountDirectory {
             }
         }
         Ok(accounts)
+    }
+}
+
+/// A free `GET` of the accounts API: the key is chosen by the caller.
+fn listing_call(path: String, request_id: &HeaderValue) -> UpstreamCall {
+    UpstreamCall {
+        path,
+        account_id: String::new(),
+        body: Bytes::new(),
+        request_id: request_id.clone(),
+        write: false,
+        get: true,
     }
 }
 

@@ -540,22 +540,22 @@ async fn a_replaced_file_turns_the_ledger_unavailable_within_seconds() {
     std::fs::copy(&path, &copy).unwrap();
     std::fs::rename(&copy, &path).unwrap();
     // Only reservations are asked for: the watch thread notices by itself.
-    let mut refused = None;
+    let error = refused_within_5s(&ledger, &t).await;
+    assert!(error.to_string().contains("replaced"), "{error}");
+    refuses_new_spend(&ledger, &path, earlier).await;
+}
+
+/// Reserves (and releases) until the ledger refuses, polling for up to 5 s:
+/// only reservations are asked for, so the watch thread must notice by itself.
+async fn refused_within_5s(ledger: &SqliteLedger, t: &Arc<str>) -> LedgerError {
     for _ in 0..250 {
-        match ledger.reserve(&t, None, 1, "req").await {
-            Ok(r) => {
-                ledger.release(r, None).await.unwrap();
-            }
-            Err(error) => {
-                refused = Some(error);
-                break;
-            }
+        match ledger.reserve(t, None, 1, "req").await {
+            Ok(r) => ledger.release(r, None).await.map(|_| ()).unwrap(),
+            Err(error) => return error,
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let error = refused.expect("reservations refused within 5 s");
-    assert!(error.to_string().contains("replaced"), "{error}");
-    refuses_new_spend(&ledger, &path, earlier).await;
+    panic!("reservations refused within 5 s");
 }
 
 /// Found by the red team: deleting the `-wal` and `-shm` files while
@@ -573,20 +573,7 @@ async fn removed_write_ahead_files_turn_the_ledger_unavailable_within_seconds() 
         name.push(suffix);
         std::fs::remove_file(std::path::PathBuf::from(name)).unwrap();
     }
-    let mut refused = None;
-    for _ in 0..250 {
-        match ledger.reserve(&t, None, 1, "req").await {
-            Ok(r) => {
-                ledger.release(r, None).await.unwrap();
-            }
-            Err(error) => {
-                refused = Some(error);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let error = refused.expect("reservations refused within 5 s");
+    let error = refused_within_5s(&ledger, &t).await;
     assert!(error.to_string().contains("write-ahead"), "{error}");
     assert!(ledger.health().await.is_err());
     refuses_new_spend(&ledger, &path, earlier).await;
