@@ -700,3 +700,41 @@ async fn a_call_whose_client_hung_up_is_still_logged_and_its_charge_settled() {
     assert_eq!(logged, used, "every credit is on a log line");
     assert!(common::logs().contains("\"status\":499"));
 }
+
+/// Finding 10: generated request ids were a counter, so a tenant could
+/// count other tenants' requests between two of its own.
+#[tokio::test]
+async fn generated_request_ids_reveal_nothing_about_other_traffic() {
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["*"]),
+            TenantSpec::new("ops", &["*"]),
+        ],
+        ..WorldSpec::default()
+    })
+    .await;
+    let id = |r: &Reply| r.header("x-request-id").unwrap().to_string();
+    let first = id(&w.post(Some("crm"), &viewers("acc-1", 0, 10)).await);
+    for _ in 0..5 {
+        w.post(Some("ops"), &viewers("acc-2", 0, 10)).await;
+    }
+    let second = id(&w.post(Some("crm"), &viewers("acc-1", 0, 10)).await);
+    for id in [&first, &second] {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    // 128 random bits each: no shared prefix beyond what chance gives, and
+    // no way to subtract one from the other to count the requests between.
+    let shared = first
+        .bytes()
+        .zip(second.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared < 8, "{first} vs {second}");
+    let differing = first
+        .bytes()
+        .zip(second.bytes())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(differing > 16, "{first} vs {second}");
+}
