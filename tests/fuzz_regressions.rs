@@ -300,7 +300,9 @@ async fn over_fake_upstream(upstream_yaml: &'static str) -> (Arc<Mutex<(u16, Vec
     (next, w)
 }
 
-/// A one-request-per-connection HTTP/1.1 server answering whatever `next` holds.
+/// A one-request-per-connection HTTP/1.1 server answering whatever `next`
+/// holds, with a JSON content type that has a parameter and a rate-limit
+/// header, as a real API might send.
 async fn fake_upstream(next: Arc<Mutex<(u16, Vec<u8>)>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -342,7 +344,7 @@ async fn fake_upstream(next: Arc<Mutex<(u16, Vec<u8>)>>) -> String {
                 }
                 let (status, body) = next.lock().unwrap().clone();
                 let mut answer = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json; charset=utf-8\r\nx-ratelimit-remaining: 42\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
                 )
                 .into_bytes();
@@ -522,4 +524,28 @@ async fn a_key_echoed_in_a_page_never_reaches_a_tenant() {
         assert!(!text.contains(&echoed.to_lowercase()), "{text}");
         assert!(text.contains("your key is ***"), "{text}");
     }
+}
+
+/// Upstream headers a client may act on pass through on the answer fetched
+/// from the upstream, and the content type keeps its parameters.
+#[tokio::test]
+async fn rate_limit_headers_and_content_type_parameters_pass_through() {
+    let (next, w) = over_fake_upstream("").await;
+    *next.lock().unwrap() = (
+        200,
+        br#"{"success":true,"data":{"viewers":[]},"metadata":{"credits_consumed":1}}"#.to_vec(),
+    );
+    let miss = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(
+        miss.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(miss.header("x-ratelimit-remaining"), Some("42"));
+    let hit = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(hit.meta()["cache"], "hit");
+    assert_eq!(
+        hit.header("x-ratelimit-remaining"),
+        None,
+        "a hit says nothing of the upstream's limits"
+    );
 }

@@ -181,9 +181,7 @@ impl Shared {
             };
             let mut response =
                 page_response(charged.reply.status, page_body(&charged.reply.data, &meta));
-            for (name, value) in &charged.reply.headers {
-                response.headers_mut().append(name.clone(), value.clone());
-            }
+            pass_headers(&mut response, &charged.reply.headers);
             remaining_header(&mut response, &tenant, &charged.balance);
             return Ok(response);
         };
@@ -228,7 +226,7 @@ impl Shared {
                         Ok(Ok((charged, page))) => {
                             let credits = charged.credits;
                             let ms = Some(charged.reply.upstream_ms);
-                            return self.answer_with(
+                            let mut response = self.answer_with(
                                 &tenant,
                                 &context,
                                 &call,
@@ -237,7 +235,9 @@ impl Shared {
                                 credits,
                                 ms,
                                 charged.balance,
-                            );
+                            )?;
+                            pass_headers(&mut response, &charged.reply.headers);
+                            return Ok(response);
                         }
                         Ok(Err(e)) => e,
                         Err(join) => GatewayError::ServiceUnavailable {
@@ -403,6 +403,13 @@ impl Shared {
         headers.insert(header::AGE, HeaderValue::from(page.age_s(self.clock.now())));
         remaining_header(&mut response, tenant, &balance);
         Ok(response)
+    }
+}
+
+/// The upstream's headers a client may act on, on the answer it fetched.
+fn pass_headers(response: &mut Response<Body>, headers: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in headers {
+        response.headers_mut().insert(name.clone(), value.clone());
     }
 }
 

@@ -478,7 +478,8 @@ fn unknown(timeout: bool, detail: &str) -> Attempt {
 }
 
 /// Upstream response headers a client may act on, passed through (never
-/// one that carries a fragment of a key).
+/// one that carries a fragment of a key): `retry-after`, `x-ratelimit-*`,
+/// and a JSON content type that has parameters.
 fn passed_headers(
     headers: &http::HeaderMap,
     scrubber: &Scrubber,
@@ -487,7 +488,15 @@ fn passed_headers(
         .iter()
         .filter(|(name, value)| {
             let name = name.as_str();
-            (name == "retry-after" || name.starts_with("x-ratelimit-"))
+            // A JSON content type keeps its parameters (a charset, say).
+            let json_with_parameters = name == "content-type"
+                && value.to_str().is_ok_and(|v| {
+                    v.split(';')
+                        .next()
+                        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+                        && v.contains(';')
+                });
+            (name == "retry-after" || name.starts_with("x-ratelimit-") || json_with_parameters)
                 && !scrubber.leaks(value.as_bytes())
         })
         .map(|(n, v)| (n.clone(), v.clone()))
