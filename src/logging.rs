@@ -223,6 +223,8 @@ fn now_rfc3339(out: &mut Writer<'_>) -> fmt::Result {
     thread_local! {
         static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
+    // A log line's time is when it was written, whatever clock the request path runs on.
+    #[allow(clippy::disallowed_methods)]
     let now = jiff::Timestamp::now();
     LAST.with(|last| {
         let mut last = last.borrow_mut();

@@ -2,6 +2,9 @@
 //! limits, upstream pace) in front of one simulator. Redis is a real
 //! `redis-server` started by the test on a free port.
 
+// Real deadlines for polling and timing; the gateway's time is the Clock it is given.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;

@@ -7,6 +7,9 @@
 //! Upstream bodies have no public parser, so the last test feeds mutated
 //! upstream answers to the real gateway through a fake upstream socket.
 
+// Real deadlines for polling and timing; the gateway's time is the Clock it is given.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 #[path = "../fuzz/fuzz_targets/checks.rs"]

@@ -11,6 +11,9 @@
 //! `VIEWGATE_SCHEMATHESIS` to use another. Without one, the test says it was
 //! skipped, except under CI (`CI` set), where a missing tool is a failure.
 
+// Real deadlines for polling and timing; the gateway's time is the Clock it is given.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
