@@ -38,6 +38,8 @@ pub struct LogFields {
     pub upstream_ms: Option<u64>,
     /// The error code, when the answer is an error.
     pub error_code: Option<String>,
+    /// Who caused the error (`client`, `policy`, `upstream`, `internal`).
+    pub error_source: Option<&'static str>,
     /// Whether the access line is written: a charge settled after it goes
     /// on a `settle` line of its own.
     pub answered: bool,

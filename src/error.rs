@@ -100,6 +100,13 @@ pub enum GatewayError {
     /// The upstream did not answer within `upstream.timeout_ms`.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The upstream key's pace (the plan's rate) would make this request
+    /// wait longer than `upstream.max_pace_wait_ms`.
+    #[error("the upstream's rate for this key is used up; retry after {retry_after_s} s")]
+    UpstreamPaced {
+        /// Whole seconds, at least 1.
+        retry_after_s: u64,
+    },
     /// The key's circuit breaker is open: the upstream kept failing.
     #[error("upstream unavailable (circuit open); retry after {retry_after_s} s")]
     UpstreamCircuitOpen {
@@ -165,7 +172,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             InvalidAccount => StatusCode::NOT_FOUND,
             ActionNotAllowed | OperatorOnly(_) => StatusCode::FORBIDDEN,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | UpstreamPaced { .. } => StatusCode::TOO_MANY_REQUESTS,
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             UpstreamUnavailable { .. } | UpstreamAuthFailed => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -193,7 +200,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             InvalidAccount => "INVALID_ACCOUNT",
             ActionNotAllowed | OperatorOnly(_) => "ACTION_NOT_ALLOWED",
-            RateLimited { .. } => "RATE_LIMITED",
+            RateLimited { .. } | UpstreamPaced { .. } => "RATE_LIMITED",
             InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
@@ -229,6 +236,38 @@ impl GatewayError {
             | GatewayError::OutcomeUnknown { .. } => true,
             GatewayError::Upstream { status, .. } => status.is_server_error(),
             _ => false,
+        }
+    }
+
+    /// Who caused it, for metrics and the access log: the same code (say
+    /// `RATE_LIMITED`) can be the tenant's own limit or the upstream's.
+    pub fn source(&self) -> ErrorSource {
+        use GatewayError::*;
+        match self {
+            InvalidApiKey
+            | InvalidParams(_)
+            | InvalidAction(_)
+            | IdempotencyKeyReused
+            | IdempotencyKeyInUse
+            | PayloadTooLarge { .. }
+            | UnsupportedMediaType
+            | NotFound
+            | MethodNotAllowed { .. }
+            | PriceAboveCap { .. } => ErrorSource::Client,
+            InvalidAccount
+            | ActionNotAllowed
+            | OperatorOnly(_)
+            | RateLimited { .. }
+            | InsufficientCredits { .. } => ErrorSource::Policy,
+            UpstreamUnavailable { .. }
+            | UpstreamAuthFailed
+            | UpstreamTimeout
+            | UpstreamPaced { .. }
+            | UpstreamCircuitOpen { .. }
+            | OutcomeUnknown { .. }
+            | IdempotencyOrphaned
+            | Upstream { .. } => ErrorSource::Upstream,
+            ServiceUnavailable { .. } => ErrorSource::Internal,
         }
     }
 
@@ -272,7 +311,8 @@ impl GatewayError {
     /// Seconds a client should wait, for the `retry-after` header.
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
-            GatewayError::RateLimited { retry_after_s } => Some(*retry_after_s),
+            GatewayError::RateLimited { retry_after_s }
+            | GatewayError::UpstreamPaced { retry_after_s } => Some(*retry_after_s),
             GatewayError::UpstreamCircuitOpen { retry_after_s } => Some(*retry_after_s),
             GatewayError::Upstream { retry_after_s, .. } => *retry_after_s,
             GatewayError::IdempotencyKeyInUse => Some(1),
@@ -326,6 +366,31 @@ fn outcome_unknown_message(timeout: bool, credits: u64) -> String {
         "{what}: its outcome is unknown (it may have acted and billed), so it was not retried; \
          {credits} credits held for it are kept as spent"
     )
+}
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The request itself (malformed, unknown route, idempotency misuse).
+    Client,
+    /// The tenant's own limits and grants.
+    Policy,
+    /// The upstream, or viewgate's care of it (pace, breaker).
+    Upstream,
+    /// viewgate itself (ledger, overload, deadline).
+    Internal,
+}
+
+impl ErrorSource {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Policy => "policy",
+            ErrorSource::Upstream => "upstream",
+            ErrorSource::Internal => "internal",
+        }
+    }
 }
 
 /// The V2 error envelope, fields in the upstream's order.

@@ -133,6 +133,12 @@ impl Metrics {
             "Requests refused for insufficient credits.",
             'c',
         );
+        describe(
+            "viewgate_errors_total",
+            None,
+            "Error answers by tenant, V2 code and who caused them (client, policy, upstream, internal).",
+            'c',
+        );
         describe("viewgate_cache_entries", None, "Pages in the cache.", 'g');
         describe(
             "viewgate_cache_bytes",
@@ -215,22 +221,38 @@ impl Metrics {
         Arc::clone(tenants.entry(tenant.into()).or_insert(handles))
     }
 
-    /// A request was answered.
+    /// A request was answered; `error` is its code and who caused it.
     pub fn request_done(
         &self,
         tenant: Option<&str>,
         status: u16,
         cache: Option<CacheStatus>,
+        error: Option<(&str, &'static str)>,
         took: Duration,
     ) {
-        let handles = self.tenant(tenant.unwrap_or("-"));
+        let tenant = tenant.unwrap_or("-");
+        let handles = self.tenant(tenant);
         handles.requests(self, status, cache).increment(1);
         self.request_duration.record(took.as_secs_f64());
-        match status {
-            429 => handles.rate_limited.increment(1),
-            402 => handles.budget_rejected.increment(1),
+        let Some((code, source)) = error else {
+            return;
+        };
+        // By code and cause, not status: an upstream 429 or the key's pace is
+        // not the tenant's rate limit, nor the upstream's 402 its budget.
+        match (source, code) {
+            ("policy", "RATE_LIMITED") => handles.rate_limited.increment(1),
+            ("policy", "INSUFFICIENT_CREDITS") => handles.budget_rejected.increment(1),
             _ => {}
         }
+        self.counter(
+            "viewgate_errors_total",
+            vec![
+                Label::new("tenant", tenant.to_string()),
+                Label::new("code", code.to_string()),
+                Label::new("source", source),
+            ],
+        )
+        .increment(1);
     }
 
     /// Credits charged to a tenant (the upstream's own figure: any u64).
@@ -418,10 +440,32 @@ mod tests {
                 Some("crm"),
                 200,
                 Some(CacheStatus::Hit),
+                None,
                 Duration::from_micros(300),
             );
         }
-        m.request_done(None, 403, None, Duration::from_micros(100));
+        m.request_done(
+            None,
+            403,
+            None,
+            Some(("INVALID_API_KEY", "client")),
+            Duration::from_micros(100),
+        );
+        // An upstream 429 is not the tenant's rate limit.
+        m.request_done(
+            Some("crm"),
+            429,
+            None,
+            Some(("RATE_LIMITED", "upstream")),
+            Duration::from_micros(100),
+        );
+        m.request_done(
+            Some("crm"),
+            429,
+            None,
+            Some(("RATE_LIMITED", "policy")),
+            Duration::from_micros(100),
+        );
         m.charged("crm", 3);
         m.upstream("primary", "ok", Duration::from_millis(12));
         m.set_credits("crm", 100, 97);
@@ -431,6 +475,9 @@ mod tests {
             r#"viewgate_requests_total{tenant="crm",status="200",cache="hit"} 1"#,
             r#"viewgate_requests_total{tenant="-",status="403",cache="none"} 1"#,
             r#"viewgate_credits_charged_total{tenant="crm"} 3"#,
+            r#"viewgate_rate_limited_total{tenant="crm"} 1"#,
+            r#"viewgate_errors_total{tenant="crm",code="RATE_LIMITED",source="upstream"} 1"#,
+            r#"viewgate_errors_total{tenant="-",code="INVALID_API_KEY",source="client"} 1"#,
             r#"viewgate_upstream_requests_total{key="primary",outcome="ok"} 1"#,
             "# TYPE viewgate_upstream_duration_seconds histogram",
             r#"viewgate_credits_remaining{tenant="crm"} 97"#,

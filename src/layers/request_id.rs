@@ -225,6 +225,7 @@ fn record(metrics: &Metrics, context: &RequestContext, status: u16) {
         f.tenant.as_deref(),
         status,
         f.cache,
+        f.error_code.as_deref().zip(f.error_source),
         context.started.elapsed(),
     );
     if let Some(tenant) = f.tenant.as_deref() {

@@ -102,6 +102,7 @@ where
             Some(context) => {
                 let mut fields = context.fields();
                 fields.error_code = Some(error.code().to_string());
+                fields.error_source = Some(error.source().as_str());
                 log_detail(&error, context.request_id_str());
                 // Before the body is read the action is unknown; on the
                 // get_viewers endpoint it is, in all likelihood, get_viewers.

@@ -314,7 +314,7 @@ impl Upstream {
         let give_up = self.clock.now() + self.max_pace_wait.min(left);
         crate::ratelimit::wait_for(pace, &self.clock, give_up)
             .await
-            .map_err(|wait| GatewayError::RateLimited {
+            .map_err(|wait| GatewayError::UpstreamPaced {
                 retry_after_s: ceil_secs(wait),
             })
     }
