@@ -34,7 +34,7 @@ use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
 use crate::ledger::{Ledger, MemoryLedger, RedisLedger, SqliteLedger};
 use crate::metrics::Metrics;
-use crate::miss::MissPath;
+use crate::miss::{MissPath, MissService};
 use crate::ratelimit::RedisGcra;
 use crate::response::Body;
 use crate::tenant::Tenants;
@@ -225,11 +225,11 @@ impl Gateway {
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let miss = Arc::new(MissPath {
+        let miss = BoxCloneSyncService::new(MissService(Arc::new(MissPath {
             credits: Arc::clone(&self.credits),
             upstream: Arc::clone(&self.upstream),
             metrics: Arc::clone(&self.metrics),
-        });
+        })));
         let stack = ServiceBuilder::new()
             // Outermost: every answer, errors included, gets an x-request-id,
             // exactly one access log line, and its metrics.
@@ -276,6 +276,7 @@ impl Gateway {
             .service(CacheService::new(
                 self.cache.clone(),
                 miss,
+                Arc::clone(&self.credits),
                 self.clock.clone(),
                 self.config.cache.actions.clone(),
             ));

@@ -1,15 +1,19 @@
 //! The miss path: price check → budget reserve → upstream forward (real key)
 //! → settle, keep, or release.
 //!
-//! A plain async function rather than a layer: it runs inside its own task
-//! (see [`MissPath::spawn`]), once per upstream fetch, not once per request,
-//! so a client that hangs up or a request deadline that passes never cuts a
-//! paid call in half: the call still settles, and its charge still reaches
-//! the ledger and the log.
+//! A `Service<Miss>` ([`MissService`]) rather than a layer: the cache stage
+//! calls it once per upstream fetch, not once per request, each time in its
+//! own task, so a client that hangs up or a request deadline that passes
+//! never cuts a paid call in half: the call still settles, and its charge
+//! still reaches the ledger and the log. Being a service, it can be stood in
+//! for by a mock in the cache stage's tests.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::task::JoinHandle;
+use futures_util::future::BoxFuture;
+use tower::Service;
+use tower::util::BoxCloneSyncService;
 
 use crate::call::ApiCall;
 use crate::context::RequestContext;
@@ -32,6 +36,41 @@ pub struct Charged {
     pub balance: Balance,
 }
 
+/// One fetch: who asks, for what, and the request it belongs to.
+#[derive(Clone)]
+pub struct Miss {
+    /// The tenant charged.
+    pub tenant: Arc<Tenant>,
+    /// The call.
+    pub call: Arc<ApiCall>,
+    /// The request (its id, and where its charge is logged).
+    pub context: Arc<RequestContext>,
+}
+
+/// The miss path as the cache stage sees it: any service from [`Miss`] to
+/// what it was charged.
+pub type MissFetcher = BoxCloneSyncService<Miss, Charged, GatewayError>;
+
+/// [`MissPath`] as a service.
+#[derive(Clone)]
+pub struct MissService(pub Arc<MissPath>);
+
+impl Service<Miss> for MissService {
+    type Response = Charged;
+    type Error = GatewayError;
+    // Boxed: ledger and upstream I/O.
+    type Future = BoxFuture<'static, Result<Charged, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, miss: Miss) -> Self::Future {
+        let path = Arc::clone(&self.0);
+        Box::pin(async move { path.fetch(&miss.tenant, &miss.call, &miss.context).await })
+    }
+}
+
 /// What the miss path needs.
 pub struct MissPath {
     /// Every ledger call.
@@ -43,17 +82,6 @@ pub struct MissPath {
 }
 
 impl MissPath {
-    /// Runs [`MissPath::fetch`] in its own task.
-    pub fn spawn(
-        self: &Arc<Self>,
-        tenant: Arc<Tenant>,
-        call: Arc<ApiCall>,
-        context: Arc<RequestContext>,
-    ) -> JoinHandle<Result<Charged, GatewayError>> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move { this.fetch(&tenant, &call, &context).await })
-    }
-
     /// Reserves the call's price bound, calls the upstream, then settles to
     /// what it reported, keeps the reservation as spend when the outcome is
     /// unknown, or releases it when the call provably cost nothing.
