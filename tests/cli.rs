@@ -136,7 +136,7 @@ fn keygen_and_hash_key_agree() {
 }
 
 #[test]
-fn the_demo_answers_the_readme_curl_with_a_miss_then_a_hit() {
+fn the_demo_answers_the_readme_curl_and_every_curl_line_it_prints() {
     let mut child = Running(
         viewgate(&["demo", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -146,7 +146,9 @@ fn the_demo_answers_the_readme_curl_with_a_miss_then_a_hit() {
     );
     let mut gateway = None;
     let mut key = None;
+    let mut printed = Vec::new();
     let ((), _) = read_until(&mut child.0, |line| {
+        printed.push(line.to_string());
         if let Some(url) = line.trim().strip_prefix("gateway:") {
             gateway = Some(url.trim().to_string());
         }
@@ -165,6 +167,175 @@ fn the_demo_answers_the_readme_curl_with_a_miss_then_a_hit() {
     assert_eq!(second["metadata"]["cache"], "hit");
     assert_eq!(second["metadata"]["credits_consumed"], 0);
     assert_eq!(first["data"], second["data"]);
+
+    // Every curl line the demo printed works as printed: sent here as the
+    // request it describes (URL, headers, body), each answers 200.
+    let curls = curl_commands(&printed);
+    let paths: Vec<&str> = curls.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/v2/profiles", "/v2/accounts", "/v2/profiles"],
+        "the demo prints a viewer page, the accounts list and a search:\n{}",
+        printed.join("\n")
+    );
+    for curl in &curls {
+        assert!(
+            curl.url.starts_with(&gateway),
+            "{} is not the gateway",
+            curl.url
+        );
+        assert!(
+            curl.headers
+                .iter()
+                .any(|(n, v)| n == "x-api-key" && *v == key),
+            "the crm key is in every line"
+        );
+    }
+    // The viewer page line: the page above, now a hit.
+    let (status, page) = curls[0].send();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["metadata"]["cache"], "hit");
+    // The accounts line: crm's accounts only (the key also has acc-3), free.
+    let (status, accounts) = curls[1].send();
+    assert_eq!(status, 200, "{accounts}");
+    let ids: Vec<&str> = accounts["data"]["items"]
+        .as_array()
+        .expect("data.items")
+        .iter()
+        .filter_map(|a| a["account_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["acc-1", "acc-2"], "{accounts}");
+    assert_eq!(accounts["data"]["total"], 2);
+    assert_eq!(accounts["metadata"]["credits_consumed"], 0);
+    // The search line, twice: a charged miss, then a free hit of the same data.
+    let (status, first) = curls[2].send();
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["metadata"]["action"], "search_people");
+    assert_eq!(first["metadata"]["cache"], "miss");
+    assert_eq!(first["metadata"]["credits_consumed"], 1);
+    let (status, second) = curls[2].send();
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["metadata"]["cache"], "hit");
+    assert_eq!(second["metadata"]["credits_consumed"], 0);
+    assert_eq!(first["data"], second["data"]);
+    // One page and one search were charged: 100 - 2 left today.
+    assert_eq!(second["metadata"]["credits_remaining"], 98);
+}
+
+/// One `curl` command line as the demo prints it.
+struct Curl {
+    url: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+}
+
+/// The curl commands in `lines`, with `\` continuations joined. Only what
+/// the demo prints is understood: `-s`, `-H 'NAME: VALUE'`, `-d 'BODY'`, a URL.
+fn curl_commands(lines: &[String]) -> Vec<Curl> {
+    let mut commands = Vec::new();
+    let mut lines = lines.iter().map(|l| l.trim());
+    while let Some(line) = lines.next() {
+        if !line.starts_with("curl ") {
+            continue;
+        }
+        let mut text = line.to_string();
+        while text.ends_with('\\') {
+            text.pop();
+            text.push(' ');
+            text.push_str(lines.next().expect("a continued line goes on"));
+        }
+        commands.push(parse_curl(&text));
+    }
+    commands
+}
+
+fn parse_curl(text: &str) -> Curl {
+    // Shell words: blanks separate, single quotes group (the demo uses no others).
+    let mut words = Vec::new();
+    let (mut word, mut quoted, mut started) = (String::new(), false, false);
+    for c in text.chars() {
+        match c {
+            '\'' => (quoted, started) = (!quoted, true),
+            c if c.is_whitespace() && !quoted => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    let mut words = words.into_iter();
+    assert_eq!(words.next().as_deref(), Some("curl"));
+    let (mut url, mut headers, mut body) = (None, Vec::new(), None);
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "-s" => {}
+            "-H" => {
+                let header = words.next().expect("-H has a value");
+                let (name, value) = header.split_once(':').expect("NAME: VALUE");
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+            "-d" => body = Some(words.next().expect("-d has a value")),
+            other if other.starts_with("http://") => url = Some(other.to_string()),
+            other => panic!("the demo's curl line has {other:?}, which this test does not know"),
+        }
+    }
+    let url = url.expect("a URL");
+    let path = url
+        .trim_start_matches("http://")
+        .find('/')
+        .map(|i| url.trim_start_matches("http://")[i..].to_string())
+        .expect("a path");
+    Curl {
+        url,
+        path,
+        headers,
+        body,
+    }
+}
+
+impl Curl {
+    /// Sends it as curl would (POST with a body, else GET) over a plain
+    /// socket; returns the status and the JSON body.
+    fn send(&self) -> (u16, serde_json::Value) {
+        use std::io::Read;
+        let addr = self
+            .url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut stream = std::net::TcpStream::connect(&addr).expect("the gateway accepts");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let method = if self.body.is_some() { "POST" } else { "GET" };
+        let body = self.body.as_deref().unwrap_or("");
+        let mut head = format!("{method} {} HTTP/1.1\r\nhost: {addr}\r\n", self.path);
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        ));
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).expect("a whole answer");
+        let status = raw[9..12].parse().expect("a status line");
+        let (_, json) = raw.split_once("\r\n\r\n").expect("a head and a body");
+        (status, serde_json::from_str(json).expect("a JSON body"))
+    }
 }
 
 #[test]

@@ -13,11 +13,45 @@ use crate::sim::{SimConfig, SimKey, Simulator};
 /// The demo configuration, embedded.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
 
+/// Accounts the simulator's key has connected, so `GET /v2/accounts` lists
+/// something (it owns every other account too, through `*`).
+const CONNECTED_ACCOUNTS: [&str; 3] = ["acc-1", "acc-2", "acc-3"];
+
+/// The demo's example calls, as curl lines for `key` at `addr`: a viewer
+/// page, the accounts list, and a search (every line is one request; tests
+/// run them as printed).
+fn curl_lines(addr: SocketAddr, key: &str) -> [(&'static str, String); 3] {
+    let post = |body: &str| {
+        format!(
+            "  curl -s http://{addr}/v2/profiles -H 'x-api-key: {key}' -H 'content-type: application/json' \\\n    -d '{body}'"
+        )
+    };
+    [
+        (
+            "Ask for a page twice: the first is a miss (1 credit), the second a hit (0 credits):",
+            post(
+                r#"{"account_id":"acc-1","action":"get_viewers","params":{"count":10,"offset":0}}"#,
+            ),
+        ),
+        (
+            "List the accounts crm may use (free; acc-3 is the upstream key's, but not crm's):",
+            format!("  curl -s http://{addr}/v2/accounts -H 'x-api-key: {key}'"),
+        ),
+        (
+            "Search people twice: searches are cached by their params, so the second is a hit too:",
+            post(
+                r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"product manager","count":10}}"#,
+            ),
+        ),
+    ]
+}
+
 /// Runs the demo until ctrl-c.
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let upstream_key = mint_tenant_key()?.replacen("vg_", "sim_", 1);
+    let owned = CONNECTED_ACCOUNTS.iter().copied().chain(["*"]);
     let sim = Simulator::start(
-        SimConfig::default().with_key(SimKey::new("primary", upstream_key.clone(), ["*"])),
+        SimConfig::default().with_key(SimKey::new("primary", upstream_key.clone(), owned)),
         SocketAddr::from(([127, 0, 0, 1], 0)),
     )
     .await
@@ -55,12 +89,12 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         println!("  tenant {id:<10} key: {key}");
     }
     let (_, crm_key) = &keys[0];
-    println!();
-    println!("Ask for a page twice: the first is a miss (1 credit), the second a hit (0 credits):");
-    println!();
-    println!(
-        "  curl -s http://{addr}/v2/profiles -H 'x-api-key: {crm_key}' -H 'content-type: application/json' \\\n    -d '{{\"account_id\":\"acc-1\",\"action\":\"get_viewers\",\"params\":{{\"count\":10,\"offset\":0}}}}'"
-    );
+    for (what, curl) in curl_lines(addr, crm_key) {
+        println!();
+        println!("{what}");
+        println!();
+        println!("{curl}");
+    }
     println!();
     println!(
         "Simulator counters: curl -s {}/_sim/stats    Stop: ctrl-c",
