@@ -262,7 +262,9 @@ fn free_error(error: UpstreamError) -> GatewayError {
 fn percent_encode(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+        // `.` too: an id of `.` or `..` must not become a dot-segment that
+        // a server or proxy resolves to another path.
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -295,9 +297,11 @@ mod tests {
 
     #[test]
     fn ids_survive_the_path() {
-        for id in ["acc-1", "a/b", "x%y", "é?#"] {
+        for id in ["acc-1", "a/b", "x%y", "é?#", "..", "a.b"] {
             assert_eq!(percent_decode(&percent_encode(id)).as_deref(), Some(id));
         }
+        // Found by a review: `..` went upstream as a dot-segment.
+        assert_eq!(percent_encode(".."), "%2E%2E");
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
     }

@@ -115,6 +115,21 @@ fn not_found(shared: &Shared) -> Response<SimBody> {
     )
 }
 
+/// `%XX` escapes decoded; `None` if one is malformed or the result is not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Routes a `/v2/` request by the rest of its path.
 async fn v2(shared: &Shared, req: Request<Incoming>, route: &str) -> Handled {
     let get = req.method() == Method::GET;
@@ -123,7 +138,11 @@ async fn v2(shared: &Shared, req: Request<Incoming>, route: &str) -> Handled {
         if !get {
             return Ok(method_not_allowed(shared, "GET"));
         }
-        return account_api::detail(shared, req, account_id).await;
+        // Like any HTTP server, the id in the path is percent-decoded.
+        let Some(account_id) = percent_decoded(account_id) else {
+            return Ok(not_found(shared));
+        };
+        return account_api::detail(shared, req, &account_id).await;
     }
     match route {
         "accounts" if get => account_api::list(shared, req).await,
