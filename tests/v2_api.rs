@@ -304,3 +304,30 @@ async fn accounts_are_listed_filtered_to_the_tenant_and_paged() {
     let anonymous = w.request(Method::GET, "/v2/accounts", &[], "").await;
     assert_eq!(anonymous.status, 403);
 }
+
+/// Accounts are gathered from every key that can own a grant, each listed
+/// under the key routing gives it; a key that fails to list is logged and
+/// skipped, and the others still answer.
+#[tokio::test]
+async fn a_key_that_cannot_list_its_accounts_is_skipped_not_fatal() {
+    // The second key is one the upstream does not know: it cannot list.
+    // SAFETY: set once, before any world of this test binary reads it.
+    unsafe {
+        std::env::set_var(
+            "VG_TEST_UNKNOWN_SECOND_KEY",
+            "not-a-key-the-upstream-issued",
+        )
+    };
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        upstream_accounts: vec!["acc-1", "acc-2", "team-1"],
+        key_yaml: "    - name: second\n      api_key_env: VG_TEST_UNKNOWN_SECOND_KEY\n      accounts: [\"team-*\"]\n",
+        ..WorldSpec::default()
+    })
+    .await;
+    let all = get(&w, "crm", "/v2/accounts").await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    // team-1 routes to the second key, so the primary's list leaves it out.
+    assert_eq!(account_ids(&all), ["acc-1", "acc-2"]);
+    assert!(common::logs().contains("could not list this key's accounts; skipped"));
+}
