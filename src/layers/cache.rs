@@ -269,11 +269,14 @@ impl Shared {
             if outcome.is_upstream_failure()
                 && let Some(page) = stale.filter(|p| p.may_serve_stale(self.clock.now()))
             {
-                tracing::warn!(
-                    request_id = context.request_id_str(),
-                    error_code = outcome.code(),
-                    "upstream failed; serving a stale page"
-                );
+                if let Some(suppressed) = self.miss.logs.admit("cache.stale_on_error") {
+                    tracing::warn!(
+                        request_id = context.request_id_str(),
+                        error_code = outcome.code(),
+                        suppressed,
+                        "upstream failed; serving a stale page"
+                    );
+                }
                 // A fetch whose outcome is unknown was charged what it held: say so.
                 let credits = outcome.credits();
                 return self
