@@ -30,6 +30,7 @@ fn main() {
         actions: vec!["get_viewers".into()],
         rate_limit: None,
         budget: None,
+        max_in_flight: 2048,
         allow_refresh: false,
         connect_accounts: false,
     };

@@ -33,6 +33,7 @@ use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
 use crate::ledger::{Ledger, MemoryLedger, RedisLedger, SqliteLedger};
+use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::miss::{MissPath, MissService};
 use crate::ratelimit::RedisGcra;
@@ -71,6 +72,9 @@ pub struct Gateway {
     pub slots: Arc<Semaphore>,
     /// Shared rate-limit state, when the ledger is on Redis.
     pub redis: Option<Arc<RedisGcra>>,
+    /// Errors the request path meets again and again (the ledger or the
+    /// upstream down) are logged once, then summed up.
+    pub logs: Arc<LogThrottle>,
 }
 
 impl Gateway {
@@ -116,6 +120,7 @@ impl Gateway {
             cache = cache.with_shared(SharedTier::connect(url)?);
         }
         Ok(Self {
+            logs: Arc::new(LogThrottle::new(clock.clone())),
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
             tenants: Arc::new(Tenants::new(&config.tenants, &clock, None, redis.as_ref())),
             cache,
@@ -198,6 +203,7 @@ impl Gateway {
             Arc::new(Semaphore::new(config.server.max_in_flight))
         };
         let gateway = Gateway {
+            logs: Arc::clone(&self.logs),
             slots,
             tenants: Arc::new(Tenants::new(
                 &config.tenants,
@@ -229,23 +235,27 @@ impl Gateway {
             credits: Arc::clone(&self.credits),
             upstream: Arc::clone(&self.upstream),
             metrics: Arc::clone(&self.metrics),
+            logs: Arc::clone(&self.logs),
         })));
         let stack = ServiceBuilder::new()
             // Outermost: every answer, errors included, gets an x-request-id,
             // exactly one access log line, and its metrics.
             .layer(RequestIdLayer::new(Arc::clone(&self.metrics)))
             // The single place a GatewayError becomes a V2 error body.
-            .layer(RescueLayer::new(self.clock.clone()))
-            // Load shedding (503 past server.max_in_flight) and the overall
-            // request deadline, before any work is done for the request.
+            .layer(RescueLayer::new(self.clock.clone(), Arc::clone(&self.logs)))
+            // 404 / 405 before auth: which paths exist is no secret.
+            .layer(RouteLayer)
+            // x-api-key → tenant (exactly one key); nothing about the body
+            // is read before this, and nothing before it waits or holds a slot.
+            .layer(AuthLayer::new(Arc::clone(&self.tenants)))
+            // Slots, right after auth so each is a known tenant's: its share
+            // (429 past tenants[].max_in_flight), then the gateway's (503
+            // past server.max_in_flight), held until the answer is ready; and
+            // the overall request deadline, before any work is done for it.
             .layer(AdmissionLayer::new(
                 Arc::clone(&self.slots),
                 self.config.server.request_timeout,
             ))
-            // 404 / 405 before auth: which paths exist is no secret.
-            .layer(RouteLayer)
-            // x-api-key → tenant; nothing about the body is read before this.
-            .layer(AuthLayer::new(Arc::clone(&self.tenants)))
             // Per-tenant GCRA, before any body is read: over-rate costs nothing.
             .layer(RateLimitLayer::new(self.clock.clone()))
             // GET /v2/accounts[/{id}]: answered here, filtered to the tenant's
@@ -254,9 +264,11 @@ impl Gateway {
                 Arc::clone(&self.accounts),
                 self.clock.clone(),
             ))
-            // Body limit (413), content type (415), JSON validation (400).
+            // Body limit (413), content type (415), a body that does not
+            // arrive in time (408, its slots given back), JSON validation (400).
             .layer(ParseLayer::new(
                 self.config.server.max_body_bytes,
+                self.config.server.body_timeout,
                 Arc::clone(&self.actions),
             ))
             // Account and action allow-lists (404 / 403).
@@ -277,6 +289,7 @@ impl Gateway {
                 self.cache.clone(),
                 miss,
                 Arc::clone(&self.credits),
+                Arc::clone(&self.logs),
                 self.clock.clone(),
                 self.config.cache.actions.clone(),
             ));

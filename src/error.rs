@@ -22,6 +22,12 @@ pub enum GatewayError {
     /// The body is not a valid call.
     #[error("{0}")]
     InvalidParams(String),
+    /// The body did not arrive in full within `server.body_timeout_ms`.
+    #[error("the request body did not arrive within {after_ms} ms")]
+    RequestTimeout {
+        /// The timeout in force.
+        after_ms: u64,
+    },
     /// The body is larger than `server.max_body_bytes`.
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge {
@@ -69,6 +75,17 @@ pub enum GatewayError {
         /// Whole seconds, at least 1.
         retry_after_s: u64,
     },
+    /// The tenant already has `tenants[].max_in_flight` requests being
+    /// answered: its share of the gateway's slots is taken.
+    #[error(
+        "too many requests in flight for this key (at most {limit} at once); retry after {retry_after_s} s"
+    )]
+    TooManyInFlight {
+        /// The tenant's share.
+        limit: usize,
+        /// Whole seconds, at least 1.
+        retry_after_s: u64,
+    },
     /// The tenant's remaining budget cannot cover the estimate.
     #[error("insufficient credits: this request needs {needed}, {remaining} remaining this period")]
     InsufficientCredits {
@@ -107,11 +124,14 @@ pub enum GatewayError {
         /// Whole seconds, at least 1.
         retry_after_s: u64,
     },
-    /// The key's circuit breaker is open: the upstream kept failing.
-    #[error("upstream unavailable (circuit open); retry after {retry_after_s} s")]
+    /// A circuit breaker is open: the upstream kept failing, for the whole
+    /// key or for the account the call names.
+    #[error("{}", circuit_open_message(*.retry_after_s, *.account))]
     UpstreamCircuitOpen {
         /// When the breaker lets a probe through.
         retry_after_s: u64,
+        /// Whether it is the account's breaker (else the key's).
+        account: bool,
     },
     /// The request may have reached the upstream, and then the exchange
     /// failed (timeout, reset, a cut-short or oversized body, a write's 5xx):
@@ -161,6 +181,7 @@ impl GatewayError {
         match self {
             InvalidApiKey => StatusCode::FORBIDDEN,
             InvalidParams(_) | InvalidAction(_) => StatusCode::BAD_REQUEST,
+            RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
             PriceAboveCap { .. } => StatusCode::PAYMENT_REQUIRED,
@@ -172,7 +193,9 @@ impl GatewayError {
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             InvalidAccount => StatusCode::NOT_FOUND,
             ActionNotAllowed | OperatorOnly(_) => StatusCode::FORBIDDEN,
-            RateLimited { .. } | UpstreamPaced { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | UpstreamPaced { .. } | TooManyInFlight { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             UpstreamUnavailable { .. } | UpstreamAuthFailed => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -188,6 +211,9 @@ impl GatewayError {
         match self {
             InvalidApiKey => "INVALID_API_KEY",
             InvalidParams(_) => "INVALID_PARAMS",
+            // Not in design.md's table (it predates the body timeout): a
+            // stable code of its own, documented in the README and openapi.yaml.
+            RequestTimeout { .. } => "REQUEST_TIMEOUT",
             InvalidAction(_) => "INVALID_ACTION",
             IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
@@ -200,7 +226,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             InvalidAccount => "INVALID_ACCOUNT",
             ActionNotAllowed | OperatorOnly(_) => "ACTION_NOT_ALLOWED",
-            RateLimited { .. } | UpstreamPaced { .. } => "RATE_LIMITED",
+            RateLimited { .. } | UpstreamPaced { .. } | TooManyInFlight { .. } => "RATE_LIMITED",
             InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
@@ -227,18 +253,6 @@ impl GatewayError {
         }
     }
 
-    /// Whether the failure says the upstream is unhealthy (counts toward the
-    /// key's circuit breaker): unreachable, reset, garbage, timeout or 5xx.
-    pub fn is_transport_failure(&self) -> bool {
-        match self {
-            GatewayError::UpstreamUnavailable { .. }
-            | GatewayError::UpstreamTimeout
-            | GatewayError::OutcomeUnknown { .. } => true,
-            GatewayError::Upstream { status, .. } => status.is_server_error(),
-            _ => false,
-        }
-    }
-
     /// Who caused it, for metrics and the access log: the same code (say
     /// `RATE_LIMITED`) can be the tenant's own limit or the upstream's.
     pub fn source(&self) -> ErrorSource {
@@ -253,11 +267,13 @@ impl GatewayError {
             | UnsupportedMediaType
             | NotFound
             | MethodNotAllowed { .. }
-            | PriceAboveCap { .. } => ErrorSource::Client,
+            | PriceAboveCap { .. }
+            | RequestTimeout { .. } => ErrorSource::Client,
             InvalidAccount
             | ActionNotAllowed
             | OperatorOnly(_)
             | RateLimited { .. }
+            | TooManyInFlight { .. }
             | InsufficientCredits { .. } => ErrorSource::Policy,
             UpstreamUnavailable { .. }
             | UpstreamAuthFailed
@@ -312,8 +328,9 @@ impl GatewayError {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             GatewayError::RateLimited { retry_after_s }
-            | GatewayError::UpstreamPaced { retry_after_s } => Some(*retry_after_s),
-            GatewayError::UpstreamCircuitOpen { retry_after_s } => Some(*retry_after_s),
+            | GatewayError::UpstreamPaced { retry_after_s }
+            | GatewayError::TooManyInFlight { retry_after_s, .. }
+            | GatewayError::UpstreamCircuitOpen { retry_after_s, .. } => Some(*retry_after_s),
             GatewayError::Upstream { retry_after_s, .. } => *retry_after_s,
             GatewayError::IdempotencyKeyInUse => Some(1),
             _ => None,
@@ -332,6 +349,14 @@ impl GatewayError {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let GatewayError::RequestTimeout { .. } = self {
+            // The rest of the body may still come: the connection cannot
+            // carry another request (HTTP/2 drops this header; its stream
+            // ends with the answer).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -354,6 +379,17 @@ impl GatewayError {
         };
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
+}
+
+fn circuit_open_message(retry_after_s: u64, account: bool) -> String {
+    let whom = if account {
+        "for this account"
+    } else {
+        "for every account of its key"
+    };
+    format!(
+        "upstream unavailable (circuit open: it kept failing {whom}); retry after {retry_after_s} s"
+    )
 }
 
 fn outcome_unknown_message(timeout: bool, credits: u64) -> String {
@@ -440,6 +476,29 @@ mod tests {
                 "metadata": {"action": "get_viewers", "credits_consumed": 0, "timestamp": "2026-04-26T10:35:00Z"}
             })
         );
+    }
+
+    #[test]
+    fn a_late_body_is_408_and_closes_the_connection() {
+        let now: Timestamp = "2026-04-26T10:35:00Z".parse().unwrap();
+        let e = GatewayError::RequestTimeout { after_ms: 250 };
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT")
+        );
+        let r = e.to_response(None, now);
+        assert_eq!(r.headers()["connection"], "close");
+        let share = GatewayError::TooManyInFlight {
+            limit: 4,
+            retry_after_s: 1,
+        };
+        let r = share.to_response(None, now);
+        assert_eq!(
+            (r.status(), share.code()),
+            (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED")
+        );
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert!(r.headers().get("connection").is_none());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod layers;
 pub mod ledger;
 pub mod listener;
 pub mod live;
+pub mod log_throttle;
 pub mod logging;
 pub mod metrics;
 pub mod miss;

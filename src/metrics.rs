@@ -153,6 +153,12 @@ impl Metrics {
             'g',
         );
         describe(
+            "viewgate_breaker_open",
+            None,
+            "Open circuit breakers of an upstream key: scope=key is 1 while the whole key fails fast; scope=account counts its accounts whose own breaker is open.",
+            'g',
+        );
+        describe(
             "viewgate_config_reloads_total",
             None,
             "Configuration reloads, by outcome.",
@@ -340,6 +346,22 @@ impl Metrics {
         self.gauge("viewgate_cache_bytes", vec![]).set(bytes as f64);
     }
 
+    /// Sets an upstream key's breaker gauges (read from its breakers at
+    /// scrape time). Accounts are counted, never labelled one by one, so
+    /// the series stay bounded by the configured keys.
+    pub fn set_breakers(&self, key: &str, key_open: bool, accounts_open: usize) {
+        let labels = |scope: &'static str| {
+            vec![
+                Label::new("key", key.to_string()),
+                Label::new("scope", scope),
+            ]
+        };
+        self.gauge("viewgate_breaker_open", labels("key"))
+            .set(if key_open { 1.0 } else { 0.0 });
+        self.gauge("viewgate_breaker_open", labels("account"))
+            .set(accounts_open as f64);
+    }
+
     /// Sets the readiness gauge.
     pub fn set_ready(&self, ready: bool) {
         self.gauge("viewgate_ready", vec![])
@@ -469,6 +491,7 @@ mod tests {
         m.charged("crm", 3);
         m.upstream("primary", "ok", Duration::from_millis(12));
         m.set_credits("crm", 100, 97);
+        m.set_breakers("primary", false, 2);
         let text = m.render();
         for needle in [
             "# TYPE viewgate_requests_total counter",
@@ -482,6 +505,9 @@ mod tests {
             "# TYPE viewgate_upstream_duration_seconds histogram",
             r#"viewgate_credits_remaining{tenant="crm"} 97"#,
             "viewgate_in_flight_requests 0",
+            "# TYPE viewgate_breaker_open gauge",
+            r#"viewgate_breaker_open{key="primary",scope="key"} 0"#,
+            r#"viewgate_breaker_open{key="primary",scope="account"} 2"#,
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

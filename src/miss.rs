@@ -20,6 +20,7 @@ use crate::context::RequestContext;
 use crate::credits::Credits;
 use crate::error::GatewayError;
 use crate::ledger::Balance;
+use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::tenant::Tenant;
 use crate::upstream::{Upstream, UpstreamCall, UpstreamError, UpstreamReply};
@@ -79,6 +80,8 @@ pub struct MissPath {
     pub upstream: Arc<Upstream>,
     /// Where overruns and late charges are counted.
     pub metrics: Arc<Metrics>,
+    /// Failures that repeat while the upstream is down: logged once, then summed up.
+    pub logs: Arc<LogThrottle>,
 }
 
 impl MissPath {
@@ -149,14 +152,18 @@ impl MissPath {
             Err(UpstreamError::Unknown { timeout, detail }) => {
                 // The upstream may have acted and billed: what was held is spent.
                 let credits = reservation.amount;
-                tracing::warn!(
-                    request_id = context.request_id_str(),
-                    tenant = &*tenant.id,
-                    action = call.action.as_str(),
-                    credits,
-                    detail = detail.as_str(),
-                    "upstream outcome unknown; not retried, reservation kept as spend"
-                );
+                // Each one's charge is on its access or settle line anyway.
+                if let Some(suppressed) = self.logs.admit("miss.outcome_unknown") {
+                    tracing::warn!(
+                        request_id = context.request_id_str(),
+                        tenant = &*tenant.id,
+                        action = call.action.as_str(),
+                        credits,
+                        detail = detail.as_str(),
+                        suppressed,
+                        "upstream outcome unknown; not retried, reservation kept as spend"
+                    );
+                }
                 self.credits.settle(tenant, reservation, credits).await;
                 self.charge(tenant, context, credits);
                 Err(GatewayError::OutcomeUnknown {

@@ -6,10 +6,12 @@
 //!
 //! A tenant owns its rate [`Limiter`]; the limiters know nothing of tenants
 //! (upstream keys use them too), so this module depends on `ratelimit` and
-//! not the other way round.
+//! not the other way round. It also owns its share of the gateway's
+//! request slots ([`TenantSlots`]), so one tenant cannot hold them all.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::clock::Clock;
 use crate::config::{AccountPattern, Budget, RateLimit, TenantConfig};
@@ -32,6 +34,11 @@ pub struct Tenant {
     pub rate_limit: Option<RateLimit>,
     /// Its budget; `None` is unlimited.
     pub budget: Option<Budget>,
+    /// Requests of this tenant answered at once at most.
+    pub max_in_flight: usize,
+    /// Its requests being answered now (shared with the previous
+    /// generation of this tenant, so a reload never forgets one).
+    pub slots: Arc<TenantSlots>,
     /// Whether it may force a refresh.
     pub allow_refresh: bool,
     /// Whether it may connect accounts (`/v2/login`, `/v2/checkpoint`).
@@ -66,6 +73,10 @@ impl Tenant {
             },
             rate_limit: config.rate_limit,
             budget: config.budget,
+            max_in_flight: config.max_in_flight,
+            slots: previous
+                .map(|old| Arc::clone(&old.slots))
+                .unwrap_or_default(),
             allow_refresh: config.allow_refresh,
             connect_accounts: config.connect_accounts,
         }
@@ -79,6 +90,40 @@ impl Tenant {
     /// Whether the tenant may call `action`.
     pub fn may_call(&self, action: &str) -> bool {
         self.actions.as_ref().is_none_or(|set| set.contains(action))
+    }
+}
+
+/// How many of a tenant's requests are being answered.
+#[derive(Debug, Default)]
+pub struct TenantSlots {
+    taken: AtomicUsize,
+}
+
+impl TenantSlots {
+    /// Takes a slot if fewer than `limit` are taken; it is given back when
+    /// the returned guard is dropped (the request answered or abandoned).
+    pub fn try_take(self: &Arc<Self>, limit: usize) -> Option<TenantSlot> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| TenantSlot(Arc::clone(self)))
+    }
+
+    /// Slots taken now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+}
+
+/// One request's slot among its tenant's; given back on drop.
+#[derive(Debug)]
+pub struct TenantSlot(Arc<TenantSlots>);
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -131,5 +176,23 @@ impl Tenants {
     /// Every tenant, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.in_order.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_holds_at_most_its_share_of_slots() {
+        let slots = Arc::new(TenantSlots::default());
+        let first = slots.try_take(2).unwrap();
+        let second = slots.try_take(2).unwrap();
+        assert!(slots.try_take(2).is_none(), "past its share");
+        assert_eq!(slots.taken(), 2);
+        drop(first);
+        let third = slots.try_take(2).expect("a slot came back");
+        drop((second, third));
+        assert_eq!(slots.taken(), 0);
     }
 }

@@ -155,6 +155,24 @@ async fn purging_an_account_makes_its_pages_miss_again() {
             .await;
         assert_eq!(null.code(), "INVALID_PARAMS", "{body}");
     }
+    // Regression: an empty account_id matched nothing and answered 200.
+    w.post(Some("ops"), &viewers("acc-2", 0, 10)).await;
+    for body in [
+        r#"{"account_id":""}"#,
+        r#"{"account_id":"has space"}"#,
+        r#"{"account_id":"acc\u0001"}"#,
+    ] {
+        let refused = w
+            .admin(Method::POST, "/admin/cache/purge", Some(&w.admin_key), body)
+            .await;
+        assert_eq!(refused.status, 400, "{body}: {}", refused.text());
+        assert_eq!(refused.code(), "INVALID_PARAMS", "{body}");
+    }
+    assert_eq!(
+        w.post(Some("ops"), &viewers("acc-2", 0, 10)).await.meta()["cache"],
+        "hit",
+        "a refused purge dropped nothing"
+    );
     let wrong = w
         .admin(Method::GET, "/admin/cache/purge", Some(&w.admin_key), "")
         .await;

@@ -216,7 +216,11 @@ async fn reloading_under_continuous_traffic_fails_no_request() {
 #[tokio::test]
 async fn past_max_in_flight_requests_are_shed_with_503() {
     let w = World::start(WorldSpec {
-        tenants: vec![TenantSpec::new("crm", &["*"])],
+        // crm's share is the whole server: the server's slots run out first.
+        tenants: vec![
+            TenantSpec::new("crm", &["*"]).max_in_flight(2),
+            TenantSpec::new("ops", &["*"]),
+        ],
         server_yaml: "  max_in_flight: 2\n",
         ..WorldSpec::default()
     })
@@ -225,12 +229,20 @@ async fn past_max_in_flight_requests_are_shed_with_503() {
     let bodies: Vec<String> = (0..6)
         .map(|i| viewers(&format!("acc-{i}"), 0, 10))
         .collect();
-    let replies =
-        futures_util::future::join_all(bodies.iter().map(|b| w.post(Some("crm"), b))).await;
-    let ok = replies.iter().filter(|r| r.status == 200).count();
-    let shed: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
-    assert_eq!(ok, 2);
+    let slow = futures_util::future::join_all(bodies[..2].iter().map(|b| w.post(Some("crm"), b)));
+    let shed = async {
+        // Once crm holds both slots, anyone else is shed at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.live.gateway().slots.available_permits() > 0 {
+            assert!(Instant::now() < deadline, "the slow requests never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        futures_util::future::join_all(bodies[2..].iter().map(|b| w.post(Some("ops"), b))).await
+    };
+    let (slow, shed) = futures_util::join!(slow, shed);
+    assert!(slow.iter().all(|r| r.status == 200));
     assert_eq!(shed.len(), 4);
+    assert!(shed.iter().all(|r| r.status == 503), "{shed:?}");
     assert!(shed.iter().all(|r| r.code() == "SERVICE_UNAVAILABLE"));
     assert_eq!(
         w.sim.calls_total(),

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::rfc3339;
+use crate::config::valid_account_id;
 use crate::error::GatewayError;
 use crate::keys::KeyHash;
 use crate::ledger::Usage;
@@ -183,6 +184,14 @@ impl Admin {
                 })?;
                 let (entries_before, _) = self.live.gateway().cache.size();
                 let scope = match (purge.account_id, purge.all) {
+                    // An empty id matched nothing and still answered 200: a
+                    // script with an unset variable must hear it did nothing.
+                    (Some(account), false) if !valid_account_id(&account) => {
+                        return Err(GatewayError::InvalidParams(
+                            "account_id must be 1 to 128 printable ASCII characters without spaces"
+                                .into(),
+                        ));
+                    }
                     (Some(account), false) => {
                         self.live.gateway().cache.purge_account(&account);
                         serde_json::json!({"purged": "account", "account_id": account})
@@ -254,6 +263,10 @@ impl Admin {
         g.cache.sync().await;
         let (entries, bytes) = g.cache.size();
         g.metrics.set_cache(entries, bytes);
+        for key in g.upstream.keys().iter() {
+            let (key_open, accounts_open) = key.breakers.open_counts();
+            g.metrics.set_breakers(&key.name, key_open, accounts_open);
+        }
         for tenant in g.tenants.iter() {
             if let Some(budget) = tenant.budget
                 && let Ok(balance) = g.ledger.balance(&tenant.id, Some(budget)).await

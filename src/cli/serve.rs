@@ -129,10 +129,13 @@ pub fn announce(
         idle_timeout_ms = config.server.idle_timeout.as_millis() as u64,
         // The failure policies in force, in one place.
         on_upstream_failure = format!(
-            "retry 429/5xx/connect up to {} times within {} ms; breaker opens after {} failures for {} s; serve stale up to {} s after expiry",
+            "retry 429/5xx/connect up to {} times within {} ms; an account's breaker opens after {} failures for it, the key's after {} connection failures or failures of {} accounts within {} s, for {} s; serve stale up to {} s after expiry",
             config.upstream.max_retries,
             config.upstream.deadline.as_millis(),
             config.upstream.breaker_failures,
+            config.upstream.breaker_failures,
+            config.upstream.breaker_accounts,
+            config.upstream.breaker_window.as_secs(),
             config.upstream.breaker_open.as_secs(),
             config.cache.stale_if_error.as_secs()
         ),
@@ -142,7 +145,7 @@ pub fn announce(
         } else {
             "not used"
         },
-        on_overload = "past max_in_flight requests answer 503 at once; past max_connections connections are closed",
+        on_overload = "a tenant past its max_in_flight share answers 429; past server.max_in_flight requests answer 503 at once; a body not in by body_timeout_ms answers 408; past max_connections connections are closed",
         "viewgate listening"
     );
 }

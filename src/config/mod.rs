@@ -60,11 +60,15 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// A request not answered by then gets 503.
     pub request_timeout: Duration,
+    /// A request whose body has not arrived in full by then (from when its
+    /// head arrived) gets 408 and gives its slot back.
+    pub body_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// Open connections at most; further ones are closed at once.
     pub max_connections: usize,
     /// Requests being answered at most; further ones get 503 at once.
+    /// Each tenant also has its own share ([`TenantConfig::max_in_flight`]).
     pub max_in_flight: usize,
     /// `server.tls`: serve HTTPS with this certificate, else plain HTTP.
     pub tls: Option<TlsFiles>,
@@ -106,6 +110,11 @@ pub struct UpstreamConfig {
     pub breaker_failures: u32,
     /// How long an open breaker refuses calls before letting one probe through.
     pub breaker_open: Duration,
+    /// Distinct accounts whose failures, with no healthy answer between
+    /// them, open the whole key's breaker (`upstream.breaker.accounts`).
+    pub breaker_accounts: u32,
+    /// How far back those account failures count (`upstream.breaker.window_s`).
+    pub breaker_window: Duration,
     /// Extra trusted root certificates (PEM), on top of the web PKI roots.
     pub ca_file: Option<PathBuf>,
     /// `upstream.estimates` as written: fixed prices of actions other than
@@ -179,6 +188,10 @@ pub struct TenantConfig {
     pub rate_limit: Option<RateLimit>,
     /// Its credit budget; `None` is unlimited.
     pub budget: Option<Budget>,
+    /// Requests of this tenant answered at once at most
+    /// (`tenants[].max_in_flight`, default half of `server.max_in_flight`,
+    /// at least 1); past it the tenant gets 429.
+    pub max_in_flight: usize,
     /// Whether it may force a refresh with `cache-control: no-cache`.
     pub allow_refresh: bool,
     /// Whether it may connect LinkedIn accounts (`POST /v2/login` and

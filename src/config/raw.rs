@@ -43,6 +43,7 @@ pub struct RawServer {
     pub max_connections: Option<S<u64>>,
     pub max_in_flight: Option<S<u64>>,
     pub idle_timeout_ms: Option<S<u64>>,
+    pub body_timeout_ms: Option<S<u64>>,
     pub tls: Option<RawTls>,
 }
 
@@ -86,6 +87,8 @@ pub struct RawUpstream {
 pub struct RawBreaker {
     pub failures: Option<S<u32>>,
     pub open_s: Option<S<u64>>,
+    pub accounts: Option<S<u32>>,
+    pub window_s: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +139,7 @@ pub struct RawTenant {
     pub actions: Option<S<Vec<String>>>,
     pub rate_limit: Option<RawRateLimit>,
     pub budget: Option<RawBudget>,
+    pub max_in_flight: Option<S<u64>>,
     #[serde(default)]
     pub allow_refresh: bool,
     #[serde(default)]

@@ -3,6 +3,11 @@
 //! Nothing about the body is read before this stage, so an unauthenticated
 //! client learns nothing but 403. The key header is removed from the request
 //! once used: no later stage can forward or log it by mistake.
+//!
+//! A request carries exactly one `x-api-key`. Two or more are refused
+//! whatever they hold, even two copies of one valid key: which one a proxy,
+//! a log or a later stage would read is anybody's guess, and a request must
+//! never be able to speak for two tenants.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -60,9 +65,12 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let copies = request.headers().get_all(&X_API_KEY).iter().count();
+        // `remove` takes every copy out and returns the first.
         let presented = request.headers_mut().remove(&X_API_KEY);
         let tenant: Option<Arc<Tenant>> = presented
             .as_ref()
+            .filter(|_| copies == 1)
             .and_then(|key| self.tenants.authenticate(key.as_bytes()));
         let Some(tenant) = tenant else {
             return Either::Left(ready(Err(GatewayError::InvalidApiKey)));

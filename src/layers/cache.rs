@@ -28,6 +28,7 @@ use crate::context::RequestContext;
 use crate::credits::Credits;
 use crate::error::GatewayError;
 use crate::ledger::Balance;
+use crate::log_throttle::LogThrottle;
 use crate::miss::{Charged, Miss, MissFetcher};
 use crate::response::{Body, CacheStatus, PageMeta, page_body, page_response};
 use crate::tenant::Tenant;
@@ -49,17 +50,19 @@ struct Shared {
     cache: PageCache,
     miss: MissFetcher,
     credits: Arc<Credits>,
+    logs: Arc<LogThrottle>,
     clock: Clock,
     cached_actions: HashSet<String>,
 }
 
 impl CacheService {
-    /// The stage over `cache`, fetching misses through `miss` and counting
-    /// hits in `credits`.
+    /// The stage over `cache`, fetching misses through `miss`, counting
+    /// hits in `credits`, its repeating warnings throttled by `logs`.
     pub fn new(
         cache: PageCache,
         miss: MissFetcher,
         credits: Arc<Credits>,
+        logs: Arc<LogThrottle>,
         clock: Clock,
         cached_actions: HashSet<String>,
     ) -> Self {
@@ -68,6 +71,7 @@ impl CacheService {
                 cache,
                 miss,
                 credits,
+                logs,
                 clock,
                 cached_actions,
             }),
@@ -272,11 +276,14 @@ impl Shared {
             if outcome.is_upstream_failure()
                 && let Some(page) = stale.filter(|p| p.may_serve_stale(self.clock.now()))
             {
-                tracing::warn!(
-                    request_id = context.request_id_str(),
-                    error_code = outcome.code(),
-                    "upstream failed; serving a stale page"
-                );
+                if let Some(suppressed) = self.logs.admit("cache.stale_on_error") {
+                    tracing::warn!(
+                        request_id = context.request_id_str(),
+                        error_code = outcome.code(),
+                        suppressed,
+                        "upstream failed; serving a stale page"
+                    );
+                }
                 // A fetch whose outcome is unknown was charged what it held: say so.
                 let credits = outcome.credits();
                 return self
@@ -522,6 +529,7 @@ mod tests {
             PageCache::new(&config, clock.clone(), config.ttl),
             upstream.fetcher(),
             credits,
+            Arc::new(LogThrottle::new(clock.clone())),
             clock.clone(),
             config.actions.clone(),
         )
@@ -537,6 +545,7 @@ mod tests {
             budget: None,
             allow_refresh: false,
             connect_accounts: false,
+            max_in_flight: 4,
         };
         Arc::new(Tenant::new(&config, clock, None, None))
     }

@@ -4,11 +4,17 @@
 //! before anything else (413), then the content type (415), then the body is
 //! read with the same limit enforced while streaming (413) and validated
 //! (400 `INVALID_PARAMS`). Nothing after this stage sees raw bytes.
+//!
+//! A body that has not arrived in full within `server.body_timeout_ms` gets
+//! 408 `REQUEST_TIMEOUT` and the connection is closed: a client that sends
+//! its headers and then trickles or withholds the body gives its request
+//! slots back instead of holding them until the request deadline.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, header};
@@ -29,14 +35,17 @@ use crate::error::GatewayError;
 #[derive(Debug, Clone)]
 pub struct ParseLayer {
     max_body_bytes: usize,
+    body_timeout: Duration,
     actions: Arc<ActionTable>,
 }
 
 impl ParseLayer {
-    /// Accepts bodies up to `max_body_bytes`, for the actions of `actions`.
-    pub fn new(max_body_bytes: usize, actions: Arc<ActionTable>) -> Self {
+    /// Accepts bodies up to `max_body_bytes` arriving within
+    /// `body_timeout`, for the actions of `actions`.
+    pub fn new(max_body_bytes: usize, body_timeout: Duration, actions: Arc<ActionTable>) -> Self {
         Self {
             max_body_bytes,
+            body_timeout,
             actions,
         }
     }
@@ -48,6 +57,7 @@ impl<S> Layer<S> for ParseLayer {
         Parse {
             inner,
             max_body_bytes: self.max_body_bytes,
+            body_timeout: self.body_timeout,
             actions: Arc::clone(&self.actions),
         }
     }
@@ -58,6 +68,7 @@ impl<S> Layer<S> for ParseLayer {
 pub struct Parse<S> {
     inner: S,
     max_body_bytes: usize,
+    body_timeout: Duration,
     actions: Arc<ActionTable>,
 }
 
@@ -88,6 +99,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limit = self.max_body_bytes;
+        let body_timeout = self.body_timeout;
         let actions = Arc::clone(&self.actions);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
@@ -111,7 +123,13 @@ where
             if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
                 return Err(GatewayError::UnsupportedMediaType);
             }
-            let bytes = match Limited::new(body, limit).collect().await {
+            let read = tokio::time::timeout(body_timeout, Limited::new(body, limit).collect());
+            let Ok(read) = read.await else {
+                return Err(GatewayError::RequestTimeout {
+                    after_ms: body_timeout.as_millis() as u64,
+                });
+            };
+            let bytes = match read {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                     return Err(GatewayError::PayloadTooLarge { limit });

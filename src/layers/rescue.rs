@@ -3,6 +3,10 @@
 //! Everything inside returns `Result<Response, GatewayError>`; this stage
 //! turns errors into `{"success": false, ...}` bodies, records the code for
 //! the access log, and logs internal details (never sent to the client) once.
+//! Those details repeat while a dependency is down (every miss meets the
+//! same unreachable ledger or upstream): one line per error code, then one
+//! summary with a `suppressed` count every few seconds; the access lines
+//! still give every request's `error_code`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,18 +20,21 @@ use tower::{Layer, Service};
 use crate::clock::Clock;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
+use crate::log_throttle::LogThrottle;
 use crate::response::Body;
 
 /// Turns errors into responses.
 #[derive(Debug, Clone)]
 pub struct RescueLayer {
     clock: Clock,
+    logs: Arc<LogThrottle>,
 }
 
 impl RescueLayer {
-    /// A rescue layer stamping error bodies with `clock`'s time.
-    pub fn new(clock: Clock) -> Self {
-        Self { clock }
+    /// A rescue layer stamping error bodies with `clock`'s time, logging
+    /// internal details through `logs`.
+    pub fn new(clock: Clock, logs: Arc<LogThrottle>) -> Self {
+        Self { clock, logs }
     }
 }
 
@@ -37,6 +44,7 @@ impl<S> Layer<S> for RescueLayer {
         Rescue {
             inner,
             clock: self.clock.clone(),
+            logs: Arc::clone(&self.logs),
         }
     }
 }
@@ -46,6 +54,7 @@ impl<S> Layer<S> for RescueLayer {
 pub struct Rescue<S> {
     inner: S,
     clock: Clock,
+    logs: Arc<LogThrottle>,
 }
 
 impl<S, B> Service<Request<B>> for Rescue<S>
@@ -70,6 +79,7 @@ where
             context,
             profiles,
             clock: self.clock.clone(),
+            logs: Arc::clone(&self.logs),
         }
     }
 }
@@ -83,6 +93,7 @@ pin_project_lite::pin_project! {
         // Whether the request was for the get_viewers endpoint.
         profiles: bool,
         clock: Clock,
+        logs: Arc<LogThrottle>,
     }
 }
 
@@ -103,7 +114,7 @@ where
                 let mut fields = context.fields();
                 fields.error_code = Some(error.code().to_string());
                 fields.error_source = Some(error.source().as_str());
-                log_detail(&error, context.request_id_str());
+                log_detail(&error, context.request_id_str(), this.logs);
                 // Before the body is read the action is unknown; on the
                 // get_viewers endpoint it is, in all likelihood, get_viewers.
                 let profiles = *this.profiles;
@@ -118,17 +129,19 @@ where
     }
 }
 
-fn log_detail(error: &GatewayError, request_id: &str) {
-    match error {
-        GatewayError::UpstreamUnavailable { detail }
-        | GatewayError::ServiceUnavailable { detail } => {
-            tracing::warn!(
-                request_id,
-                error_code = error.code(),
-                detail = detail.as_str(),
-                "request failed"
-            );
-        }
-        _ => {}
+fn log_detail(error: &GatewayError, request_id: &str, logs: &LogThrottle) {
+    let (GatewayError::UpstreamUnavailable { detail }
+    | GatewayError::ServiceUnavailable { detail }) = error
+    else {
+        return;
+    };
+    if let Some(suppressed) = logs.admit(error.code()) {
+        tracing::warn!(
+            request_id,
+            error_code = error.code(),
+            detail = detail.as_str(),
+            suppressed,
+            "request failed"
+        );
     }
 }

@@ -1,110 +1,140 @@
-//! A circuit breaker per upstream key.
+//! One circuit breaker's state machine: closed, open, half-open.
 //!
-//! Closed: calls pass; consecutive transport failures (unreachable, reset,
-//! timeout, 5xx) are counted, and a success resets the count. At
-//! `upstream.breaker.failures` the breaker opens: calls fail fast for
-//! `upstream.breaker.open_s` without touching the upstream. Then one probe
-//! is let through (half-open): its success closes the breaker, its failure
-//! opens it again. Time comes from viewgate's clock, so tests move it.
+//! Closed: calls pass; failures are counted, and a healthy answer resets the
+//! count. At the threshold it opens: calls fail fast for the open period
+//! without touching the upstream. Then one probe is let through
+//! (half-open): its success closes the breaker, its failure opens it again.
+//!
+//! A [`Circuit`] holds no lock and reads no clock: its owner
+//! ([`super::key_breakers::KeyBreakers`], one for a key and one per failing
+//! account) passes the time in under its own lock, so tests move time with
+//! a fake clock and the key's and accounts' breakers change together.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::clock::Clock;
+/// How long a caller is told to wait while another call is the probe.
+const PROBE_PENDING_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen,
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe went out at `since`.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
-/// What the breaker says about a call about to be made.
+/// What a circuit says about a call about to be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {
     /// Go ahead.
     Allowed,
     /// Go ahead: this call is the probe of a half-open breaker.
     Probe,
-    /// Fail fast; the breaker reopens its door in this long.
+    /// Fail fast; the breaker lets a probe through in this long.
     Refused(Duration),
 }
 
-/// The breaker of one key.
-#[derive(Debug)]
-pub struct Breaker {
-    state: Mutex<State>,
-    threshold: u32,
-    open_for: Duration,
-    clock: Clock,
+/// One breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Circuit {
+    state: State,
 }
 
-impl Breaker {
-    /// A closed breaker.
-    pub fn new(threshold: u32, open_for: Duration, clock: Clock) -> Self {
+impl Default for Circuit {
+    fn default() -> Self {
+        Self::closed()
+    }
+}
+
+impl Circuit {
+    /// A closed breaker with no failure counted.
+    pub fn closed() -> Self {
         Self {
-            state: Mutex::new(State::Closed { failures: 0 }),
-            threshold: threshold.max(1),
-            open_for,
-            clock,
+            state: State::Closed { failures: 0 },
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Asks to make a call.
-    pub fn permit(&self) -> Permit {
-        let mut state = self.lock();
-        match *state {
+    /// Asks to make a call at `now`.
+    pub fn permit(&mut self, now: Instant, open_for: Duration) -> Permit {
+        match self.state {
             State::Closed { .. } => Permit::Allowed,
-            State::Open { until } => {
-                let now = self.clock.now();
-                if now >= until {
-                    *state = State::HalfOpen;
-                    Permit::Probe
-                } else {
-                    Permit::Refused(until - now)
-                }
+            State::Open { until } if now < until => Permit::Refused(until - now),
+            State::Open { .. } => {
+                self.state = State::HalfOpen { since: now };
+                Permit::Probe
+            }
+            // A probe whose verdict never came (its caller was dropped
+            // mid-call) is replaced after an open period: a lost probe must
+            // not leave the breaker refusing for ever.
+            State::HalfOpen { since } if now.saturating_duration_since(since) >= open_for => {
+                self.state = State::HalfOpen { since: now };
+                Permit::Probe
             }
             // One probe at a time; the others wait for its verdict.
-            State::HalfOpen => Permit::Refused(Duration::from_secs(1)),
+            State::HalfOpen { .. } => Permit::Refused(PROBE_PENDING_WAIT),
         }
     }
 
-    /// Records how a permitted call went; returns true when this opened the breaker.
-    pub fn record(&self, healthy: bool) -> bool {
-        let mut state = self.lock();
-        let next = match (*state, healthy) {
-            (_, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, false) if failures + 1 < self.threshold => State::Closed {
-                failures: failures + 1,
-            },
-            (State::Open { until }, false) => State::Open { until },
-            (_, false) => State::Open {
-                until: self.clock.now() + self.open_for,
-            },
+    /// A healthy answer: closes the breaker and forgets past failures.
+    pub fn succeeded(&mut self) {
+        self.state = State::Closed { failures: 0 };
+    }
+
+    /// A failure at `now`; returns true when it opened the breaker.
+    pub fn failed(&mut self, now: Instant, threshold: u32, open_for: Duration) -> bool {
+        match self.state {
+            State::Closed { failures } if failures + 1 < threshold.max(1) => {
+                self.state = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            // A call let through before it opened changes nothing.
+            State::Open { .. } => false,
+            // The threshold reached, or the probe failed: open for a full period.
+            State::Closed { .. } | State::HalfOpen { .. } => {
+                self.state = State::Open {
+                    until: now + open_for,
+                };
+                true
+            }
+        }
+    }
+
+    /// Opens the breaker at once, whatever it counted (a failure seen
+    /// elsewhere says the upstream is unhealthy); true when it was not open.
+    pub fn trip(&mut self, now: Instant, open_for: Duration) -> bool {
+        if matches!(self.state, State::Open { .. }) {
+            return false;
+        }
+        self.state = State::Open {
+            until: now + open_for,
         };
-        let opened = matches!(next, State::Open { .. }) && !matches!(*state, State::Open { .. });
-        *state = next;
-        opened
+        true
     }
 
-    /// Gives back a probe permit that was never used (the call did not go
-    /// out), so the next call probes instead.
-    pub fn abandon_probe(&self) {
-        let mut state = self.lock();
-        if *state == State::HalfOpen {
-            *state = State::Open {
-                until: self.clock.now(),
-            };
+    /// Gives back a probe permit whose call never went out, or whose answer
+    /// says nothing about this breaker: the next call probes instead.
+    pub fn abandon_probe(&mut self, now: Instant) {
+        if let State::HalfOpen { .. } = self.state {
+            self.state = State::Open { until: now };
         }
     }
 
-    /// Whether calls are being refused now.
+    /// Whether the breaker is open or half-open (not yet closed by a probe).
     pub fn is_open(&self) -> bool {
-        !matches!(*self.lock(), State::Closed { .. })
+        !matches!(self.state, State::Closed { .. })
+    }
+
+    /// Whether it is closed with no failure counted: nothing worth keeping.
+    pub fn is_pristine(&self) -> bool {
+        self.state == State::Closed { failures: 0 }
     }
 }
 
@@ -112,33 +142,54 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const OPEN: Duration = Duration::from_secs(30);
+
     #[test]
     fn opens_after_repeated_failures_and_probes_before_closing() {
-        let clock = Clock::fake("2026-11-27T12:00:00Z".parse().unwrap());
-        let b = Breaker::new(3, Duration::from_secs(30), clock.clone());
-        assert_eq!(b.permit(), Permit::Allowed);
-        assert!(!b.record(false));
-        assert!(!b.record(false));
-        b.record(true); // a success resets the count
-        assert!(!b.record(false));
-        assert!(!b.record(false));
-        assert!(b.record(false), "third consecutive failure opens it");
-        assert_eq!(b.permit(), Permit::Refused(Duration::from_secs(30)));
-        clock.advance(Duration::from_secs(29));
-        assert!(matches!(b.permit(), Permit::Refused(_)));
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(b.permit(), Permit::Probe);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = Circuit::closed();
+        assert_eq!(c.permit(at(0), OPEN), Permit::Allowed);
+        assert!(!c.failed(at(0), 3, OPEN));
+        assert!(!c.failed(at(0), 3, OPEN));
+        c.succeeded(); // a success resets the count
+        assert!(!c.failed(at(0), 3, OPEN));
+        assert!(!c.failed(at(0), 3, OPEN));
         assert!(
-            matches!(b.permit(), Permit::Refused(_)),
+            c.failed(at(0), 3, OPEN),
+            "third consecutive failure opens it"
+        );
+        assert_eq!(c.permit(at(0), OPEN), Permit::Refused(OPEN));
+        assert!(matches!(c.permit(at(29), OPEN), Permit::Refused(_)));
+        assert_eq!(c.permit(at(30), OPEN), Permit::Probe);
+        assert!(
+            matches!(c.permit(at(30), OPEN), Permit::Refused(_)),
             "one probe at a time"
         );
         // A failed probe opens it again for a full period.
-        assert!(b.record(false));
-        assert_eq!(b.permit(), Permit::Refused(Duration::from_secs(30)));
-        clock.advance(Duration::from_secs(30));
-        assert_eq!(b.permit(), Permit::Probe);
-        b.record(true);
-        assert_eq!(b.permit(), Permit::Allowed);
-        assert!(!b.is_open());
+        assert!(c.failed(at(30), 3, OPEN));
+        assert_eq!(c.permit(at(30), OPEN), Permit::Refused(OPEN));
+        assert_eq!(c.permit(at(60), OPEN), Permit::Probe);
+        c.succeeded();
+        assert_eq!(c.permit(at(60), OPEN), Permit::Allowed);
+        assert!(!c.is_open());
+        assert!(c.is_pristine());
+    }
+
+    #[test]
+    fn a_lost_probe_is_replaced_and_an_abandoned_one_is_given_back() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = Circuit::closed();
+        assert!(c.trip(at(0), OPEN));
+        assert!(!c.trip(at(1), OPEN), "already open");
+        assert_eq!(c.permit(at(30), OPEN), Permit::Probe);
+        // The probe's caller vanished: after another period, a new probe.
+        assert!(matches!(c.permit(at(59), OPEN), Permit::Refused(_)));
+        assert_eq!(c.permit(at(60), OPEN), Permit::Probe);
+        // A probe that never went out: the very next call probes.
+        c.abandon_probe(at(60));
+        assert_eq!(c.permit(at(60), OPEN), Permit::Probe);
+        assert!(c.is_open());
     }
 }

@@ -4,14 +4,13 @@
 //! id beats a longer `prefix*`, which beats a shorter one, which beats `*`.
 //! Ties go to the key listed first. Each key carries its own pace (the
 //! upstream plan's rate, a GCRA limiter on viewgate's clock) and its own
-//! circuit breaker.
+//! circuit breakers (one for the key, one per failing account).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderValue;
 
-use super::breaker::Breaker;
+use super::key_breakers::{BreakerSettings, KeyBreakers};
 use crate::clock::Clock;
 use crate::config::{AccountPattern, UpstreamKeyConfig};
 use crate::ratelimit::{Limiter, RedisGcra};
@@ -26,8 +25,9 @@ pub struct UpstreamKey {
     /// The upstream plan's pace for this key, if configured (global: shared
     /// by all replicas through Redis).
     pub pace: Option<Limiter>,
-    /// Fails calls fast while the upstream keeps failing for this key.
-    pub breaker: Breaker,
+    /// Fail calls fast while the upstream keeps failing for this key, or
+    /// for one of its accounts.
+    pub breakers: KeyBreakers,
     accounts: Vec<AccountPattern>,
 }
 
@@ -51,8 +51,7 @@ impl KeyPool {
     pub fn new(
         configs: &[UpstreamKeyConfig],
         clock: &Clock,
-        breaker_failures: u32,
-        breaker_open: Duration,
+        breaker: BreakerSettings,
         redis: Option<&Arc<RedisGcra>>,
     ) -> Result<Self, String> {
         let mut keys = Vec::new();
@@ -71,7 +70,7 @@ impl KeyPool {
                     let key = || format!("vg:{{k:{}}}:pace", c.name);
                     Limiter::for_limit(&rl, redis, key, clock)
                 }),
-                breaker: Breaker::new(breaker_failures, breaker_open, clock.clone()),
+                breakers: KeyBreakers::new(breaker, clock.clone()),
                 accounts: c.accounts.clone(),
             });
         }
@@ -113,6 +112,14 @@ impl KeyPool {
 mod tests {
     use super::*;
     use crate::keys::Secret;
+    use std::time::Duration;
+
+    const BREAKER: BreakerSettings = BreakerSettings {
+        failures: 5,
+        open_for: Duration::from_secs(30),
+        accounts: 3,
+        window: Duration::from_secs(60),
+    };
 
     fn key(name: &str, accounts: Vec<AccountPattern>) -> UpstreamKeyConfig {
         UpstreamKeyConfig {
@@ -134,8 +141,7 @@ mod tests {
                 key("vip", vec![Exact("team-eu-1".into())]),
             ],
             &Clock::real(),
-            5,
-            Duration::from_secs(30),
+            BREAKER,
             None,
         )
         .unwrap();
@@ -151,8 +157,7 @@ mod tests {
         let pool = KeyPool::new(
             &[key("only", vec![AccountPattern::Exact("a".into())])],
             &Clock::real(),
-            5,
-            Duration::from_secs(30),
+            BREAKER,
             None,
         )
         .unwrap();

@@ -6,12 +6,15 @@
 //! errors and resets), never sooner than its `Retry-After`. Answers are
 //! parsed just enough to find `data` (kept as a zero-copy slice of the body)
 //! and `metadata.credits_consumed`, the truth about what was billed.
+//! Each attempt's [`Health`] feeds the key's breakers, scoped like the
+//! failure: one account's, or the whole key's (see [`KeyBreakers`]).
 
 // Network timing is real time: attempt timeouts, the call's deadline and
 // latency metrics measure the wire, which a test's fake clock does not move.
 #![allow(clippy::disallowed_methods)]
 
 mod breaker;
+mod key_breakers;
 mod keys;
 
 use std::borrow::Cow;
@@ -28,12 +31,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub use breaker::{Breaker, Permit};
+pub use key_breakers::{BreakerSettings, Health, KeyBreakers, Scope};
 pub use keys::{KeyPool, UpstreamKey};
 
 use crate::clock::Clock;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
+use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::ratelimit::{RedisGcra, ceil_secs};
 use crate::scrub::Scrubber;
@@ -104,6 +108,8 @@ pub struct Upstream {
     clock: Clock,
     metrics: Arc<Metrics>,
     scrubber: Scrubber,
+    /// Failures repeat while the upstream is down: logged once, then summed up.
+    logs: LogThrottle,
 }
 
 #[derive(Deserialize)]
@@ -196,8 +202,12 @@ impl Upstream {
             keys: KeyPool::new(
                 &config.keys,
                 &clock,
-                config.breaker_failures,
-                config.breaker_open,
+                BreakerSettings {
+                    failures: config.breaker_failures,
+                    open_for: config.breaker_open,
+                    accounts: config.breaker_accounts,
+                    window: config.breaker_window,
+                },
                 redis,
             )?,
             timeout: config.timeout,
@@ -205,6 +215,7 @@ impl Upstream {
             max_retries: config.max_retries,
             max_pace_wait: config.max_pace_wait,
             scrubber: Scrubber::new(config.keys.iter().map(|k| k.secret.expose().as_bytes())),
+            logs: LogThrottle::new(clock.clone()),
             clock,
             metrics,
         })
@@ -246,39 +257,49 @@ impl Upstream {
         let deadline = started + self.deadline;
         let mut attempt = 0u32;
         loop {
-            let permit = key.breaker.permit();
-            if let Permit::Refused(wait) = permit {
-                self.metrics.upstream_refused(&key.name, "circuit_open");
-                return Err(UpstreamError::Free(GatewayError::UpstreamCircuitOpen {
-                    retry_after_s: ceil_secs(wait),
-                }));
-            }
+            let ticket = match key.breakers.permit(&call.account_id) {
+                Ok(ticket) => ticket,
+                Err(refused) => {
+                    let (label, account) = match refused.scope {
+                        Scope::Key => ("circuit_open", false),
+                        Scope::Account => ("account_circuit_open", true),
+                    };
+                    self.metrics.upstream_refused(&key.name, label);
+                    return Err(UpstreamError::Free(GatewayError::UpstreamCircuitOpen {
+                        retry_after_s: ceil_secs(refused.wait),
+                        account,
+                    }));
+                }
+            };
             if let Err(e) = self.pace(key, deadline).await {
                 self.metrics.upstream_refused(&key.name, "paced");
-                if permit == Permit::Probe {
-                    key.breaker.abandon_probe();
-                }
+                key.breakers.abandon(ticket, &call.account_id);
                 return Err(UpstreamError::Free(e));
             }
             let budget = self
                 .timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
             let attempt_started = Instant::now();
-            let result = self.attempt(call, key, started, budget).await;
-            let (outcome, healthy) = match &result {
-                Attempt::Done(Ok(_)) => ("ok", true),
-                Attempt::Done(Err(UpstreamError::Unknown { timeout: true, .. })) => {
-                    ("timeout", false)
-                }
-                Attempt::Done(Err(UpstreamError::Unknown { .. })) => ("unknown", false),
-                Attempt::Done(Err(UpstreamError::Free(e))) | Attempt::Retry(e, _) => {
-                    (outcome(e), !e.is_transport_failure())
-                }
+            let (result, health) = self.attempt(call, key, started, budget).await;
+            let outcome = match &result {
+                Attempt::Done(Ok(_)) => "ok",
+                Attempt::Done(Err(UpstreamError::Unknown { timeout: true, .. })) => "timeout",
+                Attempt::Done(Err(UpstreamError::Unknown { .. })) => "unknown",
+                Attempt::Done(Err(UpstreamError::Free(e))) | Attempt::Retry(e, _) => outcome(e),
             };
             self.metrics
                 .upstream(&key.name, outcome, attempt_started.elapsed());
-            if key.breaker.record(healthy) {
-                tracing::warn!(upstream_key = %key.name, "circuit breaker opened after repeated upstream failures");
+            match key.breakers.record(ticket, &call.account_id, health) {
+                Some(Scope::Key) => tracing::warn!(
+                    upstream_key = %key.name,
+                    "circuit breaker opened for the whole key: the upstream keeps failing"
+                ),
+                Some(Scope::Account) => tracing::warn!(
+                    upstream_key = %key.name,
+                    account_id = call.account_id.as_str(),
+                    "circuit breaker opened for one account: the upstream keeps failing for it"
+                ),
+                None => {}
             }
             match result {
                 Attempt::Done(result) => return result,
@@ -287,14 +308,17 @@ impl Upstream {
                     if attempt >= self.max_retries || Instant::now() + wait >= deadline {
                         return Err(UpstreamError::Free(error));
                     }
-                    tracing::warn!(
-                        request_id = ?call.request_id,
-                        upstream_key = %key.name,
-                        attempt = attempt + 1,
-                        error_code = error.code(),
-                        wait_ms = wait.as_millis() as u64,
-                        "upstream failure that cost nothing, retrying"
-                    );
+                    if let Some(suppressed) = self.logs.admit("upstream.retry") {
+                        tracing::warn!(
+                            request_id = ?call.request_id,
+                            upstream_key = %key.name,
+                            attempt = attempt + 1,
+                            error_code = error.code(),
+                            wait_ms = wait.as_millis() as u64,
+                            suppressed,
+                            "upstream failure that cost nothing, retrying"
+                        );
+                    }
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -325,7 +349,8 @@ impl Upstream {
         key: &UpstreamKey,
         started: Instant,
         timeout: Duration,
-    ) -> Attempt {
+    ) -> (Attempt, Health) {
+        use Health::{AccountFailed, ConnectionFailed, Healthy};
         let uri = format!("{}{}", self.base, call.path);
         let method = if call.get { Method::GET } else { Method::POST };
         let mut request = Request::builder()
@@ -343,11 +368,14 @@ impl Upstream {
         let request = match request.body(Full::new(call.body.clone())) {
             Ok(r) => r,
             Err(e) => {
-                return Attempt::Done(Err(UpstreamError::Free(
-                    GatewayError::UpstreamUnavailable {
-                        detail: format!("cannot build the upstream request: {e}"),
-                    },
-                )));
+                let error = GatewayError::UpstreamUnavailable {
+                    detail: format!("cannot build the upstream request: {e}"),
+                };
+                // viewgate's own fault: nothing learned about the upstream.
+                return (
+                    Attempt::Done(Err(UpstreamError::Free(error))),
+                    Health::Inconclusive,
+                );
             }
         };
         let give_up = Instant::now() + timeout;
@@ -355,19 +383,21 @@ impl Upstream {
         // connect error: then not a byte of the request left viewgate.
         // (Requests on a pooled connection the upstream had closed are
         // re-sent by the client itself only when nothing was written.)
+        // Until then every failure is the connection's, whatever the account.
         let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => {
-                return unknown(true, "no answer within upstream.timeout_ms");
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                return Attempt::Retry(
-                    GatewayError::UpstreamUnavailable {
-                        detail: error_chain(&e),
-                    },
-                    None,
+                return (
+                    unknown(true, "no answer within upstream.timeout_ms"),
+                    ConnectionFailed,
                 );
             }
-            Ok(Err(e)) => return unknown(false, &error_chain(&e)),
+            Ok(Err(e)) if e.is_connect() => {
+                let error = GatewayError::UpstreamUnavailable {
+                    detail: error_chain(&e),
+                };
+                return (Attempt::Retry(error, None), ConnectionFailed);
+            }
+            Ok(Err(e)) => return (unknown(false, &error_chain(&e)), ConnectionFailed),
             Ok(Ok(response)) => response,
         };
         let (parts, body) = response.into_parts();
@@ -377,19 +407,18 @@ impl Upstream {
                 .await
             {
                 Err(_) => {
-                    return unknown(true, "the body did not arrive within upstream.timeout_ms");
+                    let detail = "the body did not arrive within upstream.timeout_ms";
+                    return (unknown(true, detail), ConnectionFailed);
                 }
+                // A whole answer, too big for this call: the account's.
                 Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                    return unknown(
-                        false,
-                        &format!("the upstream answered a body over {MAX_UPSTREAM_BODY} bytes"),
-                    );
+                    let detail =
+                        format!("the upstream answered a body over {MAX_UPSTREAM_BODY} bytes");
+                    return (unknown(false, &detail), AccountFailed);
                 }
                 Ok(Err(e)) => {
-                    return unknown(
-                        false,
-                        &format!("the body was cut short: {}", error_chain(&*e)),
-                    );
+                    let detail = format!("the body was cut short: {}", error_chain(&*e));
+                    return (unknown(false, &detail), ConnectionFailed);
                 }
                 Ok(Ok(collected)) => collected.to_bytes(),
             };
@@ -397,7 +426,14 @@ impl Upstream {
         let status = parts.status;
         let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&body) else {
             let detail = format!("upstream answered {status} with a body that is not V2 JSON");
-            return if call.write {
+            // A 5xx page that is not V2 comes from in front of the upstream
+            // (a proxy or load balancer): it says nothing about the account.
+            let health = if status.is_server_error() {
+                ConnectionFailed
+            } else {
+                AccountFailed
+            };
+            let attempt = if call.write {
                 // Whatever a proxy or a broken upstream says, the write may have happened.
                 unknown(false, &detail)
             } else if status.is_server_error() {
@@ -407,6 +443,7 @@ impl Upstream {
                     GatewayError::UpstreamUnavailable { detail },
                 )))
             };
+            return (attempt, health);
         };
         if envelope.success
             && status.is_success()
@@ -422,24 +459,26 @@ impl Upstream {
                 );
                 data = Bytes::from(clean);
             }
-            return Attempt::Done(Ok(UpstreamReply {
+            let reply = UpstreamReply {
                 status,
                 data,
                 credits: reported_credits(envelope.metadata),
                 upstream_ms,
                 headers: passed_headers(&parts.headers, &self.scrubber),
-            }));
+            };
+            return (Attempt::Done(Ok(reply)), Healthy);
         }
         if status.is_success() {
             // `success: false` (or no `data`) with a 2xx status is not the V2 contract.
             let detail = format!("upstream answered {status} without a V2 success body");
-            return if call.write {
+            let attempt = if call.write {
                 unknown(false, &detail)
             } else {
                 Attempt::Done(Err(UpstreamError::Free(
                     GatewayError::UpstreamUnavailable { detail },
                 )))
             };
+            return (attempt, AccountFailed);
         }
         let (code, message) = match envelope.error {
             Some(e) => (e.code, e.message),
@@ -447,7 +486,9 @@ impl Upstream {
         };
         if code == "INVALID_API_KEY" {
             tracing::error!(upstream_key = %key.name, "the upstream rejected this upstream key");
-            return Attempt::Done(Err(UpstreamError::Free(GatewayError::UpstreamAuthFailed)));
+            // The upstream is up and answering: the key is the operator's to fix.
+            let attempt = Attempt::Done(Err(UpstreamError::Free(GatewayError::UpstreamAuthFailed)));
+            return (attempt, Healthy);
         }
         let retry_after = parts
             .headers
@@ -462,16 +503,24 @@ impl Upstream {
             message: self.scrubber.message(&message).into_owned(),
             retry_after_s: retry_after,
         };
+        // A V2 5xx is the upstream failing this call, for this account.
         if status == StatusCode::TOO_MANY_REQUESTS {
-            Attempt::Retry(error, retry_after.map(Duration::from_secs))
+            (
+                Attempt::Retry(error, retry_after.map(Duration::from_secs)),
+                Healthy,
+            )
         } else if status.is_server_error() && call.write {
             // V2 errors cost nothing, but a write that met a 5xx may still
             // have been carried out: never send it again.
-            unknown(false, &format!("the upstream answered {status} to a write"))
+            let detail = format!("the upstream answered {status} to a write");
+            (unknown(false, &detail), AccountFailed)
         } else if status.is_server_error() {
-            Attempt::Retry(error, retry_after.map(Duration::from_secs))
+            (
+                Attempt::Retry(error, retry_after.map(Duration::from_secs)),
+                AccountFailed,
+            )
         } else {
-            Attempt::Done(Err(UpstreamError::Free(error)))
+            (Attempt::Done(Err(UpstreamError::Free(error))), Healthy)
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct TenantSpec {
     pub budget: Option<(u64, &'static str)>,
     pub allow_refresh: bool,
     pub connect_accounts: bool,
+    /// `tenants[].max_in_flight` (default: half of `server.max_in_flight`).
+    pub max_in_flight: Option<u32>,
 }
 
 impl TenantSpec {
@@ -60,6 +62,7 @@ impl TenantSpec {
             budget: None,
             allow_refresh: false,
             connect_accounts: false,
+            max_in_flight: None,
         }
     }
     pub fn budget(mut self, credits: u64, period: &'static str) -> Self {
@@ -80,6 +83,10 @@ impl TenantSpec {
     }
     pub fn connect_accounts(mut self) -> Self {
         self.connect_accounts = true;
+        self
+    }
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = Some(n);
         self
     }
 }
@@ -264,6 +271,9 @@ impl World {
             ));
             if let Some(rl) = t.rate_limit {
                 yaml.push_str(&format!("    rate_limit: {rl}\n"));
+            }
+            if let Some(n) = t.max_in_flight {
+                yaml.push_str(&format!("    max_in_flight: {n}\n"));
             }
             if let Some((credits, period)) = t.budget {
                 yaml.push_str(&format!(

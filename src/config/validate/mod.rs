@@ -122,7 +122,7 @@ fn validate(raw: &RawConfig, p: &mut Problems, secrets: Secrets<'_>) -> Config {
     let upstream = upstream::upstream(&raw.upstream, p, secrets);
     let mut cache = sections::cache(&raw.cache, p);
     let ledger = sections::ledger(&raw.ledger, p);
-    let tenants = tenants::tenants(&raw.tenants, p);
+    let tenants = tenants::tenants(&raw.tenants, server.max_in_flight, p);
     let actions = actions::actions(
         raw.upstream.estimates.as_ref(),
         raw.actions.as_ref(),

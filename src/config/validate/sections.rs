@@ -41,6 +41,12 @@ pub(super) fn server(raw: &RawServer, p: &mut Problems) -> ServerConfig {
             "server.request_timeout_ms",
             60_000,
         ),
+        body_timeout: millis(
+            p,
+            raw.body_timeout_ms.as_ref(),
+            "server.body_timeout_ms",
+            10_000,
+        ),
         shutdown_grace: seconds(
             p,
             raw.shutdown_grace_s.as_ref(),

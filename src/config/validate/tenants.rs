@@ -4,13 +4,21 @@ use std::collections::HashMap;
 
 use super::Problems;
 use super::actions::valid_action_name;
-use super::values::{budget, hash, patterns, rate_limit};
+use super::values::{budget, count, hash, patterns, rate_limit};
 use crate::config::TenantConfig;
 use crate::config::raw::RawTenant;
 use crate::keys::KeyHash;
 
 /// `tenants:`, in file order (other sections refer to them by index).
-pub(super) fn tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> {
+/// `server_max_in_flight` gives a tenant without its own `max_in_flight`
+/// its default share: half the server's slots (at least 1), so no one
+/// tenant can take them all.
+pub(super) fn tenants(
+    raw: &[RawTenant],
+    server_max_in_flight: usize,
+    p: &mut Problems,
+) -> Vec<TenantConfig> {
+    let default_share = (server_max_in_flight / 2).max(1) as u64;
     let mut ids: HashMap<&str, u64> = HashMap::new();
     let mut hashes: HashMap<KeyHash, u64> = HashMap::new();
     let mut out = Vec::new();
@@ -82,6 +90,12 @@ pub(super) fn tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> 
             .budget
             .as_ref()
             .and_then(|b| budget(p, b, &format!("{path}.budget")));
+        let max_in_flight = count(
+            p,
+            t.max_in_flight.as_ref(),
+            &format!("{path}.max_in_flight"),
+            default_share,
+        );
         out.push(TenantConfig {
             id: t.id.value.clone(),
             key_sha256: key_sha256.unwrap_or(KeyHash([0; 32])),
@@ -89,6 +103,7 @@ pub(super) fn tenants(raw: &[RawTenant], p: &mut Problems) -> Vec<TenantConfig> 
             actions,
             rate_limit,
             budget,
+            max_in_flight,
             allow_refresh: t.allow_refresh,
             connect_accounts: t.connect_accounts,
         });

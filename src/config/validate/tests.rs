@@ -429,3 +429,67 @@ fn admin_and_tenant_listeners_on_one_socket_are_refused() {
         &["t.yaml:2:11: server.listen: admin.listen (127.0.0.1:9090)"],
     );
 }
+
+#[test]
+fn isolation_settings_have_their_documented_defaults() {
+    let c = load(&with(""), "t.yaml").unwrap();
+    assert_eq!(c.server.body_timeout, Duration::from_millis(10_000));
+    assert_eq!(c.server.max_in_flight, 4096);
+    assert_eq!(c.tenants[0].max_in_flight, 2048, "half the server's slots");
+    assert_eq!(c.upstream.breaker_accounts, 3);
+    assert_eq!(c.upstream.breaker_window, Duration::from_secs(60));
+    // A one-slot server still gives each tenant one.
+    let c = load(
+        &format!("server:\n  max_in_flight: 1\n{}", with("")),
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.tenants[0].max_in_flight, 1);
+    let c = load(
+        &format!(
+            "server:\n  max_in_flight: 8\n  body_timeout_ms: 250\n{}",
+            with("").replace(
+                "accounts: [\"*\"]\n",
+                "accounts: [\"*\"]\n    max_in_flight: 3\n"
+            )
+        )
+        .replace(
+            "  keys:\n",
+            "  breaker: { failures: 4, open_s: 10, accounts: 5, window_s: 120 }\n  keys:\n",
+        ),
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.server.body_timeout, Duration::from_millis(250));
+    assert_eq!(c.tenants[0].max_in_flight, 3);
+    assert_eq!(c.upstream.breaker_accounts, 5);
+    assert_eq!(c.upstream.breaker_window, Duration::from_secs(120));
+}
+
+#[test]
+fn impossible_isolation_settings_are_refused_with_their_line() {
+    let shown = refused(&with("").replace(
+        "accounts: [\"*\"]\n",
+        "accounts: [\"*\"]\n    max_in_flight: 0\n",
+    ));
+    assert_shows(
+        &shown,
+        &["t.yaml:10:20: tenants[0].max_in_flight: must be between 1 and 1000000"],
+    );
+    let shown = refused(&format!("server:\n  body_timeout_ms: 0\n{}", with("")));
+    assert_shows(
+        &shown,
+        &["t.yaml:2:20: server.body_timeout_ms: must be between 1 and 3600000"],
+    );
+    let shown = refused(&with("").replace(
+        "  keys:\n",
+        "  breaker: { accounts: 0, window_s: 0 }\n  keys:\n",
+    ));
+    assert_shows(
+        &shown,
+        &[
+            "upstream.breaker.accounts: must be between 1 and 1000",
+            "upstream.breaker.window_s: must be between 1",
+        ],
+    );
+}

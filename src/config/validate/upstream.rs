@@ -121,6 +121,27 @@ pub(super) fn upstream(u: &RawUpstream, p: &mut Problems, secrets: Secrets<'_>) 
         30,
         false,
     );
+    let breaker_accounts = u
+        .breaker
+        .as_ref()
+        .and_then(|b| b.accounts.as_ref())
+        .map_or(3, |v| {
+            if !(1..=1000).contains(&v.value) {
+                p.at(
+                    &v.referenced,
+                    "upstream.breaker.accounts",
+                    "must be between 1 and 1000",
+                );
+            }
+            v.value.clamp(1, 1000)
+        });
+    let breaker_window = seconds(
+        p,
+        u.breaker.as_ref().and_then(|b| b.window_s.as_ref()),
+        "upstream.breaker.window_s",
+        60,
+        false,
+    );
     // Checked with the action table they feed (`actions::actions`).
     let estimates = u
         .estimates
@@ -146,6 +167,8 @@ pub(super) fn upstream(u: &RawUpstream, p: &mut Problems, secrets: Secrets<'_>) 
         max_pace_wait,
         breaker_failures,
         breaker_open,
+        breaker_accounts,
+        breaker_window,
         estimates,
         keys,
     }

@@ -85,6 +85,7 @@ use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
 use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
 use crate::clock::Clock;
 use crate::config::Budget;
+use crate::log_throttle::LogThrottle;
 use writer::Writer;
 
 pub use report::read_usage;
@@ -117,6 +118,9 @@ pub struct SqliteLedger {
     writer: Option<JoinHandle<()>>,
     /// Whether the path still names the file this ledger has open.
     watch: Arc<owner::Watch>,
+    /// The writer's log throttle, for tests to see what it left out.
+    #[cfg(test)]
+    logs: Arc<LogThrottle>,
     /// Stops the watch thread when dropped, and its handle.
     watcher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
@@ -252,7 +256,11 @@ impl SqliteLedger {
         let watcher = owner::spawn_watcher(Arc::clone(&watch), owner::WATCH_EVERY)
             .map_err(|e| unavailable(path, format!("cannot start the file watch thread: {e}")))?;
         let (commands, receiver) = mpsc::channel();
+        // A full disk fails every batch, 20 or more a second: each failure
+        // is logged once, then summed up.
+        let logs = Arc::new(LogThrottle::new(clock.clone()));
         let writer = Writer {
+            logs: Arc::clone(&logs),
             conn,
             path: path.to_path_buf(),
             clock: clock.clone(),
@@ -278,6 +286,8 @@ impl SqliteLedger {
             mirror,
             writer: Some(writer),
             watch,
+            #[cfg(test)]
+            logs,
             watcher: Some(watcher),
         })
     }
@@ -302,6 +312,11 @@ impl SqliteLedger {
     #[cfg(test)]
     fn break_writes(&self, broken: bool) {
         let _ = self.commands.send(Command::BreakWrites(broken));
+    }
+
+    #[cfg(test)]
+    fn logs(&self) -> &LogThrottle {
+        &self.logs
     }
 
     #[cfg(test)]

@@ -59,6 +59,35 @@ async fn a_failed_commit_answers_unavailable_and_answered_closes_are_kept() {
     assert_eq!(usage[0].requests, 1);
 }
 
+/// Regression: with the disk full, "could not write answered settles" was
+/// logged on every retry of the batch, about 30 times a second.
+#[tokio::test]
+async fn a_failing_disk_is_logged_once_then_summed_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(10);
+    let held = ledger.reserve(&t, b, 4, "r1").await.unwrap();
+    ledger.break_writes(true);
+    // Answered at once; its write is retried every 50 ms and keeps failing.
+    ledger.settle(held, 3, b).await.unwrap();
+    let site = writer::CLOSES_UNWRITTEN;
+    // Bounded: 500 × 20 ms of polling.
+    for round in 0.. {
+        if ledger.logs().suppressed(site).unwrap_or(0) >= 10 {
+            break;
+        }
+        assert!(round < 500, "the retries stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Once the disk takes writes again, the kept settle is written and the
+    // recovery line takes the count with it.
+    ledger.break_writes(false);
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.logs().suppressed(site), None);
+    assert_eq!(ledger.balance("crm", b).await.unwrap().used, 3);
+}
+
 #[tokio::test]
 async fn concurrent_commands_share_commits() {
     let dir = tempfile::tempdir().unwrap();

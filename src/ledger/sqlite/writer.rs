@@ -16,6 +16,7 @@ use crate::clock::{Clock, rfc3339};
 use crate::ledger::book::{Account, AccountKey, Book, Changes};
 use crate::ledger::hits::PendingHits;
 use crate::ledger::{Balance, IdempotencyBegin, LedgerError, Reservation};
+use crate::log_throttle::LogThrottle;
 
 /// The most commands one transaction carries.
 pub(super) const MAX_BATCH: usize = 512;
@@ -26,11 +27,19 @@ pub(super) const CLOSE_WRITE_DELAY: Duration = Duration::from_millis(50);
 /// How often expired idempotency keys are looked for (on the ledger's clock).
 const PURGE_EVERY: Duration = Duration::from_secs(1);
 
+/// Log sites of the writer's repeating failures (see [`LogThrottle`]).
+pub(super) const CLOSES_UNWRITTEN: &str = "ledger.closes_unwritten";
+const HITS_UNWRITTEN: &str = "ledger.hits_unwritten";
+const KEY_NOT_FREED: &str = "ledger.key_not_freed";
+
 /// The thread that owns the read-write connection and the truth.
 pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) path: PathBuf,
     pub(super) clock: Clock,
+    /// A failing disk fails every batch: each failure is logged once, then
+    /// summed up every few seconds.
+    pub(super) logs: Arc<LogThrottle>,
     pub(super) book: Book,
     pub(super) mirror: Arc<Mutex<Mirror>>,
     pub(super) commands: mpsc::Receiver<Command>,
@@ -236,10 +245,15 @@ impl Writer {
                             self.closes_waiting_since.get_or_insert(now);
                         }
                         Ok(false) => {}
-                        Err(e) => tracing::warn!(
-                            error = %unavailable(&self.path, e),
-                            "ledger could not free an idempotency key; it stays claimed until it expires"
-                        ),
+                        Err(e) => {
+                            if let Some(suppressed) = self.logs.admit(KEY_NOT_FREED) {
+                                tracing::warn!(
+                                    error = %unavailable(&self.path, e),
+                                    suppressed,
+                                    "ledger could not free an idempotency key; it stays claimed until it expires"
+                                );
+                            }
+                        }
                     }
                 }
                 Command::Flush { reply } => answers.push(Answer::Committed(reply)),
@@ -314,6 +328,7 @@ impl Writer {
                 for answer in answers {
                     answer.send(None);
                 }
+                self.log_recovery();
             }
             Err(e) => {
                 self.book.rollback();
@@ -328,12 +343,16 @@ impl Writer {
                     }
                     let now = self.clock.now();
                     self.closes_waiting_since = Some(now);
-                    tracing::warn!(
-                        error = %error,
-                        closes = self.answered.len(),
-                        "ledger could not write answered settles; they are kept and retried \
-                         (a crash before they are written counts their reservations in full)"
-                    );
+                    // Retried every 50 ms or sooner while the fault lasts.
+                    if let Some(suppressed) = self.logs.admit(CLOSES_UNWRITTEN) {
+                        tracing::warn!(
+                            error = %error,
+                            closes = self.answered.len(),
+                            suppressed,
+                            "ledger could not write answered settles; they are kept and retried \
+                             (a crash before they are written counts their reservations in full)"
+                        );
+                    }
                 }
                 if self.keys.has_freed() {
                     // Abandons answered: retried like the closes.
@@ -341,7 +360,13 @@ impl Writer {
                     self.closes_waiting_since = Some(now);
                 } else if self.answered.is_empty() && answers.is_empty() {
                     // Only hit counts were in it; they stay pending for the next try.
-                    tracing::warn!(error = %error, "ledger could not write cache-hit counts");
+                    if let Some(suppressed) = self.logs.admit(HITS_UNWRITTEN) {
+                        tracing::warn!(
+                            error = %error,
+                            suppressed,
+                            "ledger could not write cache-hit counts"
+                        );
+                    }
                 }
                 for answer in answers {
                     answer.send(Some(&error));
@@ -349,6 +374,23 @@ impl Writer {
             }
         }
         next
+    }
+
+    /// After a commit: says once that writes that kept failing got through,
+    /// with how many failures went unlogged since the last line.
+    fn log_recovery(&self) {
+        for (site, what) in [
+            (CLOSES_UNWRITTEN, "answered settles"),
+            (HITS_UNWRITTEN, "cache-hit counts"),
+        ] {
+            if let Some(suppressed) = self.logs.clear(site) {
+                tracing::info!(
+                    suppressed,
+                    written = what,
+                    "ledger writes work again: what was kept is written"
+                );
+            }
+        }
     }
 
     /// Time since `then` on the ledger's clock (fake in tests).
