@@ -5,6 +5,7 @@
 //! account, cache outcome, charge) and the log line is written from it once
 //! the response is ready, whether it is a page or an error.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -53,6 +54,8 @@ pub struct RequestContext {
     /// When the request arrived.
     pub started: Instant,
     fields: Mutex<LogFields>,
+    /// Whether a call for this request has gone to the upstream.
+    upstream_started: AtomicBool,
 }
 
 impl RequestContext {
@@ -62,6 +65,7 @@ impl RequestContext {
             request_id,
             started,
             fields: Mutex::new(LogFields::default()),
+            upstream_started: AtomicBool::new(false),
         })
     }
 
@@ -99,6 +103,17 @@ impl RequestContext {
             "settle"
         );
         true
+    }
+
+    /// Marks that a call for this request is being sent upstream.
+    pub fn mark_upstream_started(&self) {
+        self.upstream_started.store(true, Ordering::Release);
+    }
+
+    /// Whether a call for this request has gone to the upstream (then a
+    /// deadline that passes must not read as "nothing happened").
+    pub fn upstream_started(&self) -> bool {
+        self.upstream_started.load(Ordering::Acquire)
     }
 
     /// The request id as text (always ASCII: it was validated or generated).

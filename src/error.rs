@@ -152,6 +152,18 @@ pub enum GatewayError {
         "the first request with this Idempotency-Key was interrupted by a gateway restart while it was being sent; its outcome is unknown, so it is not sent again"
     )]
     IdempotencyOrphaned,
+    /// The request's deadline (`server.request_timeout_ms`) passed while its
+    /// upstream call was still running: that call goes on, so what it does
+    /// upstream is not known yet.
+    #[error(
+        "the request's deadline ({after_ms} ms) passed while its upstream call was still running: \
+         its outcome is unknown (it may still act and be billed; a charge is logged when it settles), \
+         so retry a write only with its Idempotency-Key"
+    )]
+    DeadlinePassedInFlight {
+        /// The deadline, in milliseconds.
+        after_ms: u64,
+    },
     /// Any other V2 error, passed through.
     #[error("{message}")]
     Upstream {
@@ -198,7 +210,7 @@ impl GatewayError {
             }
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             UpstreamUnavailable { .. } | UpstreamAuthFailed => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamTimeout | DeadlinePassedInFlight { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Upstream { status, .. } => *status,
             ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -230,7 +242,7 @@ impl GatewayError {
             InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
-            UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            UpstreamTimeout | DeadlinePassedInFlight { .. } => "UPSTREAM_TIMEOUT",
             UpstreamCircuitOpen { .. } => "SERVICE_UNAVAILABLE",
             Upstream { code, .. } => code,
             ServiceUnavailable { .. } => "SERVICE_UNAVAILABLE",
@@ -282,6 +294,7 @@ impl GatewayError {
             | UpstreamCircuitOpen { .. }
             | OutcomeUnknown { .. }
             | IdempotencyOrphaned
+            | DeadlinePassedInFlight { .. }
             | Upstream { .. } => ErrorSource::Upstream,
             ServiceUnavailable { .. } => ErrorSource::Internal,
         }

@@ -118,6 +118,7 @@ impl MissPath {
             write: call.is_write(),
             get: false,
         };
+        context.mark_upstream_started();
         match self.upstream.call(&upstream_call).await {
             Ok(reply) => {
                 let held = reservation.amount;

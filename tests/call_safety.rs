@@ -352,9 +352,17 @@ async fn the_logs_add_up_to_the_ledger_after_a_deadline_expiry() {
     );
     w.sim.set_fault(Fault::latency(800));
     let late = send(&viewers("acc-1", 30, 20), "/v2/profiles").await;
-    assert_eq!(late.status, 503, "{}", late.text());
+    assert_eq!(late.status, 504, "{}", late.text());
+    // Red team: a bare 503 here read as "nothing happened" and a retried
+    // invite went out twice; the answer says the outcome is unknown.
     let late_write = send(INVITE, "/v2/network").await;
-    assert_eq!(late_write.status, 503, "{}", late_write.text());
+    assert_eq!(late_write.status, 504, "{}", late_write.text());
+    assert_eq!(late_write.code(), "UPSTREAM_TIMEOUT");
+    assert!(
+        late_write.text().contains("Idempotency-Key"),
+        "{}",
+        late_write.text()
+    );
     w.sim.clear_fault();
     // Wait (bounded) until both late calls have settled.
     for _ in 0..300 {

@@ -213,20 +213,24 @@ async fn an_idle_http1_connection_is_closed_cleanly_after_the_idle_timeout() {
     let idle = Duration::from_millis(400);
     let w = World::start(world("  header_timeout_ms: 200\n  idle_timeout_ms: 400\n")).await;
     let mut stream = TcpStream::connect(w.server.addr()).await.unwrap();
+    // Taken before the last request is sent: the server's idle time starts
+    // only once that answer has gone out, so no close can come sooner than
+    // `idle` after this, however late this test task runs.
+    let mut last_sent = Instant::now();
     for account in ["acc-1", "acc-2"] {
+        last_sent = Instant::now();
         stream
             .write_all(post(&w, "", &viewers(account, 0, 10)).as_bytes())
             .await
             .unwrap();
         assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
     }
-    let answered = Instant::now();
     // Between requests: a FIN, no reset, no stray bytes.
     assert_eq!(wait_for_end(&mut stream, SOON).await, End::Eof);
     assert!(
-        answered.elapsed() >= idle,
-        "closed after {:?}, before the idle timeout",
-        answered.elapsed()
+        last_sent.elapsed() >= idle,
+        "closed {:?} after the last request was sent, before the idle timeout",
+        last_sent.elapsed()
     );
     // Later clients are served as usual.
     assert_eq!(
@@ -240,13 +244,14 @@ async fn an_idle_h2c_connection_gets_a_goaway_after_the_idle_timeout() {
     let idle = Duration::from_millis(400);
     let w = World::start(world("  header_timeout_ms: 200\n  idle_timeout_ms: 400\n")).await;
     let (send, connection) = h2c(w.server.addr()).await;
+    // Before the request: the stream's end, where idle time starts, is later.
+    let sent = Instant::now();
     assert_eq!(h2_request(&send, h2_not_found(&w), None).await.0, 404);
-    let answered = Instant::now();
     h2_closed_gracefully(connection).await;
     assert!(
-        answered.elapsed() >= idle,
-        "closed after {:?}, before the idle timeout",
-        answered.elapsed()
+        sent.elapsed() >= idle,
+        "closed {:?} after the request was sent, before the idle timeout",
+        sent.elapsed()
     );
     let refused = send.ready().await.expect_err("no new stream after GOAWAY");
     assert!(refused.is_go_away(), "{refused}");

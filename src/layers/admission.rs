@@ -126,11 +126,19 @@ where
             Err(refused) => return Box::pin(std::future::ready(Err(refused))),
         };
         let timeout = self.timeout;
+        let context = super::context(&request).cloned();
         let inner = self.inner.call(request);
         Box::pin(async move {
             let result = tokio::time::timeout(timeout, inner).await;
             drop(held);
             result.unwrap_or_else(|_| {
+                // A call already sent goes on in its own task: the client
+                // must not read this as "nothing happened" and send it again.
+                if context.is_some_and(|c| c.upstream_started()) {
+                    return Err(GatewayError::DeadlinePassedInFlight {
+                        after_ms: timeout.as_millis() as u64,
+                    });
+                }
                 Err(GatewayError::ServiceUnavailable {
                     detail: format!("request not answered within {} ms", timeout.as_millis()),
                 })
