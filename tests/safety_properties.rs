@@ -200,12 +200,12 @@ fn run(
             if let (Some(bound), Some(charged)) = (v["bound"].as_u64(), v["charged"].as_u64()) {
                 excess += charged - bound;
             }
-            if underpriced
-                && v["action"] == "get_candidates"
-                && v["msg"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("upstream outcome unknown"))
-            {
+            // From the access lines, which are never throttled (the
+            // "outcome unknown" warning is, once per 5 s): an error answer
+            // that still charged is a lost reply.
+            let lost_reply =
+                v["error_code"].is_string() && v["credits_charged"].as_u64().is_some_and(|c| c > 0);
+            if underpriced && v["action"] == "get_candidates" && lost_reply {
                 lost_underpriced += 1;
             }
         }
