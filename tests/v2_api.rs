@@ -60,6 +60,36 @@ async fn a_search_is_cached_by_its_params_and_served_to_another_tenant_free() {
 }
 
 #[tokio::test]
+async fn params_that_readers_could_read_apart_are_refused_before_the_cache() {
+    let w = World::start(two_tenants(&["search_people"])).await;
+    let asked = r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"rust","count":20,"company_id":123456789012345678901}}"#;
+    let first = call(&w, "crm", "/v2/profiles", asked).await;
+    assert_eq!(first.status, 400, "{}", first.text());
+    assert_eq!(first.json()["error"]["code"], "INVALID_PARAMS");
+    // These two would share a cache entry once parsed into doubles, yet an
+    // exact reader upstream sees two companies; and a repeated key is read
+    // first-wins by some parsers, last-wins by others.
+    for body in [
+        asked.replace("901}", "902}"),
+        r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"rust","filters":{"title":"cto","title":"ceo"}}}"#.to_string(),
+    ] {
+        let reply = call(&w, "ops", "/v2/profiles", &body).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        assert_eq!(reply.meta()["credits_consumed"], 0);
+    }
+    assert_eq!(
+        w.sim.calls_total(),
+        0,
+        "nothing refused reached the upstream"
+    );
+    assert_eq!(w.used("crm").await + w.used("ops").await, 0);
+    // The same company id within a double's precision is an ordinary search.
+    let fine = asked.replace("123456789012345678901", "12345678901");
+    assert_eq!(call(&w, "crm", "/v2/profiles", &fine).await.status, 200);
+    assert_eq!(w.sim.calls_total(), 1);
+}
+
+#[tokio::test]
 async fn each_read_is_fresh_for_its_own_ttl() {
     let w = World::start(two_tenants(&["search_people", "list_inbox"])).await;
     let search = r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"x"}}"#;

@@ -11,6 +11,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;
 pub mod route;
+mod unambiguous;
 
 use std::sync::Arc;
 

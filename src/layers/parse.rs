@@ -224,6 +224,7 @@ pub fn parse_connect(
         GatewayError::InvalidAction(format!("viewgate has no price for /v2/{endpoint}"))
     })?;
     let text = std::str::from_utf8(body).map_err(|_| invalid("the body must be UTF-8 JSON"))?;
+    super::unambiguous::check(text).map_err(invalid)?;
     let map = match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => return Err(invalid("the body must be a JSON object")),
@@ -323,6 +324,7 @@ pub fn parse_call_with(
         let map = match params {
             None => None,
             Some(raw) => {
+                super::unambiguous::check(raw.get()).map_err(invalid)?;
                 // Forwarded as written, so it must be JSON any parser reads the
                 // same way: an object, with numbers a double can hold.
                 match serde_json::from_str::<serde_json::Value>(raw.get()) {
