@@ -105,6 +105,23 @@ async fn client_errors_are_400_413_415_404_405_403() {
         415,
         "UNSUPPORTED_MEDIA_TYPE",
     );
+    // Two content types: which one the body is in would be a guess.
+    let twice = [
+        ("x-api-key", w.key("crm").to_string()),
+        ("content-type", "application/json".to_string()),
+        ("content-type", "text/plain".to_string()),
+    ];
+    assert_v2_error(
+        &w.request(
+            Method::POST,
+            "/v2/profiles",
+            &twice,
+            &viewers("acc-1", 0, 10),
+        )
+        .await,
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    );
     let key = vec![("x-api-key", w.key("crm").to_string())];
     assert_v2_error(
         &w.request(Method::POST, "/v1/profiles", &key, "").await,

@@ -148,9 +148,21 @@ where
 /// `limit` (1 to 500, default 100) and `offset` (default 0) from the query.
 fn paging(query: Option<&str>) -> Result<(usize, usize), GatewayError> {
     let (mut limit, mut offset) = (DEFAULT_LIMIT, 0usize);
+    let mut seen = (false, false);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let number = || value.parse::<usize>().ok();
+        // A repeated parameter has no one meaning (first wins? last?): refused.
+        let repeated = match name {
+            "limit" => std::mem::replace(&mut seen.0, true),
+            "offset" => std::mem::replace(&mut seen.1, true),
+            _ => false,
+        };
+        if repeated {
+            return Err(GatewayError::InvalidParams(format!(
+                "{name} is given more than once"
+            )));
+        }
         match name {
             "limit" => {
                 limit = number()
@@ -182,7 +194,15 @@ mod tests {
         assert_eq!(paging(None).unwrap(), (100, 0));
         assert_eq!(paging(Some("limit=5&offset=10")).unwrap(), (5, 10));
         assert_eq!(paging(Some("offset=3&x=y")).unwrap(), (100, 3));
-        for bad in ["limit=0", "limit=501", "limit=x", "offset=-1", "offset="] {
+        for bad in [
+            "limit=0",
+            "limit=501",
+            "limit=x",
+            "offset=-1",
+            "offset=",
+            "limit=5&limit=6",
+            "offset=1&limit=2&offset=1",
+        ] {
             assert!(paging(Some(bad)).is_err(), "{bad}");
         }
     }

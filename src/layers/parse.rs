@@ -120,7 +120,9 @@ where
             if declared.is_some_and(|n| n > limit as u64) {
                 return Err(GatewayError::PayloadTooLarge { limit });
             }
-            if !is_json(parts.headers.get(header::CONTENT_TYPE)) {
+            // One content type: with two, which one the body is in is a guess.
+            let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
+            if !is_json(types.next()) || types.next().is_some() {
                 return Err(GatewayError::UnsupportedMediaType);
             }
             let read = tokio::time::timeout(body_timeout, Limited::new(body, limit).collect());
