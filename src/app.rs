@@ -158,6 +158,25 @@ impl Gateway {
             ignored.push("server.listen");
             config.server.listen = old.server.listen;
         }
+        // The listener reads these once, when it starts accepting.
+        let server = &mut config.server;
+        let fixed = &old.server;
+        if server.header_timeout != fixed.header_timeout {
+            ignored.push("server.header_timeout_ms");
+            server.header_timeout = fixed.header_timeout;
+        }
+        if server.idle_timeout != fixed.idle_timeout {
+            ignored.push("server.idle_timeout_ms");
+            server.idle_timeout = fixed.idle_timeout;
+        }
+        if server.max_connections != fixed.max_connections {
+            ignored.push("server.max_connections");
+            server.max_connections = fixed.max_connections;
+        }
+        if server.shutdown_grace != fixed.shutdown_grace {
+            ignored.push("server.shutdown_grace_s");
+            server.shutdown_grace = fixed.shutdown_grace;
+        }
         let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
         if admin_listen(&config) != admin_listen(old) {
             ignored.push("admin.listen");

@@ -112,6 +112,45 @@ async fn a_reload_adds_changes_and_removes_tenants_at_once() {
 }
 
 #[tokio::test]
+async fn a_reload_names_the_listener_settings_that_wait_for_a_restart() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        ..WorldSpec::default()
+    })
+    .await;
+    let before = w.live.gateway().config.server.clone();
+    let mut config = (*w.live.gateway().config).clone();
+    config.server.idle_timeout += Duration::from_secs(1);
+    config.server.header_timeout += Duration::from_secs(1);
+    config.server.max_connections += 1;
+    config.server.shutdown_grace += Duration::from_secs(1);
+    config.server.max_body_bytes += 1;
+    let ignored = w.live.apply(config).expect("valid");
+    assert_eq!(
+        ignored,
+        [
+            "server.header_timeout_ms",
+            "server.idle_timeout_ms",
+            "server.max_connections",
+            "server.shutdown_grace_s"
+        ]
+    );
+    // The configuration in force says what really runs: the listener's
+    // settings as they were, the body limit (read per request) as asked.
+    let now = w.live.gateway().config.server.clone();
+    assert_eq!(now.idle_timeout, before.idle_timeout);
+    assert_eq!(now.header_timeout, before.header_timeout);
+    assert_eq!(now.max_connections, before.max_connections);
+    assert_eq!(now.shutdown_grace, before.shutdown_grace);
+    assert_eq!(now.max_body_bytes, before.max_body_bytes + 1);
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        200
+    );
+    assert_eq!(w.sim.calls_total(), 1);
+}
+
+#[tokio::test]
 async fn an_invalid_file_keeps_the_running_config_and_says_why() {
     let w = World::start(WorldSpec {
         tenants: vec![TenantSpec::new("crm", &["*"])],
