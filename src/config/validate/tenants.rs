@@ -6,7 +6,7 @@ use super::Problems;
 use super::actions::valid_action_name;
 use super::values::{budget, count, hash, patterns, rate_limit};
 use crate::config::raw::RawTenant;
-use crate::config::{OnBudgetExhausted, TenantConfig};
+use crate::config::{CacheConfig, OnBudgetExhausted, TenantConfig};
 use crate::keys::KeyHash;
 
 /// `tenants:`, in file order (other sections refer to them by index).
@@ -126,4 +126,25 @@ pub(super) fn tenants(
         });
     }
     out
+}
+
+/// `on_budget_exhausted: stale` serves expired pages the cache holds for
+/// `max(cache.stale_if_error_s, cache.stale_while_revalidate_s)` after their
+/// expiry: with both 0 it could never serve one.
+pub(super) fn stale_mode_window(raw: &[RawTenant], cache: &CacheConfig, p: &mut Problems) {
+    if !cache.stale_if_error.is_zero() || !cache.stale_while_revalidate.is_zero() {
+        return;
+    }
+    for (i, t) in raw.iter().enumerate() {
+        if let Some(mode) = &t.on_budget_exhausted
+            && mode.value == "stale"
+        {
+            p.at(
+                &mode.referenced,
+                format!("tenants[{i}].on_budget_exhausted"),
+                "stale serves expired pages held for max(cache.stale_if_error_s, \
+                 cache.stale_while_revalidate_s), and both are 0",
+            );
+        }
+    }
 }
