@@ -61,6 +61,40 @@ fn shadow_blocks(metrics: &str, tenant: &str, kind: &str) -> u64 {
         .sum()
 }
 
+/// `promtool check metrics` accepts the exposition (skipped with a note
+/// where promtool is not installed, never in CI).
+fn promtool_accepts(body: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool must be installed in CI"
+        );
+        eprintln!("promtool not installed: skipping the exposition-format check");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn stale_mode_serves_an_expired_page_at_no_charge_and_refuse_mode_still_402s() {
     let w = World::start(WorldSpec {
@@ -286,6 +320,10 @@ async fn shadow_mode_refuses_nothing_and_records_what_enforcement_would_have() {
         "enforced tenants are not counted"
     );
     assert!(metrics.contains("# TYPE viewgate_shadow_blocks_total counter"));
+    assert!(
+        metrics.contains("# HELP viewgate_shadow_blocks_total Requests of tenants in shadow mode")
+    );
+    promtool_accepts(&metrics);
 }
 
 #[tokio::test]
