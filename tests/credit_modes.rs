@@ -4,12 +4,18 @@
 //! on a fake clock. Every test asserts on the simulator's counters (upstream
 //! calls and billed credits) and on the ledger.
 
+// Real deadlines for the test's redis-server; the gateway's time is the Clock it is given.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use std::time::Duration;
 
 use common::{TenantSpec, World, WorldSpec, logs, viewers};
 use http::Method;
+use redis_server::RedisServer;
 use serde_json::Value;
 
 const STALE: &str = "    on_budget_exhausted: stale\n";
@@ -500,4 +506,64 @@ async fn a_quote_in_stale_mode_says_the_answer_would_be_degraded() {
     assert_eq!(q["would_charge"], 0);
     assert_eq!(q["budget_covers"], true);
     assert_eq!((w.sim.calls_total(), w.sim.credits_total()), (1, 3));
+}
+
+/// Shadow mode on the durable ledgers: the spend past the budget is held and
+/// settled in the budget's own period, read back with nothing remaining.
+#[tokio::test]
+async fn shadow_spend_is_recorded_past_the_budget_on_sqlite_and_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_new();
+    let mut ledgers = vec![format!(
+        "  backend: sqlite\n  path: \"{}\"\n",
+        dir.path().join("ledger.db").display()
+    )];
+    if let Some(redis) = &redis {
+        ledgers.push(format!(
+            "  backend: redis\n  redis_url: \"{}\"\n",
+            redis.url()
+        ));
+    }
+    for ledger in ledgers {
+        let w = World::start(WorldSpec {
+            tenants: vec![
+                TenantSpec::new("shadow", &["acc-1"])
+                    .budget(3, "day")
+                    .yaml(SHADOW),
+            ],
+            ledger_yaml: Some(ledger.clone()),
+            ..WorldSpec::default()
+        })
+        .await;
+        for i in 0..3u32 {
+            let r = w.post(Some("shadow"), &viewers("acc-1", i * 20, 20)).await;
+            assert_eq!(r.status, 200, "{ledger}: {}", r.text());
+            assert_eq!(r.meta()["credits_consumed"], 2);
+        }
+        assert_eq!(
+            (w.sim.calls_total(), w.sim.credits_total()),
+            (3, 6),
+            "{ledger}"
+        );
+        let balance = w.balance("shadow").await;
+        assert_eq!(
+            (balance.used, balance.reserved, balance.remaining()),
+            (6, 0, Some(0)),
+            "{ledger}"
+        );
+        let budget = w.gateway.tenants.by_id("shadow").unwrap().budget;
+        let usage = w
+            .gateway
+            .ledger
+            .usage(&[("shadow".to_string(), budget)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (usage[0].balance.used, usage[0].requests),
+            (6, 3),
+            "{ledger}"
+        );
+        let metrics = w.admin(Method::GET, "/metrics", None, "").await.text();
+        assert_eq!(shadow_blocks(&metrics, "shadow", "budget"), 2, "{ledger}");
+    }
 }
