@@ -338,7 +338,8 @@ async fn a_quote_prices_without_calling_or_charging() {
         tenants: vec![
             TenantSpec::new("q", &["acc-1"])
                 .budget(10, "day")
-                .actions(&["get_viewers", "invite"]),
+                .actions(&["get_viewers", "invite"])
+                .connect_accounts(),
             TenantSpec::new("poor", &["acc-2"]).budget(2, "day"),
         ],
         ..WorldSpec::default()
@@ -410,6 +411,14 @@ async fn a_quote_prices_without_calling_or_charging() {
             .writes("invite", "acc-1", "https://www.linkedin.com/in/someone"),
         0
     );
+
+    // A login (it names no account yet): priced, never sent.
+    let login = r#"{"platform":"linkedin","email":"q@example.com","password":"not-a-real-one","country":"FR"}"#;
+    let r = quote("q", "/v2/login", login.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["quote"]["cached"], "none");
+    assert_eq!(r.meta()["action"], "login");
+    assert_eq!(r.meta()["account_id"], "");
 
     // A budget that cannot cover the bound says so.
     let q = quote("poor", "/v2/profiles", viewers("acc-2", 0, 25))
