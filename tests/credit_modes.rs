@@ -518,7 +518,8 @@ async fn a_quote_in_stale_mode_says_the_answer_would_be_degraded() {
 }
 
 /// Shadow mode on the durable ledgers: the spend past the budget is held and
-/// settled in the budget's own period, read back with nothing remaining.
+/// settled in the budget's own period, read back with nothing remaining; on
+/// Redis, a global rate limit's would-be 429 is recorded too.
 #[tokio::test]
 async fn shadow_spend_is_recorded_past_the_budget_on_sqlite_and_redis() {
     let dir = tempfile::tempdir().unwrap();
@@ -535,9 +536,12 @@ async fn shadow_spend_is_recorded_past_the_budget_on_sqlite_and_redis() {
     }
     for ledger in ledgers {
         let w = World::start(WorldSpec {
+            // On Redis the rate limit is global (Redis's own clock): a
+            // minute per cell keeps the third request over it.
             tenants: vec![
                 TenantSpec::new("shadow", &["acc-1"])
                     .budget(3, "day")
+                    .rate("{ per_minute: 1, burst: 2 }")
                     .yaml(SHADOW),
             ],
             ledger_yaml: Some(ledger.clone()),
@@ -574,5 +578,10 @@ async fn shadow_spend_is_recorded_past_the_budget_on_sqlite_and_redis() {
         );
         let metrics = w.admin(Method::GET, "/metrics", None, "").await.text();
         assert_eq!(shadow_blocks(&metrics, "shadow", "budget"), 2, "{ledger}");
+        assert_eq!(
+            shadow_blocks(&metrics, "shadow", "rate_limit"),
+            1,
+            "{ledger}"
+        );
     }
 }
