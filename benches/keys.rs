@@ -33,6 +33,8 @@ fn main() {
         max_in_flight: 2048,
         allow_refresh: false,
         connect_accounts: false,
+        on_budget_exhausted: Default::default(),
+        enforce: true,
     };
     let tenants = Tenants::new(&[config], &Clock::real(), None, None);
     let mut last_differs = key.clone().into_bytes();

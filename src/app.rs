@@ -28,6 +28,7 @@ use crate::layers::cache::CacheService;
 use crate::layers::idempotency::IdempotencyLayer;
 use crate::layers::parse::ParseLayer;
 use crate::layers::policy::PolicyLayer;
+use crate::layers::quote::QuoteLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
@@ -275,8 +276,12 @@ impl Gateway {
                 Arc::clone(&self.slots),
                 self.config.server.request_timeout,
             ))
-            // Per-tenant GCRA, before any body is read: over-rate costs nothing.
-            .layer(RateLimitLayer::new(self.clock.clone()))
+            // Per-tenant GCRA, before any body is read: over-rate costs nothing
+            // (a tenant in shadow mode goes on, its would-be 429 recorded).
+            .layer(RateLimitLayer::new(
+                self.clock.clone(),
+                Arc::clone(&self.metrics),
+            ))
             // GET /v2/accounts[/{id}]: answered here, filtered to the tenant's
             // grants; they have no body, so they leave before the body stages.
             .layer(AccountsLayer::new(
@@ -292,6 +297,15 @@ impl Gateway {
             ))
             // Account and action allow-lists (404 / 403).
             .layer(PolicyLayer)
+            // x-viewgate-quote: 1 is priced here and answered: after every
+            // check a real request meets, before anything that would claim
+            // a key, hold credits or call the upstream.
+            .layer(QuoteLayer::new(
+                self.cache.clone(),
+                Arc::clone(&self.credits),
+                self.clock.clone(),
+                self.config.cache.actions.clone(),
+            ))
             // Idempotency-Key: a request sent again gets its first answer,
             // without an upstream call; claimed before anything is sent.
             .layer(IdempotencyLayer::new(

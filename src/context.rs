@@ -41,6 +41,10 @@ pub struct LogFields {
     pub error_code: Option<String>,
     /// Who caused the error (`client`, `policy`, `upstream`, `internal`).
     pub error_source: Option<&'static str>,
+    /// Why a page was served degraded (`budget`: out of credits, stale mode).
+    pub degraded: Option<&'static str>,
+    /// Whether the request was a quote (`x-viewgate-quote: 1`).
+    pub quote: bool,
     /// Whether the access line is written: a charge settled after it goes
     /// on a `settle` line of its own.
     pub answered: bool,

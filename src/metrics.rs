@@ -134,6 +134,12 @@ impl Metrics {
             'c',
         );
         describe(
+            "viewgate_shadow_blocks_total",
+            None,
+            "Requests of tenants in shadow mode (enforce: false) that enforcement would have refused, by tenant and kind (rate_limit, budget); they were served.",
+            'c',
+        );
+        describe(
             "viewgate_errors_total",
             None,
             "Error answers by tenant, V2 code and who caused them (client, policy, upstream, internal).",
@@ -283,6 +289,22 @@ impl Metrics {
         self.counter(
             "viewgate_price_overruns_total",
             vec![Label::new("action", action.to_string())],
+        )
+        .increment(1);
+    }
+
+    /// A request of a tenant in shadow mode that `kind` of enforcement
+    /// (`rate_limit` or `budget`) would have refused.
+    pub fn shadow_block(&self, tenant: &str, kind: &'static str) {
+        // Only tenants that opted into shadow mode get here, so the registry
+        // lookup per call costs nothing on the enforced path; both labels are
+        // bounded (configured tenants, two kinds).
+        self.counter(
+            "viewgate_shadow_blocks_total",
+            vec![
+                Label::new("tenant", tenant.to_string()),
+                Label::new("kind", kind),
+            ],
         )
         .increment(1);
     }

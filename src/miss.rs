@@ -106,10 +106,10 @@ impl MissPath {
         if !self.upstream.owns(call.routing_account()) {
             return Err(GatewayError::InvalidAccount);
         }
-        let reservation = self
-            .credits
-            .reserve(tenant, call.bound, context.request_id_str())
-            .await?;
+        // A tenant in shadow mode is held past its budget (logged, counted).
+        let reservation =
+            crate::shadow::reserve(&self.credits, &self.metrics, tenant, call.bound, context)
+                .await?;
         let upstream_call = UpstreamCall {
             path: call.path(),
             account_id: call.routing_account().to_string(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::clock::Clock;
-use crate::config::{AccountPattern, Budget, RateLimit, TenantConfig};
+use crate::config::{AccountPattern, Budget, OnBudgetExhausted, RateLimit, TenantConfig};
 use crate::keys::KeyHash;
 use crate::ratelimit::{Limiter, RedisGcra};
 
@@ -43,6 +43,11 @@ pub struct Tenant {
     pub allow_refresh: bool,
     /// Whether it may connect accounts (`/v2/login`, `/v2/checkpoint`).
     pub connect_accounts: bool,
+    /// What a cacheable read its budget cannot cover gets.
+    pub on_budget_exhausted: OnBudgetExhausted,
+    /// Whether its rate limit and budget refuse (false: shadow mode, see
+    /// [`crate::shadow`]).
+    pub enforce: bool,
 }
 
 impl Tenant {
@@ -79,6 +84,8 @@ impl Tenant {
                 .unwrap_or_default(),
             allow_refresh: config.allow_refresh,
             connect_accounts: config.connect_accounts,
+            on_budget_exhausted: config.on_budget_exhausted,
+            enforce: config.enforce,
         }
     }
 

@@ -197,6 +197,24 @@ pub struct TenantConfig {
     /// Whether it may connect LinkedIn accounts (`POST /v2/login` and
     /// `/v2/checkpoint`); default false.
     pub connect_accounts: bool,
+    /// What a cacheable read its budget cannot cover gets
+    /// (`tenants[].on_budget_exhausted`, default `refuse`).
+    pub on_budget_exhausted: OnBudgetExhausted,
+    /// Whether its rate limit and budget refuse requests
+    /// (`tenants[].enforce`, default true); false is shadow mode: nothing
+    /// is refused, what would have been is logged and counted.
+    pub enforce: bool,
+}
+
+/// What a tenant's cacheable read gets when its budget cannot cover it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnBudgetExhausted {
+    /// 402 `INSUFFICIENT_CREDITS`.
+    #[default]
+    Refuse,
+    /// An expired page still held by the cache, at no charge, marked
+    /// `x-viewgate-degraded: budget`; 402 when there is none.
+    Stale,
 }
 
 /// Where a rate limit's state lives.

@@ -144,6 +144,8 @@ pub struct RawTenant {
     pub allow_refresh: bool,
     #[serde(default)]
     pub connect_accounts: bool,
+    pub on_budget_exhausted: Option<S<String>>,
+    pub enforce: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,7 @@ use crate::call::ApiCall;
 use crate::clock::Clock;
 use crate::context::RequestContext;
 use crate::credits::Credits;
+use crate::degraded;
 use crate::error::GatewayError;
 use crate::ledger::Balance;
 use crate::log_throttle::LogThrottle;
@@ -266,12 +267,34 @@ impl Shared {
                             )
                             .await;
                     }
-                    // The leader's budget was not ours: try again, perhaps as leader.
-                    Some(Err(GatewayError::InsufficientCredits { .. })) | None => continue,
+                    // The leader's budget was not ours: try again, perhaps as
+                    // leader; in stale mode, out of budget ourselves, degrade.
+                    Some(Err(GatewayError::InsufficientCredits { .. })) | None => {
+                        let now = self.clock.now();
+                        if let Some(page) = &stale
+                            && degraded::follower_stands_in(
+                                &self.credits,
+                                &tenant,
+                                &call,
+                                page,
+                                now,
+                            )
+                            .await
+                        {
+                            return self.degraded(&tenant, &context, &call, page).await;
+                        }
+                        continue;
+                    }
                     // The leader's charge is the leader's.
                     Some(Err(e)) => e.without_charge(),
                 },
             };
+            // Out of budget in stale mode: an expired page, at no charge.
+            if let Some(page) = &stale
+                && degraded::stands_in(&tenant, &outcome, page, self.clock.now())
+            {
+                return self.degraded(&tenant, &context, &call, page).await;
+            }
             // The fetch failed: an expired page may stand in for an upstream failure.
             if outcome.is_upstream_failure()
                 && let Some(page) = stale.filter(|p| p.may_serve_stale(self.clock.now()))
@@ -372,6 +395,21 @@ impl Shared {
             None,
             balance,
         )
+    }
+
+    /// Answers with an expired page for a tenant out of budget in stale
+    /// mode: no charge, marked degraded (see [`crate::degraded`]).
+    async fn degraded(
+        &self,
+        tenant: &Tenant,
+        context: &RequestContext,
+        call: &ApiCall,
+        page: &CachedPage,
+    ) -> StageResult {
+        let response = self
+            .answer(tenant, context, call, page, CacheStatus::Stale, 0, None)
+            .await?;
+        Ok(degraded::mark(response, context))
     }
 
     /// Answers with a page, reading the tenant's balance for the metadata.
@@ -546,6 +584,8 @@ mod tests {
             allow_refresh: false,
             connect_accounts: false,
             max_in_flight: 4,
+            on_budget_exhausted: Default::default(),
+            enforce: true,
         };
         Arc::new(Tenant::new(&config, clock, None, None))
     }

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod idempotency;
 pub mod parse;
 pub mod policy;
+pub mod quote;
 pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;

@@ -15,22 +15,27 @@ use futures_util::future::{Either, Ready, ready};
 use http::Request;
 use tower::{Layer, Service};
 
-use super::StageResult;
+use super::{StageResult, context};
 use crate::clock::Clock;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, ceil_secs};
+use crate::shadow;
 use crate::tenant::Tenant;
 
-/// Answers 429 `RATE_LIMITED` when the tenant's bucket is empty.
+/// Answers 429 `RATE_LIMITED` when the tenant's bucket is empty (a tenant
+/// in shadow mode goes on, its would-be 429 logged and counted).
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 impl RateLimitLayer {
-    /// Limits against `clock` (the limiters were built with the same clock).
-    pub fn new(clock: Clock) -> Self {
-        Self { clock }
+    /// Limits against `clock` (the limiters were built with the same clock),
+    /// counting shadow-mode would-be refusals in `metrics`.
+    pub fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
+        Self { clock, metrics }
     }
 }
 
@@ -40,6 +45,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             clock: self.clock.clone(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -49,11 +55,24 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
-fn limited(decision: Decision) -> Result<(), GatewayError> {
+/// What the limiter's `decision` means for this request: a tenant in shadow
+/// mode is never refused, only recorded (see [`crate::shadow`]).
+fn limited<B>(
+    decision: Decision,
+    tenant: &Tenant,
+    request: &Request<B>,
+    metrics: &Metrics,
+) -> Result<(), GatewayError> {
     match decision {
         Decision::Allowed => Ok(()),
+        Decision::Wait(_) if !tenant.enforce => {
+            let request_id = context(request).map_or("-", |c| c.request_id_str());
+            shadow::would_block(metrics, tenant, shadow::Kind::RateLimit, request_id, None);
+            Ok(())
+        }
         Decision::Wait(wait) => Err(GatewayError::RateLimited {
             retry_after_s: ceil_secs(wait),
         }),
@@ -81,15 +100,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let limiter = request
-            .extensions()
-            .get::<Arc<Tenant>>()
-            .and_then(|t| t.limiter.clone());
-        let Some(limiter) = limiter else {
+        let tenant = request.extensions().get::<Arc<Tenant>>().cloned();
+        let Some((tenant, limiter)) = tenant.and_then(|t| t.limiter.clone().map(|l| (t, l))) else {
             return Either::Right(Either::Left(self.inner.call(request)));
         };
         match limiter.check_local(&self.clock) {
-            Some(decision) => match limited(decision) {
+            Some(decision) => match limited(decision, &tenant, &request, &self.metrics) {
                 Ok(()) => Either::Right(Either::Left(self.inner.call(request))),
                 Err(e) => Either::Left(ready(Err(e))),
             },
@@ -98,8 +114,9 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let clock = self.clock.clone();
+                let metrics = Arc::clone(&self.metrics);
                 Either::Right(Either::Right(Box::pin(async move {
-                    limited(limiter.check(&clock).await)?;
+                    limited(limiter.check(&clock).await, &tenant, &request, &metrics)?;
                     inner.call(request).await
                 })))
             }

@@ -258,6 +258,8 @@ fn log_access(context: &RequestContext, status: u16) {
                 upstream_ms = f.upstream_ms,
                 total_ms = (total_ms * 1000.0).round() / 1000.0,
                 error_code = f.error_code.as_deref(),
+                degraded = f.degraded,
+                quote = f.quote.then_some(true),
             )
         };
     }

@@ -50,6 +50,8 @@ pub struct TenantSpec {
     pub connect_accounts: bool,
     /// `tenants[].max_in_flight` (default: half of `server.max_in_flight`).
     pub max_in_flight: Option<u32>,
+    /// Extra YAML lines for this tenant (indented four spaces).
+    pub extra_yaml: &'static str,
 }
 
 impl TenantSpec {
@@ -63,6 +65,7 @@ impl TenantSpec {
             allow_refresh: false,
             connect_accounts: false,
             max_in_flight: None,
+            extra_yaml: "",
         }
     }
     pub fn budget(mut self, credits: u64, period: &'static str) -> Self {
@@ -83,6 +86,11 @@ impl TenantSpec {
     }
     pub fn connect_accounts(mut self) -> Self {
         self.connect_accounts = true;
+        self
+    }
+    /// Adds YAML lines to the tenant (each indented four spaces, ending in a newline).
+    pub fn yaml(mut self, lines: &'static str) -> Self {
+        self.extra_yaml = lines;
         self
     }
     pub fn max_in_flight(mut self, n: u32) -> Self {
@@ -280,6 +288,7 @@ impl World {
                     "    budget: {{ credits: {credits}, period: {period} }}\n"
                 ));
             }
+            yaml.push_str(t.extra_yaml);
             keys.insert(t.id, key);
         }
         let config_file = dir.path().join("viewgate.yaml");

@@ -130,6 +130,7 @@ fn validate(raw: &RawConfig, p: &mut Problems, secrets: Secrets<'_>) -> Config {
         p,
     );
     cache.actions = actions::cached(&raw.cache, &actions, p);
+    tenants::stale_mode_window(&raw.tenants, &cache, p);
     let idempotency_ttl = sections::idempotency(&raw.idempotency, p);
     let log_level = sections::log(&raw.log, p);
     let config = Config {

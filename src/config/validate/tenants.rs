@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use super::Problems;
 use super::actions::valid_action_name;
 use super::values::{budget, count, hash, patterns, rate_limit};
-use crate::config::TenantConfig;
 use crate::config::raw::RawTenant;
+use crate::config::{CacheConfig, OnBudgetExhausted, TenantConfig};
 use crate::keys::KeyHash;
 
 /// `tenants:`, in file order (other sections refer to them by index).
@@ -96,6 +96,21 @@ pub(super) fn tenants(
             &format!("{path}.max_in_flight"),
             default_share,
         );
+        let on_budget_exhausted = match &t.on_budget_exhausted {
+            None => OnBudgetExhausted::Refuse,
+            Some(v) => match v.value.as_str() {
+                "refuse" => OnBudgetExhausted::Refuse,
+                "stale" => OnBudgetExhausted::Stale,
+                other => {
+                    p.at(
+                        &v.referenced,
+                        format!("{path}.on_budget_exhausted"),
+                        format!("unknown value {other:?} (refuse or stale)"),
+                    );
+                    OnBudgetExhausted::Refuse
+                }
+            },
+        };
         out.push(TenantConfig {
             id: t.id.value.clone(),
             key_sha256: key_sha256.unwrap_or(KeyHash([0; 32])),
@@ -106,7 +121,30 @@ pub(super) fn tenants(
             max_in_flight,
             allow_refresh: t.allow_refresh,
             connect_accounts: t.connect_accounts,
+            on_budget_exhausted,
+            enforce: t.enforce.unwrap_or(true),
         });
     }
     out
+}
+
+/// `on_budget_exhausted: stale` serves expired pages the cache holds for
+/// `max(cache.stale_if_error_s, cache.stale_while_revalidate_s)` after their
+/// expiry: with both 0 it could never serve one.
+pub(super) fn stale_mode_window(raw: &[RawTenant], cache: &CacheConfig, p: &mut Problems) {
+    if !cache.stale_if_error.is_zero() || !cache.stale_while_revalidate.is_zero() {
+        return;
+    }
+    for (i, t) in raw.iter().enumerate() {
+        if let Some(mode) = &t.on_budget_exhausted
+            && mode.value == "stale"
+        {
+            p.at(
+                &mode.referenced,
+                format!("tenants[{i}].on_budget_exhausted"),
+                "stale serves expired pages held for max(cache.stale_if_error_s, \
+                 cache.stale_while_revalidate_s), and both are 0",
+            );
+        }
+    }
 }

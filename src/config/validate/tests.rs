@@ -493,3 +493,57 @@ fn impossible_isolation_settings_are_refused_with_their_line() {
         ],
     );
 }
+
+#[test]
+fn credit_modes_default_to_enforcing_and_refusing() {
+    let c = load(&with(""), "t.yaml").unwrap();
+    assert_eq!(c.tenants[0].on_budget_exhausted, OnBudgetExhausted::Refuse);
+    assert!(c.tenants[0].enforce);
+    let c = load(
+        &with("").replace(
+            "accounts: [\"*\"]\n",
+            "accounts: [\"*\"]\n    on_budget_exhausted: stale\n    enforce: false\n",
+        ),
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.tenants[0].on_budget_exhausted, OnBudgetExhausted::Stale);
+    assert!(!c.tenants[0].enforce);
+}
+
+#[test]
+fn unknown_credit_modes_are_refused_with_their_line() {
+    let shown = refused(&with("").replace(
+        "accounts: [\"*\"]\n",
+        "accounts: [\"*\"]\n    on_budget_exhausted: serve\n",
+    ));
+    assert_shows(
+        &shown,
+        &[
+            "t.yaml:10:26: tenants[0].on_budget_exhausted: unknown value \"serve\" (refuse or stale)",
+        ],
+    );
+    let shown = refused(&with("").replace(
+        "accounts: [\"*\"]\n",
+        "accounts: [\"*\"]\n    enforce: sometimes\n",
+    ));
+    // As for every boolean key: the line and column, from the YAML reader.
+    assert_shows(&shown, &["t.yaml:10:14: invalid boolean"]);
+}
+
+#[test]
+fn stale_mode_without_a_window_for_expired_pages_is_refused() {
+    let stale = with("").replace(
+        "accounts: [\"*\"]\n",
+        "accounts: [\"*\"]\n    on_budget_exhausted: stale\n",
+    );
+    let shown = refused(&format!(
+        "cache:\n  stale_if_error_s: 0\n  stale_while_revalidate_s: 0\n{stale}"
+    ));
+    assert_shows(
+        &shown,
+        &["tenants[0].on_budget_exhausted: stale serves expired pages"],
+    );
+    let text = format!("cache:\n  stale_if_error_s: 0\n  stale_while_revalidate_s: 60\n{stale}");
+    assert!(load(&text, "t.yaml").is_ok());
+}
