@@ -412,13 +412,17 @@ async fn a_quote_prices_without_calling_or_charging() {
         0
     );
 
-    // A login (it names no account yet): priced, never sent.
+    // A login is the upstream's to judge: it cannot be quoted, and is not sent.
     let login = r#"{"platform":"linkedin","email":"q@example.com","password":"not-a-real-one","country":"FR"}"#;
+    let calls = w.sim.calls_total();
     let r = quote("q", "/v2/login", login.to_string()).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["data"]["quote"]["cached"], "none");
-    assert_eq!(r.meta()["action"], "login");
-    assert_eq!(r.meta()["account_id"], "");
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "INVALID_PARAMS".into()),
+        "{}",
+        r.text()
+    );
+    assert_eq!(w.sim.calls_total(), calls);
 
     // A budget that cannot cover the bound says so.
     let q = quote("poor", "/v2/profiles", viewers("acc-2", 0, 25))
@@ -452,7 +456,20 @@ async fn a_quote_prices_without_calling_or_charging() {
         (400, "INVALID_PARAMS".into())
     );
 
-    // A quote claims no Idempotency-Key: the same key then runs for real.
+    // A quote claims no Idempotency-Key, but a malformed one is still 400.
+    let r = send(
+        &w,
+        "q",
+        "/v2/profiles",
+        &[("x-viewgate-quote", "1"), ("idempotency-key", "tab\there")],
+        &page,
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "INVALID_PARAMS".into())
+    );
+    // A well-formed one is not claimed: the same key then runs for real.
     let other = viewers("acc-1", 25, 10);
     let r = send(
         &w,

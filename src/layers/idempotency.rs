@@ -125,7 +125,7 @@ where
 }
 
 /// The `Idempotency-Key` header: absent, or 1 to 255 printable ASCII characters, once.
-fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
+pub(super) fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
     let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);

@@ -24,7 +24,9 @@
 //! - `budget_covers`: whether that covers `would_charge` (as the budget
 //!   reads, also for a tenant in shadow mode, which is never refused).
 //!
-//! A quote does not look at `cache-control` or `x-max-credits`. The answer
+//! `/v2/login` and `/v2/checkpoint` cannot be quoted (400): their bodies are
+//! judged by the upstream alone, so a quote could not tell a good one from
+//! a bad one. A quote does not look at `cache-control` or `x-max-credits`. The answer
 //! carries `x-viewgate-quote: 1`; any other value of the request header is
 //! 400 `INVALID_PARAMS`.
 
@@ -41,7 +43,7 @@ use tower::{Layer, Service};
 
 use super::{StageResult, context};
 use crate::cache::PageCache;
-use crate::call::ApiCall;
+use crate::call::{ApiCall, CallParams};
 use crate::clock::{Clock, rfc3339};
 use crate::config::OnBudgetExhausted;
 use crate::credits::Credits;
@@ -132,7 +134,23 @@ where
     }
 
     fn call(&mut self, request: Request<ApiCall>) -> Self::Future {
-        match asks_for_quote(request.headers()) {
+        // A quote claims no Idempotency-Key, but one it was sent must still
+        // be well formed: the same request without the quote would be 400.
+        let asked = asks_for_quote(request.headers()).and_then(|asked| {
+            if asked {
+                super::idempotency::idempotency_key(request.headers())?;
+                // A connection's body is judged by the upstream alone, which a
+                // quote never asks: a quote of it could only say "fine".
+                if matches!(request.body().params, CallParams::Connect(_)) {
+                    return Err(GatewayError::InvalidParams(format!(
+                        "/v2/{} connects an account and cannot be quoted; its price is fixed (see the README)",
+                        request.body().action
+                    )));
+                }
+            }
+            Ok(asked)
+        });
+        match asked {
             Ok(false) => Box::pin(self.inner.call(request)),
             Err(e) => Box::pin(std::future::ready(Err(e))),
             Ok(true) => {
