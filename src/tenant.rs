@@ -43,6 +43,8 @@ pub struct Tenant {
     pub allow_refresh: bool,
     /// Whether it may connect accounts (`/v2/login`, `/v2/checkpoint`).
     pub connect_accounts: bool,
+    /// Budget percentages that fire an alert, ascending (see `alerts`).
+    pub alert_thresholds: Arc<[u8]>,
 }
 
 impl Tenant {
@@ -79,6 +81,7 @@ impl Tenant {
                 .unwrap_or_default(),
             allow_refresh: config.allow_refresh,
             connect_accounts: config.connect_accounts,
+            alert_thresholds: Arc::from(config.alert_thresholds.as_slice()),
         }
     }
 

@@ -8,6 +8,7 @@
 //! the process sees them.
 
 mod actions;
+mod alerts;
 mod secrets;
 mod sections;
 mod tenants;
@@ -132,6 +133,9 @@ fn validate(raw: &RawConfig, p: &mut Problems, secrets: Secrets<'_>) -> Config {
     cache.actions = actions::cached(&raw.cache, &actions, p);
     let idempotency_ttl = sections::idempotency(&raw.idempotency, p);
     let log_level = sections::log(&raw.log, p);
+    let alerts = alerts::alerts(&raw.alerts, p, secrets);
+    let mut tenants = tenants;
+    alerts::tenant_thresholds(&raw.tenants, &mut tenants, &alerts.thresholds, p);
     let config = Config {
         server,
         admin,
@@ -142,6 +146,7 @@ fn validate(raw: &RawConfig, p: &mut Problems, secrets: Secrets<'_>) -> Config {
         actions,
         idempotency_ttl,
         log_level,
+        alerts,
     };
     redis_only(raw, &config, p);
     admin_apart(raw, &config, p);

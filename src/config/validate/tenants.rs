@@ -106,6 +106,8 @@ pub(super) fn tenants(
             max_in_flight,
             allow_refresh: t.allow_refresh,
             connect_accounts: t.connect_accounts,
+            // Filled in by `alerts::thresholds`, which knows the default.
+            alert_thresholds: Vec::new(),
         });
     }
     out

@@ -37,7 +37,7 @@
 //! them behind; the next [`SqliteLedger::open`] counts them as spent (the
 //! upstream may have billed them) and as `orphaned`, in one transaction.
 //!
-//! File layout (schema version 2, `PRAGMA user_version`; a version-1 file is
+//! File layout (schema version 3, `PRAGMA user_version`; an older file is
 //! migrated in place by `open`, in one transaction):
 //! - `accounts(tenant, period, used, requests, cache_hits, credits_saved,
 //!   orphaned)`, one row per tenant and period key; `reserved` is not stored,
@@ -48,6 +48,9 @@
 //!   expires_at)` (version 2), one row per key claimed (`in_flight`) or
 //!   answered (`done`); `owner` is a random id per open of the file, so a
 //!   claim whose owner is not this open was left by a process that died.
+//! - `alerts_fired(id, tenant, period, threshold, fired_at)` and
+//!   `alert_outbox(id, alert, attempts, next_attempt_ms)` (version 3):
+//!   budget thresholds fired and webhook deliveries owed (see `alerts`).
 //!
 //! The parts: `writer` (the thread and its group commits), `keys`
 //! (idempotency keys), `owner` (the file's lock and watch), `schema` (the
@@ -58,6 +61,7 @@
 //! [`MAX_BATCH`]: writer::MAX_BATCH
 //! [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
 
+mod alerts;
 mod keys;
 mod owner;
 mod report;
@@ -181,6 +185,11 @@ enum Command {
     KeyAbandon {
         id: keys::KeyId,
         fingerprint: Fingerprint,
+    },
+    /// A budget alert or outbox step; answered after its own commit.
+    Alert {
+        command: alerts::AlertCommand,
+        reply: Reply<alerts::AlertReply>,
     },
     /// Checks the file still takes writes, without changing it.
     Probe {
@@ -550,6 +559,84 @@ impl Ledger for SqliteLedger {
             .send(command)
             .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
         futures_util::future::ready(sent).boxed()
+    }
+
+    fn alert_fire<'a>(
+        &'a self,
+        alert: &'a super::Alert,
+        deliver: bool,
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        self.alert_fire_impl(alert, deliver)
+    }
+
+    fn outbox_take(
+        &self,
+        now_ms: i64,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<super::OutboxEntry>, LedgerError>> {
+        let command = alerts::AlertCommand::Take {
+            now_ms,
+            lease,
+            limit,
+        };
+        async move {
+            match self.alert(command).await? {
+                alerts::AlertReply::Taken(entries) => Ok(entries),
+                _ => Err(self.unexpected()),
+            }
+        }
+        .boxed()
+    }
+
+    fn outbox_done<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let command = alerts::AlertCommand::Done { id: id.to_string() };
+        self.alert(command).map(|r| r.map(drop)).boxed()
+    }
+
+    fn outbox_retry<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let command = alerts::AlertCommand::Retry {
+            id: id.to_string(),
+            next_attempt_ms,
+        };
+        self.alert(command).map(|r| r.map(drop)).boxed()
+    }
+}
+
+impl SqliteLedger {
+    /// Runs an alert command on the writer thread.
+    async fn alert(&self, command: alerts::AlertCommand) -> Result<alerts::AlertReply, LedgerError> {
+        self.still_owned()?;
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::Alert { command, reply }, answer).await
+    }
+
+    fn unexpected(&self) -> LedgerError {
+        unavailable(&self.path, "the writer answered an alert command out of turn")
+    }
+
+    pub(super) fn alert_fire_impl<'a>(
+        &'a self,
+        alert: &'a super::Alert,
+        deliver: bool,
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        let command = alerts::AlertCommand::Fire {
+            alert: alert.clone(),
+            deliver,
+            now_ms: self.clock.wall().as_millisecond(),
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        async move {
+            match self.alert(command).await? {
+                alerts::AlertReply::Fired(fired) => Ok(fired),
+                _ => Err(self.unexpected()),
+            }
+        }
+        .boxed()
     }
 }
 

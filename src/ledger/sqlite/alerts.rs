@@ -1,0 +1,132 @@
+//! Budget alerts in the ledger file: thresholds fired and the webhook outbox
+//! (schema version 3, see `schema`).
+//!
+//! Each call is its own `BEGIN IMMEDIATE … COMMIT` on the writer thread,
+//! answered once committed: firing inserts the `alerts_fired` row and (with
+//! a webhook) the `alert_outbox` row together, so an alert on disk as fired
+//! is on disk as owed. Alerts are rare (a few per tenant and period) and the
+//! outbox is polled every second or so, so they do not ride with the group
+//! commits of the request path.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use super::millis;
+use crate::ledger::{Alert, OutboxEntry};
+
+/// What the writer is asked to do with alerts.
+#[derive(Debug)]
+pub(super) enum AlertCommand {
+    /// Fire an alert (queue it when `deliver`); answers whether this call fired it.
+    Fire {
+        alert: Alert,
+        deliver: bool,
+        now_ms: i64,
+    },
+    /// Lease and return due entries.
+    Take {
+        now_ms: i64,
+        lease: Duration,
+        limit: usize,
+    },
+    /// Delete an entry.
+    Done { id: String },
+    /// Move an entry's next attempt.
+    Retry { id: String, next_attempt_ms: i64 },
+}
+
+/// What an [`AlertCommand`] answers.
+#[derive(Debug)]
+pub(super) enum AlertReply {
+    Fired(bool),
+    Taken(Vec<OutboxEntry>),
+    Done,
+}
+
+/// Runs `command` in one transaction.
+pub(super) fn run(conn: &mut Connection, command: AlertCommand) -> rusqlite::Result<AlertReply> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let reply = match command {
+        AlertCommand::Fire {
+            alert,
+            deliver,
+            now_ms,
+        } => {
+            let inserted = tx.execute(
+                "INSERT INTO alerts_fired (id, tenant, period, threshold, fired_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                params![
+                    alert.id,
+                    alert.tenant,
+                    alert.period_key,
+                    alert.threshold_pct,
+                    alert.fired_at
+                ],
+            )?;
+            if inserted == 1 && deliver {
+                let json = serde_json::to_string(&alert)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                tx.execute(
+                    "INSERT INTO alert_outbox (id, alert, attempts, next_attempt_ms)
+                     VALUES (?1, ?2, 0, ?3)",
+                    params![alert.id, json, now_ms],
+                )?;
+            }
+            AlertReply::Fired(inserted == 1)
+        }
+        AlertCommand::Take {
+            now_ms,
+            lease,
+            limit,
+        } => {
+            let mut due = tx.prepare_cached(
+                "SELECT id, alert, attempts FROM alert_outbox
+                 WHERE next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
+            )?;
+            let rows: Vec<(String, String, i64)> = due
+                .query_map(
+                    params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            drop(due);
+            let mut lease_it = tx.prepare_cached(
+                "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_ms = ?2 WHERE id = ?1",
+            )?;
+            let mut taken = Vec::with_capacity(rows.len());
+            for (id, json, attempts) in rows {
+                lease_it.execute(params![id, now_ms.saturating_add(millis(lease))])?;
+                match serde_json::from_str::<Alert>(&json) {
+                    Ok(alert) => taken.push(OutboxEntry {
+                        alert,
+                        attempts: u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX),
+                    }),
+                    // Written by this code, so unreadable only if damaged: never sendable.
+                    Err(e) => {
+                        tracing::error!(id, error = %e, "an alert in the outbox cannot be read; dropped");
+                        tx.execute("DELETE FROM alert_outbox WHERE id = ?1", [&id])?;
+                    }
+                }
+            }
+            drop(lease_it);
+            AlertReply::Taken(taken)
+        }
+        AlertCommand::Done { id } => {
+            tx.execute("DELETE FROM alert_outbox WHERE id = ?1", [&id])?;
+            AlertReply::Done
+        }
+        AlertCommand::Retry {
+            id,
+            next_attempt_ms,
+        } => {
+            tx.execute(
+                "UPDATE alert_outbox SET next_attempt_ms = ?2 WHERE id = ?1",
+                params![id, next_attempt_ms],
+            )?;
+            AlertReply::Done
+        }
+    };
+    tx.commit()?;
+    Ok(reply)
+}
