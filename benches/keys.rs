@@ -33,6 +33,7 @@ fn main() {
         max_in_flight: 2048,
         allow_refresh: false,
         connect_accounts: false,
+        alert_thresholds: Vec::new(),
     };
     let tenants = Tenants::new(&[config], &Clock::real(), None, None);
     let mut last_differs = key.clone().into_bytes();

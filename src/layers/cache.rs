@@ -546,6 +546,7 @@ mod tests {
             allow_refresh: false,
             connect_accounts: false,
             max_in_flight: 4,
+            alert_thresholds: Vec::new(),
         };
         Arc::new(Tenant::new(&config, clock, None, None))
     }

@@ -86,7 +86,11 @@ impl MemoryAlerts {
             .map(|(id, (_, at))| (id, at))
             .collect();
         due.sort_by_key(|(_, at)| **at);
-        let ids: Vec<String> = due.into_iter().take(limit).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = due
+            .into_iter()
+            .take(limit)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut taken = Vec::with_capacity(ids.len());
         for id in &ids {
             if let Some((entry, at)) = self.outbox.get_mut(id) {
@@ -139,7 +143,10 @@ mod tests {
         assert_eq!(taken[0].attempts, 1);
         assert!(alerts.take(2_000, Duration::from_secs(30), 10).is_empty());
         alerts.retry(&taken[0].alert.id, 5_000);
-        assert_eq!(alerts.take(5_000, Duration::from_secs(30), 10)[0].attempts, 2);
+        assert_eq!(
+            alerts.take(5_000, Duration::from_secs(30), 10)[0].attempts,
+            2
+        );
         alerts.done(&taken[0].alert.id);
         assert!(alerts.take(100_000, Duration::from_secs(30), 10).is_empty());
     }

@@ -23,7 +23,8 @@ pub struct MemoryLedger {
     clock: Clock,
     book: Mutex<Book>,
     keys: MemoryKeys,
-    alerts: Mutex<MemoryAlerts>,
+    // Boxed: rarely used, so it need not make every ledger value larger.
+    alerts: Box<Mutex<MemoryAlerts>>,
 }
 
 impl MemoryLedger {
@@ -33,7 +34,7 @@ impl MemoryLedger {
             keys: MemoryKeys::new(clock.clone()),
             clock,
             book: Mutex::new(Book::default()),
-            alerts: Mutex::default(),
+            alerts: Box::default(),
         }
     }
 

@@ -153,3 +153,116 @@ fn thresholds(list: &Spanned<Vec<u64>>, key: &str, p: &mut Problems) -> Vec<u8> 
     out.sort_unstable();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigError, from_yaml_with_env};
+
+    const HASH: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn load(alerts: &str, tenant_extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "upstream:\n  base_url: \"http://127.0.0.1:1\"\n  keys:\n    - name: primary\n      api_key_env: TEST_UPSTREAM_KEY\ntenants:\n  - id: crm\n    key_sha256: \"{HASH}\"\n    accounts: [\"*\"]\n{tenant_extra}{alerts}"
+        );
+        from_yaml_with_env(&text, "t.yaml", &|name| match name {
+            "TEST_UPSTREAM_KEY" => Some("k".into()),
+            "TEST_HOOK_KEY" => Some("a-test-webhook-key-of-length".into()),
+            "TEST_SHORT_KEY" => Some("short".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn thresholds_default_to_50_80_95_100_and_a_tenant_may_replace_them() {
+        let c = load("", "").unwrap();
+        assert_eq!(c.alerts.thresholds, vec![50, 80, 95, 100]);
+        assert_eq!(c.tenants[0].alert_thresholds, vec![50, 80, 95, 100]);
+        assert_eq!(c.alerts.webhook, None);
+        let c = load(
+            "alerts:\n  thresholds: [90, 25]\n",
+            "    alert_thresholds: [100, 75]\n",
+        )
+        .unwrap();
+        assert_eq!(c.alerts.thresholds, vec![25, 90]);
+        assert_eq!(c.tenants[0].alert_thresholds, vec![75, 100]);
+        let c = load("", "    alert_thresholds: []\n").unwrap();
+        assert!(c.tenants[0].alert_thresholds.is_empty(), "no alerts");
+    }
+
+    #[test]
+    fn impossible_thresholds_are_refused_with_their_line() {
+        let e = load(
+            "alerts:\n  thresholds: [0, 50, 50, 101]\n",
+            "    alert_thresholds: [300]\n",
+        )
+        .unwrap_err();
+        let shown = e.to_string();
+        let lines: Vec<(u64, &str)> = e
+            .problems
+            .iter()
+            .map(|p| (p.line, p.key.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                (10, "tenants[0].alert_thresholds"),
+                (12, "alerts.thresholds"),
+                (12, "alerts.thresholds"),
+                (12, "alerts.thresholds"),
+            ],
+            "{shown}"
+        );
+        assert!(shown.contains("0 is not a percentage"), "{shown}");
+        assert!(shown.contains("lists 50 twice"), "{shown}");
+        assert!(shown.contains("101 is not a percentage"), "{shown}");
+    }
+
+    #[test]
+    fn a_webhook_needs_a_url_and_a_key_of_its_own() {
+        let c = load(
+            "alerts:\n  webhook_url: \"https://hooks.example/viewgate\"\n  webhook_secret_env: TEST_HOOK_KEY\n",
+            "",
+        )
+        .unwrap();
+        let hook = c.alerts.webhook.unwrap();
+        assert_eq!(hook.url.to_string(), "https://hooks.example/viewgate");
+        assert_eq!(hook.secret.expose(), "a-test-webhook-key-of-length");
+        assert_eq!(hook.timeout, Duration::from_millis(5000));
+        assert_eq!(format!("{:?}", hook.secret), "***");
+
+        for (alerts, says) in [
+            (
+                "alerts:\n  webhook_url: \"https://hooks.example/\"\n",
+                "needs exactly one of webhook_secret_env or webhook_secret_file",
+            ),
+            (
+                "alerts:\n  webhook_url: \"ftp://hooks.example/\"\n  webhook_secret_env: TEST_HOOK_KEY\n",
+                "must be an http:// or https:// URL",
+            ),
+            (
+                "alerts:\n  webhook_url: \"http://hooks.example/\"\n  webhook_secret_env: TEST_SHORT_KEY\n",
+                "at least 16 characters",
+            ),
+            (
+                "alerts:\n  webhook_url: \"http://hooks.example/\"\n  webhook_secret_env: NOT_SET_ANYWHERE\n",
+                "NOT_SET_ANYWHERE is not set",
+            ),
+            (
+                "alerts:\n  webhook_secret_env: TEST_HOOK_KEY\n",
+                "is used only with alerts.webhook_url",
+            ),
+            (
+                "alerts:\n  webhook_url: \"http://hooks.example/\"\n  webhook_secret_env: TEST_HOOK_KEY\n  webhook_timeout_ms: 0\n",
+                "alerts.webhook_timeout_ms: must be between 1",
+            ),
+        ] {
+            let e = load(alerts, "").unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.contains(says), "{alerts}: {shown}");
+            assert!(e.problems.iter().all(|p| p.line >= 10), "{shown}");
+            assert!(!shown.contains("a-test-webhook-key"), "{shown}");
+        }
+    }
+}

@@ -34,7 +34,11 @@ fn fired_key(id: &str) -> String {
 
 impl Inner {
     /// See [`crate::ledger::Ledger::alert_fire`].
-    pub(super) async fn alert_fire(&self, alert: &Alert, deliver: bool) -> Result<bool, LedgerError> {
+    pub(super) async fn alert_fire(
+        &self,
+        alert: &Alert,
+        deliver: bool,
+    ) -> Result<bool, LedgerError> {
         let now = self.clock.wall();
         let period = match alert.period.as_str() {
             "day" => Period::Day,
@@ -118,7 +122,11 @@ impl Inner {
     }
 
     /// See [`crate::ledger::Ledger::outbox_retry`].
-    pub(super) async fn outbox_retry(&self, id: &str, next_attempt_ms: i64) -> Result<(), LedgerError> {
+    pub(super) async fn outbox_retry(
+        &self,
+        id: &str,
+        next_attempt_ms: i64,
+    ) -> Result<(), LedgerError> {
         let mut cmd = ::redis::cmd("ZADD");
         // XX: an entry another replica delivered meanwhile stays gone.
         cmd.arg(DUE).arg("XX").arg(next_attempt_ms).arg(id);

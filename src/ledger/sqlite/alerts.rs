@@ -130,3 +130,75 @@ pub(super) fn run(conn: &mut Connection, command: AlertCommand) -> rusqlite::Res
     tx.commit()?;
     Ok(reply)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::clock::Clock;
+    use crate::ledger::sqlite::SqliteLedger;
+    use crate::ledger::{Alert, Ledger};
+
+    fn alert(pct: u8) -> Alert {
+        Alert {
+            id: Alert::id_of("crm", "2026-11-27", pct),
+            tenant: "crm".into(),
+            threshold_pct: pct,
+            used: 80,
+            budget: 100,
+            period: "day".into(),
+            period_key: "2026-11-27".into(),
+            fired_at: "2026-11-27T15:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn fired_alerts_and_the_outbox_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let clock = Clock::fake("2026-11-27T15:00:00Z".parse().unwrap());
+        let now = clock.wall().as_millisecond();
+        let lease = Duration::from_secs(30);
+        let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+        assert!(ledger.alert_fire(&alert(50), true).await.unwrap());
+        assert!(!ledger.alert_fire(&alert(50), true).await.unwrap());
+        assert!(ledger.alert_fire(&alert(80), false).await.unwrap());
+        ledger.crash();
+
+        let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+        assert!(
+            !ledger.alert_fire(&alert(50), true).await.unwrap(),
+            "fired before the crash"
+        );
+        let taken = ledger.outbox_take(now, lease, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "only the alert with a webhook is owed");
+        assert_eq!((taken[0].alert.clone(), taken[0].attempts), (alert(50), 1));
+        assert!(ledger.outbox_take(now, lease, 10).await.unwrap().is_empty());
+        ledger
+            .outbox_retry(&taken[0].alert.id, now + 2_000)
+            .await
+            .unwrap();
+        ledger.crash();
+
+        let ledger = SqliteLedger::open(&path, clock).unwrap();
+        assert!(
+            ledger
+                .outbox_take(now + 1_999, lease, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = ledger.outbox_take(now + 2_000, lease, 10).await.unwrap();
+        assert_eq!(again[0].attempts, 2);
+        ledger.outbox_done(&again[0].alert.id).await.unwrap();
+        drop(ledger);
+        let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+        assert!(
+            ledger
+                .outbox_take(i64::MAX, lease, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

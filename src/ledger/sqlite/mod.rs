@@ -609,14 +609,20 @@ impl Ledger for SqliteLedger {
 
 impl SqliteLedger {
     /// Runs an alert command on the writer thread.
-    async fn alert(&self, command: alerts::AlertCommand) -> Result<alerts::AlertReply, LedgerError> {
+    async fn alert(
+        &self,
+        command: alerts::AlertCommand,
+    ) -> Result<alerts::AlertReply, LedgerError> {
         self.still_owned()?;
         let (reply, answer) = oneshot::channel();
         self.ask(Command::Alert { command, reply }, answer).await
     }
 
     fn unexpected(&self) -> LedgerError {
-        unavailable(&self.path, "the writer answered an alert command out of turn")
+        unavailable(
+            &self.path,
+            "the writer answered an alert command out of turn",
+        )
     }
 
     pub(super) fn alert_fire_impl<'a>(
