@@ -122,6 +122,8 @@ pub struct WorldSpec {
     pub server_yaml: &'static str,
     /// Extra YAML lines under `cache:` (indented two spaces).
     pub cache_yaml: &'static str,
+    /// Top-level YAML sections appended after `tenants:` (e.g. `alerts:`).
+    pub extra_yaml: String,
 }
 
 impl Default for WorldSpec {
@@ -145,6 +147,7 @@ impl Default for WorldSpec {
             key_yaml: "",
             cache_yaml: "",
             server_yaml: "",
+            extra_yaml: String::new(),
         }
     }
 }
@@ -282,6 +285,7 @@ impl World {
             }
             keys.insert(t.id, key);
         }
+        yaml.push_str(&spec.extra_yaml);
         let config_file = dir.path().join("viewgate.yaml");
         std::fs::write(&config_file, &yaml).unwrap();
         let config = Config::load(&config_file)
