@@ -34,6 +34,15 @@ pub const TARGET: &str = "viewgate::alerts";
 /// Log site of alerts the ledger could not fire (see [`LogThrottle`]).
 const NOT_FIRED: &str = "alerts.not_fired";
 
+/// What a gateway knows has fired for one tenant.
+struct Known {
+    period_key: String,
+    /// The thresholds it was worked out for: a reload that changes them
+    /// (a new lower one, say) makes the next charge look again.
+    thresholds: Arc<[u8]>,
+    highest: u8,
+}
+
 /// Budget alerts of one gateway: the check after each settle, and the
 /// webhook delivery task.
 pub struct Alerts {
@@ -42,8 +51,8 @@ pub struct Alerts {
     clock: Clock,
     /// Whether fired alerts are queued for a webhook.
     deliver: bool,
-    /// Per tenant: the period key and the highest threshold known fired in it.
-    known: Mutex<HashMap<Arc<str>, (String, u8)>>,
+    /// Per tenant: the highest threshold known fired in a period.
+    known: Mutex<HashMap<Arc<str>, Known>>,
     /// Wakes the delivery task when an alert is queued.
     wake: Arc<Notify>,
     /// Stops the delivery task (also stopped when this is dropped).
@@ -116,7 +125,12 @@ impl Alerts {
         let known = {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
             match known.get(&tenant.id) {
-                Some((key, pct)) if *key == period_key => *pct,
+                Some(k)
+                    if k.period_key == period_key
+                        && Arc::ptr_eq(&k.thresholds, &tenant.alert_thresholds) =>
+                {
+                    k.highest
+                }
                 _ => 0,
             }
         };
@@ -161,13 +175,18 @@ impl Alerts {
                 }
             }
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = known
-                .entry(Arc::clone(&tenant.id))
-                .or_insert_with(|| (period_key.clone(), 0));
-            if slot.0 != period_key {
-                *slot = (period_key.clone(), 0);
+            let fresh = || Known {
+                period_key: period_key.clone(),
+                thresholds: Arc::clone(&tenant.alert_thresholds),
+                highest: 0,
+            };
+            let slot = known.entry(Arc::clone(&tenant.id)).or_insert_with(fresh);
+            if slot.period_key != period_key
+                || !Arc::ptr_eq(&slot.thresholds, &tenant.alert_thresholds)
+            {
+                *slot = fresh();
             }
-            slot.1 = slot.1.max(pct);
+            slot.highest = slot.highest.max(pct);
         }
         if queued {
             self.wake.notify_one();
@@ -190,5 +209,84 @@ impl Alerts {
             period_key = alert.period_key.as_str(),
             "budget_threshold"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AccountPattern, Budget, Period, TenantConfig};
+    use crate::keys::KeyHash;
+    use crate::ledger::MemoryLedger;
+
+    fn tenant(thresholds: &[u8], clock: &Clock) -> Tenant {
+        let config = TenantConfig {
+            id: "crm".into(),
+            key_sha256: KeyHash::of(b"test-only"),
+            accounts: vec![AccountPattern::Any],
+            actions: vec!["*".into()],
+            rate_limit: None,
+            budget: Some(Budget {
+                credits: 10,
+                period: Period::Day,
+            }),
+            allow_refresh: false,
+            connect_accounts: false,
+            max_in_flight: 4,
+            alert_thresholds: thresholds.to_vec(),
+        };
+        Tenant::new(&config, clock, None, None)
+    }
+
+    fn used(used: u64) -> Balance {
+        Balance {
+            used,
+            reserved: 0,
+            limit: Some(10),
+        }
+    }
+
+    fn fired(metrics: &Metrics, pct: u8) -> u64 {
+        let series = format!("viewgate_budget_alerts_total{{tenant=\"crm\",threshold=\"{pct}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).map(|n| n.parse().unwrap()))
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn replicas_on_one_ledger_fire_each_threshold_once_and_a_reload_looks_again() {
+        let clock = Clock::fake("2026-11-27T15:00:00Z".parse().unwrap());
+        let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new(clock.clone()));
+        let config = AlertsConfig {
+            thresholds: vec![50, 100],
+            webhook: None,
+        };
+        let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+        let one =
+            Alerts::start(Arc::clone(&ledger), Arc::clone(&m1), clock.clone(), &config).unwrap();
+        let two =
+            Alerts::start(Arc::clone(&ledger), Arc::clone(&m2), clock.clone(), &config).unwrap();
+        let crm = tenant(&[50, 100], &clock);
+        one.check(&crm, used(4)).await;
+        assert_eq!(fired(&m1, 50), 0, "below 50 %");
+        one.check(&crm, used(5)).await;
+        one.check(&crm, used(6)).await;
+        two.check(&crm, used(7)).await;
+        assert_eq!((fired(&m1, 50), fired(&m2, 50)), (1, 0));
+        two.check(&crm, used(12)).await;
+        one.check(&crm, used(12)).await;
+        assert_eq!((fired(&m1, 100), fired(&m2, 100)), (0, 1));
+
+        // A reload adds 30 %: the next charge fires it, nothing else.
+        let reloaded = tenant(&[30, 50, 100], &clock);
+        one.check(&reloaded, used(12)).await;
+        assert_eq!((fired(&m1, 30), fired(&m1, 50), fired(&m1, 100)), (1, 1, 0));
+
+        // A new day is a new period.
+        clock.advance(std::time::Duration::from_secs(24 * 3600));
+        two.check(&reloaded, used(3)).await;
+        assert_eq!((fired(&m2, 30), fired(&m2, 50)), (1, 0));
     }
 }
