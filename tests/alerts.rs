@@ -474,3 +474,59 @@ async fn an_alert_owed_at_kill_9_is_delivered_exactly_once_after_restart() {
     let left = ledger.outbox_take(i64::MAX, Duration::from_secs(1), 100);
     assert_eq!(left.await.unwrap(), Vec::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_one_replica_fires_and_one_at_a_time_holds_an_outbox_entry() {
+    let Some(redis) = RedisServer::start_new() else {
+        return;
+    };
+    let clock = Clock::fake(common::T0.parse().unwrap());
+    let a = viewgate::ledger::RedisLedger::connect(&redis.url(), clock.clone())
+        .await
+        .unwrap();
+    let b = viewgate::ledger::RedisLedger::connect(&redis.url(), clock.clone())
+        .await
+        .unwrap();
+    let alert = viewgate::ledger::Alert {
+        id: viewgate::ledger::Alert::id_of("crm", "2026-11", 95),
+        tenant: "crm".into(),
+        threshold_pct: 95,
+        used: 96,
+        budget: 100,
+        period: "month".into(),
+        period_key: "2026-11".into(),
+        fired_at: common::T0.into(),
+    };
+    // Both replicas cross 95 % at once: one fires.
+    let (x, y) = tokio::join!(a.alert_fire(&alert, true), b.alert_fire(&alert, true));
+    assert_eq!(u8::from(x.unwrap()) + u8::from(y.unwrap()), 1);
+
+    let now = clock.wall().as_millisecond();
+    let lease = Duration::from_secs(30);
+    let (x, y) = tokio::join!(a.outbox_take(now, lease, 10), b.outbox_take(now, lease, 10));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(
+        x.len() + y.len(),
+        1,
+        "one replica holds the entry: {x:?} {y:?}"
+    );
+    assert_eq!([x, y].concat()[0].alert, alert);
+    // Its holder died: once the lease ends, anyone may take it again.
+    drop(a);
+    assert!(
+        b.outbox_take(now + 29_999, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = b.outbox_take(now + 30_000, lease, 10).await.unwrap();
+    assert_eq!(again[0].attempts, 2);
+    b.outbox_retry(&alert.id, now + 31_000).await.unwrap();
+    b.outbox_done(&alert.id).await.unwrap();
+    assert!(b.outbox_take(i64::MAX, lease, 10).await.unwrap().is_empty());
+    // A replica started later finds it fired.
+    let c = viewgate::ledger::RedisLedger::connect(&redis.url(), clock)
+        .await
+        .unwrap();
+    assert!(!c.alert_fire(&alert, true).await.unwrap());
+}

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::millis;
 use crate::ledger::{Alert, OutboxEntry};
@@ -46,6 +46,17 @@ pub(super) enum AlertReply {
 
 /// Runs `command` in one transaction.
 pub(super) fn run(conn: &mut Connection, command: AlertCommand) -> rusqlite::Result<AlertReply> {
+    if let AlertCommand::Take { now_ms, .. } = &command {
+        // The outbox is polled every half second and is nearly always
+        // empty: look before taking the write lock.
+        let due: Option<i64> = conn
+            .prepare_cached("SELECT 1 FROM alert_outbox WHERE next_attempt_ms <= ?1 LIMIT 1")?
+            .query_row([now_ms], |row| row.get(0))
+            .optional()?;
+        if due.is_none() {
+            return Ok(AlertReply::Taken(Vec::new()));
+        }
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let reply = match command {
         AlertCommand::Fire {
