@@ -375,6 +375,10 @@ async fn a_failing_webhook_is_retried_with_backoff_until_delivered_once() {
         .ledger
         .outbox_take(far, Duration::from_secs(1), 100);
     assert_eq!(left.await.unwrap(), Vec::new());
+    assert!(
+        !logs().contains(HOOK_KEY),
+        "the webhook key is never logged"
+    );
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
@@ -466,6 +470,7 @@ async fn an_alert_owed_at_kill_9_is_delivered_exactly_once_after_restart() {
         0,
         "fired once, before the crash"
     );
+    assert_eq!(has(&lines, HOOK_KEY), 0, "the webhook key is never logged");
     assert_eq!(receiver.delivered(), HashMap::from([(id.to_string(), 1)]));
     assert_eq!(receiver.forged.load(Ordering::SeqCst), 0);
     assert_eq!(sim.credits_total(), 6);

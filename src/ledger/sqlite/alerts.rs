@@ -10,10 +10,79 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
-use super::millis;
-use crate::ledger::{Alert, OutboxEntry};
+use super::{Command, SqliteLedger, millis, unavailable};
+use crate::ledger::{Alert, LedgerError, OutboxEntry};
+
+impl SqliteLedger {
+    /// Runs an alert command on the writer thread.
+    async fn alert(&self, command: AlertCommand) -> Result<AlertReply, LedgerError> {
+        self.still_owned()?;
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::Alert { command, reply }, answer).await
+    }
+
+    fn out_of_turn(&self) -> LedgerError {
+        unavailable(
+            &self.path,
+            "the writer answered an alert command out of turn",
+        )
+    }
+
+    /// See [`crate::ledger::Ledger::alert_fire`].
+    pub(super) fn fire_alert<'a>(
+        &'a self,
+        alert: &'a Alert,
+        deliver: bool,
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        let command = AlertCommand::Fire {
+            alert: alert.clone(),
+            deliver,
+            now_ms: self.clock.wall().as_millisecond(),
+        };
+        // Boxed: the answer comes back from another thread after a commit.
+        async move {
+            match self.alert(command).await? {
+                AlertReply::Fired(fired) => Ok(fired),
+                _ => Err(self.out_of_turn()),
+            }
+        }
+        .boxed()
+    }
+
+    /// See [`crate::ledger::Ledger::outbox_take`].
+    pub(super) fn take_outbox(
+        &self,
+        now_ms: i64,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<OutboxEntry>, LedgerError>> {
+        let command = AlertCommand::Take {
+            now_ms,
+            lease,
+            limit,
+        };
+        async move {
+            match self.alert(command).await? {
+                AlertReply::Taken(entries) => Ok(entries),
+                _ => Err(self.out_of_turn()),
+            }
+        }
+        .boxed()
+    }
+
+    /// An outbox step answered with nothing but whether it committed.
+    pub(super) fn alert_step(
+        &self,
+        command: AlertCommand,
+    ) -> BoxFuture<'_, Result<(), LedgerError>> {
+        self.alert(command).map(|r| r.map(drop)).boxed()
+    }
+}
 
 /// What the writer is asked to do with alerts.
 #[derive(Debug)]

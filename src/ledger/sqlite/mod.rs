@@ -566,7 +566,7 @@ impl Ledger for SqliteLedger {
         alert: &'a super::Alert,
         deliver: bool,
     ) -> BoxFuture<'a, Result<bool, LedgerError>> {
-        self.alert_fire_impl(alert, deliver)
+        self.fire_alert(alert, deliver)
     }
 
     fn outbox_take(
@@ -575,23 +575,11 @@ impl Ledger for SqliteLedger {
         lease: Duration,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<super::OutboxEntry>, LedgerError>> {
-        let command = alerts::AlertCommand::Take {
-            now_ms,
-            lease,
-            limit,
-        };
-        async move {
-            match self.alert(command).await? {
-                alerts::AlertReply::Taken(entries) => Ok(entries),
-                _ => Err(self.unexpected()),
-            }
-        }
-        .boxed()
+        self.take_outbox(now_ms, lease, limit)
     }
 
     fn outbox_done<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LedgerError>> {
-        let command = alerts::AlertCommand::Done { id: id.to_string() };
-        self.alert(command).map(|r| r.map(drop)).boxed()
+        self.alert_step(alerts::AlertCommand::Done { id: id.to_string() })
     }
 
     fn outbox_retry<'a>(
@@ -599,50 +587,11 @@ impl Ledger for SqliteLedger {
         id: &'a str,
         next_attempt_ms: i64,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        let command = alerts::AlertCommand::Retry {
-            id: id.to_string(),
+        let id = id.to_string();
+        self.alert_step(alerts::AlertCommand::Retry {
+            id,
             next_attempt_ms,
-        };
-        self.alert(command).map(|r| r.map(drop)).boxed()
-    }
-}
-
-impl SqliteLedger {
-    /// Runs an alert command on the writer thread.
-    async fn alert(
-        &self,
-        command: alerts::AlertCommand,
-    ) -> Result<alerts::AlertReply, LedgerError> {
-        self.still_owned()?;
-        let (reply, answer) = oneshot::channel();
-        self.ask(Command::Alert { command, reply }, answer).await
-    }
-
-    fn unexpected(&self) -> LedgerError {
-        unavailable(
-            &self.path,
-            "the writer answered an alert command out of turn",
-        )
-    }
-
-    pub(super) fn alert_fire_impl<'a>(
-        &'a self,
-        alert: &'a super::Alert,
-        deliver: bool,
-    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
-        let command = alerts::AlertCommand::Fire {
-            alert: alert.clone(),
-            deliver,
-            now_ms: self.clock.wall().as_millisecond(),
-        };
-        // Boxed: the answer comes back from another thread after a commit.
-        async move {
-            match self.alert(command).await? {
-                alerts::AlertReply::Fired(fired) => Ok(fired),
-                _ => Err(self.unexpected()),
-            }
-        }
-        .boxed()
+        })
     }
 }
 
