@@ -62,7 +62,7 @@ pub struct Alerts {
 
 impl std::fmt::Debug for Alerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not derived: no secret of the webhook is held here, but say so plainly.
+        // Not derived: the ledger and the metrics registry print nothing useful.
         f.debug_struct("Alerts")
             .field("deliver", &self.deliver)
             .finish_non_exhaustive()
