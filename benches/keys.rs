@@ -35,6 +35,7 @@ fn main() {
         connect_accounts: false,
         on_budget_exhausted: Default::default(),
         enforce: true,
+        alert_thresholds: Vec::new(),
     };
     let tenants = Tenants::new(&[config], &Clock::real(), None, None);
     let mut last_differs = key.clone().into_bytes();

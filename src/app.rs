@@ -16,6 +16,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::accounts::AccountDirectory;
 use crate::actions::ActionTable;
+use crate::alerts::Alerts;
 use crate::cache::PageCache;
 use crate::cache::shared::SharedTier;
 use crate::clock::Clock;
@@ -120,6 +121,12 @@ impl Gateway {
         if let (true, LedgerConfig::Redis { url }) = (config.cache.shared, &config.ledger) {
             cache = cache.with_shared(SharedTier::connect(url)?);
         }
+        let alerts = Alerts::start(
+            Arc::clone(&ledger),
+            Arc::clone(&metrics),
+            clock.clone(),
+            &config.alerts,
+        )?;
         Ok(Self {
             logs: Arc::new(LogThrottle::new(clock.clone())),
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
@@ -129,7 +136,7 @@ impl Gateway {
             upstream,
             redis,
             metrics,
-            credits: Arc::new(Credits::new(Arc::clone(&ledger))),
+            credits: Arc::new(Credits::new(Arc::clone(&ledger)).with_alerts(alerts)),
             actions: Arc::new(config.actions.clone()),
             ledger,
             clock,
@@ -140,7 +147,18 @@ impl Gateway {
     /// This gateway recording credits in `ledger` instead (tests use it to
     /// put a failing ledger in place).
     pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
-        self.credits = Arc::new(Credits::new(Arc::clone(&ledger)));
+        let mut credits = Credits::new(Arc::clone(&ledger));
+        // Built before with this config, so it builds again; the old
+        // delivery task stops with the old alerts.
+        if let Ok(alerts) = Alerts::start(
+            Arc::clone(&ledger),
+            Arc::clone(&self.metrics),
+            self.clock.clone(),
+            &self.config.alerts,
+        ) {
+            credits = credits.with_alerts(alerts);
+        }
+        self.credits = Arc::new(credits);
         self.ledger = ledger;
         self
     }
@@ -189,6 +207,11 @@ impl Gateway {
         if config.ledger != old.ledger {
             ignored.push("ledger");
             config.ledger = old.ledger.clone();
+        }
+        if config.alerts.webhook != old.alerts.webhook {
+            // The delivery task holds its client and key from the start.
+            ignored.push("alerts.webhook_*");
+            config.alerts.webhook = old.alerts.webhook.clone();
         }
         if config.cache.shared != old.cache.shared {
             ignored.push("cache.shared");

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::alerts::Alerts;
 use crate::config::Budget;
 use crate::error::GatewayError;
 use crate::ledger::{Balance, Ledger, LedgerError, Reservation};
@@ -21,6 +22,8 @@ pub struct Credits {
     ledger: Arc<dyn Ledger>,
     /// The last balance read per tenant, for answers the ledger cannot give.
     last: Mutex<HashMap<Arc<str>, Balance>>,
+    /// Budget alerts, checked after each settle.
+    alerts: Option<Arc<Alerts>>,
 }
 
 impl Credits {
@@ -29,7 +32,19 @@ impl Credits {
         Self {
             ledger,
             last: Mutex::new(HashMap::new()),
+            alerts: None,
         }
+    }
+
+    /// These credits, firing budget alerts through `alerts`.
+    pub fn with_alerts(mut self, alerts: Arc<Alerts>) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// The budget alerts, when they are checked.
+    pub fn alerts(&self) -> Option<&Arc<Alerts>> {
+        self.alerts.as_ref()
     }
 
     /// The ledger underneath.
@@ -75,7 +90,14 @@ impl Credits {
             .settle(reservation.clone(), actual, tenant.budget)
             .await
         {
-            Ok(balance) => self.remember(tenant, balance),
+            Ok(balance) => {
+                // Spend only grows here (and on an unknown outcome, which
+                // settles at what was held): the one place a threshold is crossed.
+                if let Some(alerts) = &self.alerts {
+                    alerts.check(tenant, balance).await;
+                }
+                self.remember(tenant, balance)
+            }
             Err(e) => {
                 tracing::error!(
                     tenant = &*tenant.id,

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod actions;
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod cache;
 pub mod call;

@@ -110,6 +110,12 @@ impl Metrics {
             'c',
         );
         describe(
+            "viewgate_budget_alerts_total",
+            None,
+            "Budget alerts fired, by tenant and threshold (percent of the period's budget); each fires once per period across replicas.",
+            'c',
+        );
+        describe(
             "viewgate_credits_remaining",
             None,
             "Credits left in the tenant's current budget period.",
@@ -304,6 +310,20 @@ impl Metrics {
             vec![
                 Label::new("tenant", tenant.to_string()),
                 Label::new("kind", kind),
+            ],
+        )
+        .increment(1);
+    }
+
+    /// A budget alert fired for `tenant` at `threshold_pct` % (rare: a few
+    /// per tenant and period, so the registry lookup is fine; labels are
+    /// bounded by the configured tenants and thresholds).
+    pub fn budget_alert(&self, tenant: &str, threshold_pct: u8) {
+        self.counter(
+            "viewgate_budget_alerts_total",
+            vec![
+                Label::new("tenant", tenant.to_string()),
+                Label::new("threshold", threshold_pct.to_string()),
             ],
         )
         .increment(1);

@@ -134,6 +134,7 @@ mod tests {
             max_in_flight: 4,
             on_budget_exhausted: OnBudgetExhausted::Refuse,
             enforce,
+            alert_thresholds: Vec::new(),
         };
         Tenant::new(&config, clock, None, None)
     }

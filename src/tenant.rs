@@ -48,6 +48,8 @@ pub struct Tenant {
     /// Whether its rate limit and budget refuse (false: shadow mode, see
     /// [`crate::shadow`]).
     pub enforce: bool,
+    /// Budget percentages that fire an alert, ascending (see `alerts`).
+    pub alert_thresholds: Arc<[u8]>,
 }
 
 impl Tenant {
@@ -86,6 +88,7 @@ impl Tenant {
             connect_accounts: config.connect_accounts,
             on_budget_exhausted: config.on_budget_exhausted,
             enforce: config.enforce,
+            alert_thresholds: Arc::from(config.alert_thresholds.as_slice()),
         }
     }
 

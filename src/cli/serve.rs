@@ -86,6 +86,10 @@ pub async fn run_gateway(
     for task in reloaders {
         task.abort();
     }
+    if let Some(alerts) = live.gateway().credits.alerts() {
+        // What is owed stays in the outbox for the next start.
+        alerts.stop();
+    }
     if let Err(e) = live.gateway().ledger.flush().await {
         tracing::error!(error = %e, "could not flush the ledger at shutdown");
     }

@@ -43,6 +43,31 @@ pub struct Config {
     /// `log.level` (an env-filter directive such as `info` or `viewgate=debug`);
     /// `RUST_LOG`, when set, wins.
     pub log_level: Option<String>,
+    /// `alerts:`: budget thresholds and the webhook they are sent to.
+    pub alerts: AlertsConfig,
+}
+
+/// `alerts:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// `alerts.thresholds`: percentages of a period's budget that fire an
+    /// alert, ascending (default 50, 80, 95, 100). A tenant's own
+    /// `alert_thresholds` replaces them ([`TenantConfig::alert_thresholds`]).
+    pub thresholds: Vec<u8>,
+    /// Where fired alerts are POSTed, if anywhere.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `alerts.webhook_*`: the receiver of alerts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// `alerts.webhook_url` (http or https).
+    pub url: http::Uri,
+    /// The HMAC-SHA256 key the body is signed with (`webhook_secret_env` or
+    /// `webhook_secret_file`); never logged.
+    pub secret: Secret,
+    /// One delivery attempt's bound (`webhook_timeout_ms`, default 5000).
+    pub timeout: Duration,
 }
 
 /// `server:`.
@@ -204,6 +229,9 @@ pub struct TenantConfig {
     /// (`tenants[].enforce`, default true); false is shadow mode: nothing
     /// is refused, what would have been is logged and counted.
     pub enforce: bool,
+    /// Budget percentages that fire an alert, ascending: its own
+    /// `alert_thresholds`, else `alerts.thresholds`; empty for none.
+    pub alert_thresholds: Vec<u8>,
 }
 
 /// What a tenant's cacheable read gets when its budget cannot cover it.

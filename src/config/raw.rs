@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub actions: Option<S<HashMap<S<String>, RawAction>>>,
     #[serde(default)]
     pub idempotency: RawIdempotency,
+    #[serde(default)]
+    pub alerts: RawAlerts,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +148,7 @@ pub struct RawTenant {
     pub connect_accounts: bool,
     pub on_budget_exhausted: Option<S<String>>,
     pub enforce: Option<bool>,
+    pub alert_thresholds: Option<S<Vec<u64>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +156,17 @@ pub struct RawTenant {
 pub struct RawBudget {
     pub credits: S<u64>,
     pub period: S<String>,
+}
+
+/// `alerts:`: budget thresholds and where they are sent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub thresholds: Option<S<Vec<u64>>>,
+    pub webhook_url: Option<S<String>>,
+    pub webhook_secret_env: Option<S<String>>,
+    pub webhook_secret_file: Option<S<String>>,
+    pub webhook_timeout_ms: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -586,6 +586,7 @@ mod tests {
             max_in_flight: 4,
             on_budget_exhausted: Default::default(),
             enforce: true,
+            alert_thresholds: Vec::new(),
         };
         Arc::new(Tenant::new(&config, clock, None, None))
     }

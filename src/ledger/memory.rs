@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
+use super::alerts::MemoryAlerts;
 use super::book::{Book, budget_period};
 use super::idempotency::MemoryKeys;
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
@@ -22,6 +23,8 @@ pub struct MemoryLedger {
     clock: Clock,
     book: Mutex<Book>,
     keys: MemoryKeys,
+    // Boxed: rarely used, so it need not make every ledger value larger.
+    alerts: Box<Mutex<MemoryAlerts>>,
 }
 
 impl MemoryLedger {
@@ -31,6 +34,7 @@ impl MemoryLedger {
             keys: MemoryKeys::new(clock.clone()),
             clock,
             book: Mutex::new(Book::default()),
+            alerts: Box::default(),
         }
     }
 
@@ -161,6 +165,46 @@ impl Ledger for MemoryLedger {
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
         self.keys.abandon(tenant, key, fingerprint);
         ready(Ok(())).boxed()
+    }
+
+    fn alert_fire<'a>(
+        &'a self,
+        alert: &'a super::Alert,
+        deliver: bool,
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        let now_ms = self.clock.wall().as_millisecond();
+        let fired = self.alerts().fire(alert, deliver, now_ms);
+        ready(Ok(fired)).boxed()
+    }
+
+    fn outbox_take(
+        &self,
+        now_ms: i64,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<super::OutboxEntry>, LedgerError>> {
+        ready(Ok(self.alerts().take(now_ms, lease, limit))).boxed()
+    }
+
+    fn outbox_done<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.alerts().done(id);
+        ready(Ok(())).boxed()
+    }
+
+    fn outbox_retry<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.alerts().retry(id, next_attempt_ms);
+        ready(Ok(())).boxed()
+    }
+}
+
+impl MemoryLedger {
+    fn alerts(&self) -> MutexGuard<'_, MemoryAlerts> {
+        // Plain map writes: a poisoned lock is still usable.
+        self.alerts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -6,6 +6,7 @@
 //! charged; releasing (on any error) frees the reservation. Budgets are passed
 //! with every call, so a budget changed in the config applies at once.
 
+mod alerts;
 mod book;
 mod hits;
 mod idempotency;
@@ -21,6 +22,7 @@ use futures_util::future::BoxFuture;
 use crate::config::{Budget, Period};
 
 pub use self::redis::RedisLedger;
+pub use alerts::{Alert, OutboxEntry};
 pub use idempotency::{Fingerprint, IdempotencyBegin, IdempotencyTable, StoredAnswer};
 pub use memory::MemoryLedger;
 pub use period::period_key;
@@ -186,6 +188,48 @@ pub trait Ledger: Send + Sync + 'static {
         fingerprint: &'a Fingerprint,
     ) -> BoxFuture<'a, Result<(), LedgerError>>;
 
+    /// Fires `alert` unless its tenant, period key and threshold already
+    /// fired (on any replica, before any restart): `Ok(true)` only for the
+    /// one call that fired it. With `deliver`, the alert is queued in the
+    /// outbox in the same atomic step, so it is sent once it has fired.
+    fn alert_fire<'a>(
+        &'a self,
+        alert: &'a Alert,
+        deliver: bool,
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        let _ = (alert, deliver);
+        Box::pin(std::future::ready(Err(no_alerts())))
+    }
+
+    /// Up to `limit` outbox entries due at `now_ms` (Unix milliseconds),
+    /// each leased for `lease`: not due again for anyone until then, unless
+    /// [`Ledger::outbox_retry`] says otherwise.
+    fn outbox_take(
+        &self,
+        now_ms: i64,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<OutboxEntry>, LedgerError>> {
+        let _ = (now_ms, lease, limit);
+        Box::pin(std::future::ready(Err(no_alerts())))
+    }
+
+    /// Removes a delivered (or abandoned) entry from the outbox.
+    fn outbox_done<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let _ = id;
+        Box::pin(std::future::ready(Err(no_alerts())))
+    }
+
+    /// Sets when an entry is next attempted (Unix milliseconds).
+    fn outbox_retry<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let _ = (id, next_attempt_ms);
+        Box::pin(std::future::ready(Err(no_alerts())))
+    }
+
     /// Waits until everything recorded so far is durable (at shutdown).
     fn flush(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
         Box::pin(std::future::ready(Ok(())))
@@ -195,6 +239,12 @@ pub trait Ledger: Send + Sync + 'static {
     fn health(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
         Box::pin(std::future::ready(Ok(())))
     }
+}
+
+/// What a ledger without an alert store answers (a test's wrapper, say):
+/// alerts are then not fired, and the gateway says so in its log.
+fn no_alerts() -> LedgerError {
+    LedgerError::Unavailable("this ledger keeps no budget alerts".into())
 }
 
 /// What a request to the upstream is expected to cost: `ceil(count / 10)`, at least 1.

@@ -130,6 +130,8 @@ pub struct WorldSpec {
     pub server_yaml: &'static str,
     /// Extra YAML lines under `cache:` (indented two spaces).
     pub cache_yaml: &'static str,
+    /// Top-level YAML sections appended after `tenants:` (e.g. `alerts:`).
+    pub extra_yaml: String,
 }
 
 impl Default for WorldSpec {
@@ -153,6 +155,7 @@ impl Default for WorldSpec {
             key_yaml: "",
             cache_yaml: "",
             server_yaml: "",
+            extra_yaml: String::new(),
         }
     }
 }
@@ -291,6 +294,7 @@ impl World {
             yaml.push_str(t.extra_yaml);
             keys.insert(t.id, key);
         }
+        yaml.push_str(&spec.extra_yaml);
         let config_file = dir.path().join("viewgate.yaml");
         std::fs::write(&config_file, &yaml).unwrap();
         let config = Config::load(&config_file)

@@ -8,6 +8,7 @@
 //! the process sees them.
 
 mod actions;
+mod alerts;
 mod secrets;
 mod sections;
 mod tenants;
@@ -133,6 +134,9 @@ fn validate(raw: &RawConfig, p: &mut Problems, secrets: Secrets<'_>) -> Config {
     tenants::stale_mode_window(&raw.tenants, &cache, p);
     let idempotency_ttl = sections::idempotency(&raw.idempotency, p);
     let log_level = sections::log(&raw.log, p);
+    let alerts = alerts::alerts(&raw.alerts, p, secrets);
+    let mut tenants = tenants;
+    alerts::tenant_thresholds(&raw.tenants, &mut tenants, &alerts.thresholds, p);
     let config = Config {
         server,
         admin,
@@ -143,6 +147,7 @@ fn validate(raw: &RawConfig, p: &mut Problems, secrets: Secrets<'_>) -> Config {
         actions,
         idempotency_ttl,
         log_level,
+        alerts,
     };
     redis_only(raw, &config, p);
     admin_apart(raw, &config, p);

@@ -123,6 +123,8 @@ pub(super) fn tenants(
             connect_accounts: t.connect_accounts,
             on_budget_exhausted,
             enforce: t.enforce.unwrap_or(true),
+            // Filled in by `alerts::thresholds`, which knows the default.
+            alert_thresholds: Vec::new(),
         });
     }
     out

@@ -33,6 +33,7 @@
 //!   creation time in milliseconds on the server's clock.
 //! - `vg:{t:<tenant>}:i:<key as hex>`: hash of one idempotency key, claimed
 //!   or answered; expires with the key's TTL (see `idempotency`).
+//! - `vg:{alerts}:*`: budget alerts fired and the webhook outbox (see `alerts`).
 //!
 //! Any Redis failure answers [`LedgerError::Unavailable`] (`redis: …`, never
 //! the URL's password) within [`RedisLedger::CALL_TIMEOUT`]; the gateway turns it into 503.
@@ -47,6 +48,7 @@
 //! URL's redaction are `crate::redis`, shared with the rate limiter and the
 //! shared cache tier.
 
+mod alerts;
 mod hits;
 mod idempotency;
 mod keys;
@@ -332,6 +334,36 @@ impl Ledger for RedisLedger {
             self.inner.idempotency_abandon(&name, fingerprint, "").await
         }
         .boxed()
+    }
+
+    fn alert_fire<'a>(
+        &'a self,
+        alert: &'a super::Alert,
+        deliver: bool,
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        // Boxed: a round trip to Redis.
+        self.inner.alert_fire(alert, deliver).boxed()
+    }
+
+    fn outbox_take(
+        &self,
+        now_ms: i64,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<super::OutboxEntry>, LedgerError>> {
+        self.inner.outbox_take(now_ms, lease, limit).boxed()
+    }
+
+    fn outbox_done<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.inner.outbox_done(id).boxed()
+    }
+
+    fn outbox_retry<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.inner.outbox_retry(id, next_attempt_ms).boxed()
     }
 }
 

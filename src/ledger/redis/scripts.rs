@@ -22,6 +22,8 @@ pub(super) struct Scripts {
     pub(super) key_begin: Script,
     pub(super) key_complete: Script,
     pub(super) key_abandon: Script,
+    pub(super) alert_fire: Script,
+    pub(super) outbox_take: Script,
 }
 
 impl Scripts {
@@ -35,6 +37,8 @@ impl Scripts {
             key_begin: Script::new(include_str!("key_begin.lua")),
             key_complete: Script::new(include_str!("key_complete.lua")),
             key_abandon: Script::new(include_str!("key_abandon.lua")),
+            alert_fire: Script::new(include_str!("alert_fire.lua")),
+            outbox_take: Script::new(include_str!("outbox_take.lua")),
         }
     }
 }

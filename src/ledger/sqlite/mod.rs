@@ -37,7 +37,7 @@
 //! them behind; the next [`SqliteLedger::open`] counts them as spent (the
 //! upstream may have billed them) and as `orphaned`, in one transaction.
 //!
-//! File layout (schema version 2, `PRAGMA user_version`; a version-1 file is
+//! File layout (schema version 3, `PRAGMA user_version`; an older file is
 //! migrated in place by `open`, in one transaction):
 //! - `accounts(tenant, period, used, requests, cache_hits, credits_saved,
 //!   orphaned)`, one row per tenant and period key; `reserved` is not stored,
@@ -48,6 +48,9 @@
 //!   expires_at)` (version 2), one row per key claimed (`in_flight`) or
 //!   answered (`done`); `owner` is a random id per open of the file, so a
 //!   claim whose owner is not this open was left by a process that died.
+//! - `alerts_fired(id, tenant, period, threshold, fired_at)` and
+//!   `alert_outbox(id, alert, attempts, next_attempt_ms)` (version 3):
+//!   budget thresholds fired and webhook deliveries owed (see `alerts`).
 //!
 //! The parts: `writer` (the thread and its group commits), `keys`
 //! (idempotency keys), `owner` (the file's lock and watch), `schema` (the
@@ -58,6 +61,7 @@
 //! [`MAX_BATCH`]: writer::MAX_BATCH
 //! [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
 
+mod alerts;
 mod keys;
 mod owner;
 mod report;
@@ -181,6 +185,11 @@ enum Command {
     KeyAbandon {
         id: keys::KeyId,
         fingerprint: Fingerprint,
+    },
+    /// A budget alert or outbox step; answered after its own commit.
+    Alert {
+        command: alerts::AlertCommand,
+        reply: Reply<alerts::AlertReply>,
     },
     /// Checks the file still takes writes, without changing it.
     Probe {
@@ -550,6 +559,39 @@ impl Ledger for SqliteLedger {
             .send(command)
             .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
         futures_util::future::ready(sent).boxed()
+    }
+
+    fn alert_fire<'a>(
+        &'a self,
+        alert: &'a super::Alert,
+        deliver: bool,
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        self.fire_alert(alert, deliver)
+    }
+
+    fn outbox_take(
+        &self,
+        now_ms: i64,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<super::OutboxEntry>, LedgerError>> {
+        self.take_outbox(now_ms, lease, limit)
+    }
+
+    fn outbox_done<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), LedgerError>> {
+        self.alert_step(alerts::AlertCommand::Done { id: id.to_string() })
+    }
+
+    fn outbox_retry<'a>(
+        &'a self,
+        id: &'a str,
+        next_attempt_ms: i64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let id = id.to_string();
+        self.alert_step(alerts::AlertCommand::Retry {
+            id,
+            next_attempt_ms,
+        })
     }
 }
 

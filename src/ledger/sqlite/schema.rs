@@ -14,8 +14,9 @@ use crate::ledger::LedgerError;
 use crate::ledger::book::{Account, Book, Hold};
 
 /// The layout this code reads and writes; stored as `PRAGMA user_version`.
-/// Version 1 had no idempotency keys; a version-1 file is migrated on open.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// Version 1 had no idempotency keys, version 2 no budget alerts; an older
+/// file is migrated on open.
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Marks the file as a viewgate ledger (`PRAGMA application_id`, "VGL1").
 pub(super) const APPLICATION_ID: i64 = 0x5647_4C31;
@@ -71,6 +72,29 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 ";
 
+/// What version 3 adds: budget alerts fired (one row per tenant, period key
+/// and threshold, ever) and the webhook outbox (one row per alert not yet
+/// delivered; `alert` is its JSON, `next_attempt_ms` Unix milliseconds on
+/// the ledger's clock).
+const MIGRATE_V3: &str = "
+CREATE TABLE alerts_fired (
+    id        TEXT    PRIMARY KEY,
+    tenant    TEXT    NOT NULL,
+    period    TEXT    NOT NULL,
+    threshold INTEGER NOT NULL CHECK (threshold BETWEEN 1 AND 100),
+    fired_at  TEXT    NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE alert_outbox (
+    id              TEXT    PRIMARY KEY,
+    alert           TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX alert_outbox_by_due ON alert_outbox (next_attempt_ms);
+";
+
 /// Pragmas every read-write connection needs.
 pub(super) fn configure(conn: &Connection) -> Result<(), String> {
     conn.busy_timeout(BUSY_TIMEOUT)
@@ -115,6 +139,9 @@ pub(super) fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Le
     }
     if version < 2 {
         tx.execute_batch(MIGRATE_V2).map_err(fail)?;
+    }
+    if version < 3 {
+        tx.execute_batch(MIGRATE_V3).map_err(fail)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -256,6 +256,14 @@ impl Writer {
                         }
                     }
                 }
+                Command::Alert { command, reply } => {
+                    // Its own transaction, committed before it is answered
+                    // (no batch transaction is open while commands are applied).
+                    let result = super::alerts::run(&mut self.conn, command).map_err(|e| {
+                        unavailable(&self.path, format!("cannot write an alert: {e}"))
+                    });
+                    let _ = reply.send(result);
+                }
                 Command::Flush { reply } => answers.push(Answer::Committed(reply)),
                 Command::Probe { reply } => {
                     probe = true;
