@@ -20,7 +20,7 @@ use crate::clock::rfc3339;
 use crate::config::valid_account_id;
 use crate::error::GatewayError;
 use crate::keys::KeyHash;
-use crate::ledger::Usage;
+use crate::ledger::{Usage, history, period_end};
 use crate::listener::HttpService;
 use crate::live::Live;
 use crate::response::{Body, json_response};
@@ -33,7 +33,7 @@ pub struct Admin {
 }
 
 /// One tenant's usage, as `/admin/usage` and `viewgate usage` report it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UsageRow {
     /// Tenant id.
     pub tenant: String,
@@ -57,11 +57,76 @@ pub struct UsageRow {
     pub credits_saved: u64,
     /// Credits of reservations a crash left open, counted as spent.
     pub orphaned: u64,
+    /// What cache hits saved in the period (the same figure as `credits_saved`).
+    #[serde(default)]
+    pub credits_saved_cache: u64,
+    /// Answers coalesced onto another request's upstream call in the period.
+    #[serde(default)]
+    pub coalesced: u64,
+    /// What those coalesced answers would have cost.
+    #[serde(default)]
+    pub credits_saved_coalesced: u64,
+    /// `cache_hits / (cache_hits + coalesced + requests)`; `null` before any.
+    #[serde(default)]
+    pub hit_ratio: Option<f64>,
+    /// Credits charged in the last hour (60 minute buckets, the current one included).
+    #[serde(default)]
+    pub spent_last_hour: u64,
+    /// Credits charged in the last day (1440 minute buckets).
+    #[serde(default)]
+    pub spent_last_day: u64,
+    /// Credits charged in each of the last 24 hours, oldest first.
+    #[serde(default)]
+    pub spent_by_hour: Vec<u64>,
+    /// What the cache saved over the last day.
+    #[serde(default)]
+    pub saved_cache_last_day: u64,
+    /// What coalescing saved over the last day.
+    #[serde(default)]
+    pub saved_coalesced_last_day: u64,
+    /// `runs_out`, `outlasts_period`, `spent`, `no_spend` or `unlimited`.
+    #[serde(default)]
+    pub forecast: String,
+    /// When the budget runs out at the recent rate (RFC 3339 UTC); `null`
+    /// unless `forecast` is `runs_out` or `spent`.
+    #[serde(default)]
+    pub runs_out_at: Option<String>,
+    /// The rate the forecast used: `last_hour`, `last_day`, or `null`.
+    #[serde(default)]
+    pub forecast_basis: Option<String>,
+    /// When these figures were read (RFC 3339 UTC).
+    #[serde(default)]
+    pub as_of: String,
 }
 
 impl From<&Usage> for UsageRow {
     fn from(u: &Usage) -> Self {
+        let recent = &u.recent;
+        let forecast = history::forecast(
+            u.balance.remaining(),
+            recent,
+            period_end(u.period, recent.as_of),
+        );
+        let answers = u
+            .cache_hits
+            .saturating_add(u.coalesced)
+            .saturating_add(u.requests);
+        #[allow(clippy::cast_precision_loss, reason = "a ratio for people to read")]
+        let hit_ratio = (answers > 0).then(|| u.cache_hits as f64 / answers as f64);
         Self {
+            credits_saved_cache: u.credits_saved,
+            coalesced: u.coalesced,
+            credits_saved_coalesced: u.credits_saved_coalesced,
+            hit_ratio,
+            spent_last_hour: recent.spent_last_hour,
+            spent_last_day: recent.spent_last_day,
+            spent_by_hour: recent.hourly.clone(),
+            saved_cache_last_day: recent.saved_cache_last_day,
+            saved_coalesced_last_day: recent.saved_coalesced_last_day,
+            forecast: forecast.outlook.as_str().to_string(),
+            runs_out_at: forecast.runs_out_at.map(rfc3339),
+            forecast_basis: forecast.basis.map(|b| b.as_str().to_string()),
+            as_of: rfc3339(recent.as_of),
             tenant: u.tenant.clone(),
             period: u.period.as_str().to_string(),
             period_key: u.period_key.clone(),

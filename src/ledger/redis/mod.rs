@@ -47,6 +47,7 @@
 //! URL's redaction are `crate::redis`, shared with the rate limiter and the
 //! shared cache tier.
 
+mod history;
 mod hits;
 mod idempotency;
 mod keys;
@@ -112,6 +113,8 @@ struct Inner {
     views: Mutex<HashMap<AccountKey, View>>,
     /// Cache hits counted here but not yet added in Redis.
     pending_hits: Mutex<PendingHits<Expiry>>,
+    /// Spend-history minutes counted here but not yet added in Redis.
+    pending_minutes: Mutex<history::PendingMinutes>,
     /// Held while hit counts are written, and by `usage` so that it never
     /// counts hits both in Redis and as pending.
     flushing: tokio::sync::Mutex<()>,
@@ -143,6 +146,7 @@ impl RedisLedger {
             scripts: Scripts::new(),
             views: Mutex::new(HashMap::new()),
             pending_hits: Mutex::new(PendingHits::default()),
+            pending_minutes: Mutex::new(HashMap::new()),
             flushing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(write_hits_every_second(Arc::downgrade(&inner)));
@@ -201,18 +205,28 @@ impl Inner {
             .iter()
             .map(|(_, budget)| period_key(budget_period(*budget), now))
             .collect();
+        // Per tenant: its period's hash, then 25 hours of history.
+        const PER_TENANT: usize = 26;
         let mut pipeline = ::redis::pipe();
         for ((tenant, _), period) in tenants.iter().zip(&periods) {
             pipeline.cmd("HGETALL").arg(period_hash(tenant, period));
+            Inner::read_recent(&mut pipeline, tenant, now);
         }
         // Not while hit counts are being written: they would count twice.
         let _flushing = self.flushing.lock().await;
         let replies = self
             .run::<Vec<HashMap<String, i64>>>(Op::Pipeline(&pipeline), Retry::Once)
             .await?;
+        if replies.len() != tenants.len() * PER_TENANT {
+            return Err(self.failure("unexpected reply to the usage pipeline"));
+        }
         let pending = lock(&self.pending_hits);
+        let minutes = lock(&self.pending_minutes);
         let mut out = Vec::with_capacity(tenants.len());
-        for (((tenant, budget), period), fields) in tenants.iter().zip(periods).zip(replies) {
+        for (((tenant, budget), period), replies) in
+            tenants.iter().zip(periods).zip(replies.chunks(PER_TENANT))
+        {
+            let fields = &replies[0];
             let field = |name: &str| count(fields.get(name).copied().unwrap_or(0));
             let key = (tenant.clone(), period);
             let mut account = Account {
@@ -222,10 +236,13 @@ impl Inner {
                 cache_hits: field("cache_hits"),
                 credits_saved: field("credits_saved"),
                 orphaned: field("orphaned"),
+                coalesced: field("coalesced"),
+                credits_saved_coalesced: field("credits_saved_coalesced"),
             };
             pending.add_to(&key, &mut account);
             self.remember(key.clone(), account.used, account.reserved);
-            out.push(account.usage(tenant, *budget, key.1));
+            let recent = self.recent_from(tenant, now, &replies[1..], &minutes);
+            out.push(account.usage(tenant, *budget, key.1, recent));
         }
         Ok(out)
     }
@@ -277,6 +294,16 @@ impl Ledger for RedisLedger {
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         self.inner.count_hit(tenant, budget, credits_saved);
+        self.inner.balance(tenant, budget)
+    }
+
+    fn coalesced<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        self.inner.count_coalesced(tenant, budget, credits_saved);
         self.inner.balance(tenant, budget)
     }
 

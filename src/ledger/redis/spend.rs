@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::keys::{id_hex, open_set, period_hash, reservation_hash, ttl_ms};
 use super::{Inner, MAX_COUNT};
 use crate::config::Budget;
+use crate::ledger::history::Bucket;
 use crate::ledger::{Balance, LedgerError, Reservation};
 use crate::redis::{Op, RESPONSE_TIMEOUT, Retry};
 
@@ -118,7 +119,12 @@ impl Inner {
         let reply = self
             .run::<Vec<i64>>(Op::Script(&invocation), Retry::Once)
             .await?;
-        let (_, used, reserved) = self.triple(&reply)?;
+        let (closed, used, reserved) = self.triple(&reply)?;
+        if closed == 1
+            && let Some(actual) = actual
+        {
+            self.record(tenant, Bucket::charged(actual));
+        }
         self.remember((tenant.to_string(), current), used, reserved);
         Ok(Balance {
             used,
