@@ -5,6 +5,11 @@
 //! `/admin/` needs `x-admin-key`, whose sha256 must equal
 //! `admin.key_sha256` (compared in constant time). A tenant key is not an
 //! admin key, and without `admin.key_sha256` the admin API is closed.
+//! A browser cannot send `x-admin-key`, so the admin key is also accepted as
+//! the password of HTTP Basic auth (any user name); the credits page
+//! (`GET /admin/`, see `page`) asks a browser for it with a 401.
+
+mod page;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -187,6 +192,8 @@ impl Admin {
             }
             (Method::GET, "/readyz") => Ok(self.readyz().await),
             (Method::GET, "/metrics") => Ok(self.metrics().await),
+            (Method::GET, "/admin/" | "/admin") => Ok(self.credits_page(&request).await),
+            (_, "/admin") => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (_, p) if p.starts_with("/admin/") => match self.authorize(&request) {
                 Err(e) => Err(e),
                 Ok(()) => self.admin_api(request, &path).await,
@@ -208,15 +215,62 @@ impl Admin {
             .as_ref()
             .and_then(|a| a.key_sha256)
             .ok_or(GatewayError::InvalidApiKey)?;
-        let presented = request
-            .headers()
-            .get("x-admin-key")
-            .ok_or(GatewayError::InvalidApiKey)?;
-        if KeyHash::of(presented.as_bytes()).ct_eq(&expected) {
+        let headers = request.headers();
+        let presented = match headers.get("x-admin-key") {
+            Some(key) => key.as_bytes().to_vec(),
+            None => basic_password(headers).ok_or(GatewayError::InvalidApiKey)?,
+        };
+        if KeyHash::of(&presented).ct_eq(&expected) {
             Ok(())
         } else {
             Err(GatewayError::InvalidApiKey)
         }
+    }
+
+    /// The credits page; a request without a valid admin key gets 401 and
+    /// a Basic challenge, so a browser asks for it.
+    async fn credits_page<B>(&self, request: &Request<B>) -> Response<Body> {
+        if self.authorize(request).is_err() {
+            let mut response = Response::new(Body::new(Bytes::from_static(
+                b"The credits page needs the admin key as the password (any user name).\n",
+            )));
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            let headers = response.headers_mut();
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"viewgate admin\", charset=\"UTF-8\""),
+            );
+            headers.insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return response;
+        }
+        let now = rfc3339(self.live.gateway().clock.wall());
+        let html = match self.usage().await {
+            Ok(rows) => page::render(&rows, &now),
+            Err(e) => {
+                return e.to_response(None, self.live.gateway().clock.wall());
+            }
+        };
+        let mut response = Response::new(Body::new(Bytes::from(html)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        // Figures of one moment: never from a cache. No script may run on it.
+        headers.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
+            ),
+        );
+        response
     }
 
     async fn admin_api<B>(
@@ -347,6 +401,22 @@ impl Admin {
         );
         response
     }
+}
+
+/// The password of an `Authorization: Basic` header (the user name is not
+/// looked at), if there is one.
+fn basic_password(headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
