@@ -1,9 +1,10 @@
 //! Spend history in Redis: each tenant's charges and savings per minute,
 //! shared by every replica.
 //!
-//! A replica adds its events in memory ([`PendingMinutes`]) and writes them
-//! every second with the hit counts (settles and hits never wait on Redis
-//! for it). One hash per tenant and hour, `vg:{t:<tenant>}:s:<hour since the
+//! A settle adds its charge in its own script (`close.lua`), so every
+//! replica sees it at once, like the spend itself. Savings are statistics:
+//! a replica adds them in memory ([`PendingMinutes`]) and writes them every
+//! second with the hit counts (a hit never waits on Redis for them). One hash per tenant and hour, `vg:{t:<tenant>}:s:<hour since the
 //! epoch>`, fields `c<mm>` (charged), `h<mm>` (saved by the cache) and
 //! `k<mm>` (saved by coalescing) for minute `mm` of the hour; it expires
 //! [`KEEP_MS`] after its last write, so a day of history is about 25 hashes.
@@ -19,7 +20,7 @@ use crate::ledger::history::{Bucket, DAY_MINUTES, Recent, minute_of};
 use crate::redis::{Op, Retry};
 
 /// How long an hour's hash lives after its last write: a day and two hours.
-const KEEP_MS: u64 = 26 * 3600 * 1000;
+pub(super) const KEEP_MS: u64 = 26 * 3600 * 1000;
 
 /// Events counted here, not yet added in Redis: `(tenant, minute)` → bucket.
 pub(super) type PendingMinutes = HashMap<(String, i64), Bucket>;
@@ -27,6 +28,15 @@ pub(super) type PendingMinutes = HashMap<(String, i64), Bucket>;
 /// The hash of `tenant`'s hour `hour` (hours since the epoch).
 fn hour_hash(tenant: &str, hour: i64) -> String {
     format!("{}s:{hour}", tenant_prefix(tenant))
+}
+
+/// The hash and field a charge at `now` is added to.
+pub(super) fn charge_field(tenant: &str, now: Timestamp) -> (String, String) {
+    let minute = minute_of(now);
+    (
+        hour_hash(tenant, minute.div_euclid(60)),
+        format!("c{}", minute.rem_euclid(60)),
+    )
 }
 
 impl Inner {

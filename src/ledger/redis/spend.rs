@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
+use super::history::{KEEP_MS, charge_field};
 use super::keys::{id_hex, open_set, period_hash, reservation_hash, ttl_ms};
 use super::{Inner, MAX_COUNT};
 use crate::config::Budget;
-use crate::ledger::history::Bucket;
 use crate::ledger::{Balance, LedgerError, Reservation};
 use crate::redis::{Op, RESPONSE_TIMEOUT, Retry};
 
@@ -108,23 +108,23 @@ impl Inner {
     ) -> Result<Balance, LedgerError> {
         let tenant = &reservation.tenant;
         let (current, _) = self.current_period(budget);
+        // A charge goes into the spend history in the same step.
+        let (history_hash, history_field) = charge_field(tenant, self.clock.wall());
         let mut invocation = self.scripts.close.prepare_invoke();
         invocation
             .key(reservation_hash(tenant, reservation.id))
             .key(open_set(tenant))
             .key(period_hash(tenant, &reservation.period))
             .key(period_hash(tenant, &current))
+            .key(history_hash)
             .arg(id_hex(reservation.id))
-            .arg(actual.map_or_else(String::new, |a| a.min(MAX_COUNT).to_string()));
+            .arg(actual.map_or_else(String::new, |a| a.min(MAX_COUNT).to_string()))
+            .arg(history_field)
+            .arg(KEEP_MS);
         let reply = self
             .run::<Vec<i64>>(Op::Script(&invocation), Retry::Once)
             .await?;
-        let (closed, used, reserved) = self.triple(&reply)?;
-        if closed == 1
-            && let Some(actual) = actual
-        {
-            self.record(tenant, Bucket::charged(actual));
-        }
+        let (_, used, reserved) = self.triple(&reply)?;
         self.remember((tenant.to_string(), current), used, reserved);
         Ok(Balance {
             used,
