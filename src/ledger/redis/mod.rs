@@ -33,6 +33,10 @@
 //!   creation time in milliseconds on the server's clock.
 //! - `vg:{t:<tenant>}:i:<key as hex>`: hash of one idempotency key, claimed
 //!   or answered; expires with the key's TTL (see `idempotency`).
+//! - `vg:{t:<tenant>}:s:<hour since the epoch>`: hash of the spend history
+//!   of one hour, fields `c<mm>`, `h<mm>`, `k<mm>` per minute (see `history`);
+//!   expires 26 hours after its last write. The period hash also counts
+//!   `coalesced` and `credits_saved_coalesced`.
 //!
 //! Any Redis failure answers [`LedgerError::Unavailable`] (`redis: …`, never
 //! the URL's password) within [`RedisLedger::CALL_TIMEOUT`]; the gateway turns it into 503.
@@ -41,7 +45,7 @@
 //!
 //! The parts: `spend` (reserve, settle, release), `views` (the local
 //! balances behind `balance`), `hits` (cache-hit counts and their writer
-//! task), `sweeper` (reservations of crashed replicas), `idempotency`
+//! task), `history` (spend per minute), `sweeper` (reservations of crashed replicas), `idempotency`
 //! (idempotency keys), `scripts` (the Lua scripts and their replies), `keys`
 //! (key names and lifetimes). The connection itself, its timeouts and the
 //! URL's redaction are `crate::redis`, shared with the rate limiter and the

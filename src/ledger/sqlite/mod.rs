@@ -37,11 +37,16 @@
 //! them behind; the next [`SqliteLedger::open`] counts them as spent (the
 //! upstream may have billed them) and as `orphaned`, in one transaction.
 //!
-//! File layout (schema version 2, `PRAGMA user_version`; a version-1 file is
+//! File layout (schema version 3, `PRAGMA user_version`; an older file is
 //! migrated in place by `open`, in one transaction):
 //! - `accounts(tenant, period, used, requests, cache_hits, credits_saved,
-//!   orphaned)`, one row per tenant and period key; `reserved` is not stored,
-//!   it is the sum of the tenant's open `reservations` rows.
+//!   orphaned, coalesced, credits_saved_coalesced)`, one row per tenant and
+//!   period key; `reserved` is not stored, it is the sum of the tenant's
+//!   open `reservations` rows.
+//! - `spend_minutes(tenant, minute, charged, saved_cache, saved_coalesced)`
+//!   (version 3), the spend history (see `ledger::history`): one row per
+//!   tenant and minute with activity, written as absolute values with the
+//!   batches, rows older than a day and an hour deleted.
 //! - `reservations(id, tenant, period, amount, request_id, created_at)`, one
 //!   row per open reservation, deleted when it is settled or released.
 //! - `idempotency_keys(tenant, key, fingerprint, state, status, body, owner,
