@@ -151,6 +151,18 @@ async fn a_browser_is_asked_for_the_admin_key() {
         )
         .await;
     assert_eq!(json.status, 200);
+    // A wrong credential beside the right one is refused, not overlooked.
+    let both = w
+        .admin_with(
+            Method::GET,
+            "/admin/usage",
+            &[
+                ("authorization", basic_header("x", "wrong")),
+                ("x-admin-key", w.admin_key.clone()),
+            ],
+        )
+        .await;
+    assert_eq!(both.status, 403);
 }
 
 async fn basic(w: &World, user: &str, password: &str) -> common::Reply {
