@@ -142,6 +142,26 @@ async fn a_browser_is_asked_for_the_admin_key() {
         Some("text/html; charset=utf-8")
     );
     assert!(page.text().contains("<h2 id=\"tenant-0\">crm</h2>"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    // `/admin` is the same page; other methods are 405.
+    let bare = w
+        .admin_with(
+            Method::GET,
+            "/admin",
+            &[("authorization", basic_header("a", &w.admin_key))],
+        )
+        .await;
+    assert_eq!((bare.status.as_u16(), bare.text()), (200, page.text()));
+    let post = w
+        .admin_with(
+            Method::POST,
+            "/admin/",
+            &[("authorization", basic_header("a", &w.admin_key))],
+        )
+        .await;
+    assert_eq!(post.status, 405);
     // Basic auth works for the JSON API too (World checks every reply for keys).
     let json = w
         .admin_with(

@@ -338,7 +338,7 @@ impl Admin {
                 tracing::info!(scope = %scope, entries_before, "cache purged by an admin call");
                 Ok(json(StatusCode::OK, &scope))
             }
-            (_, "/admin/usage") => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (_, "/admin/usage" | "/admin/") => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (_, "/admin/cache/purge") => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             _ => Err(GatewayError::NotFound),
         }
