@@ -325,7 +325,7 @@ async fn the_credits_page_renders_in_a_real_browser() {
     assert_eq!(figure(&dom, "crm", "used"), "7 credits");
     assert_eq!(figure(&dom, "crm", "left"), "18 credits");
     assert_eq!(figure(&dom, "crm", "spent-hour"), "7 credits");
-    assert_eq!(figure(&dom, "crm", "saved-cache"), "2 credits (1 hits)");
+    assert_eq!(figure(&dom, "crm", "saved-cache"), "2 credits (1 hit)");
     assert_eq!(figure(&dom, "crm", "hit-ratio"), "33%");
     assert_eq!(
         figure(&dom, "crm", "forecast"),

@@ -115,16 +115,18 @@ fn tenant_section(html: &mut String, i: usize, row: &UsageRow) {
             "saved-cache",
             "Saved by the cache",
             format!(
-                "{} credits ({} hits)",
-                row.credits_saved_cache, row.cache_hits
+                "{} credits ({})",
+                row.credits_saved_cache,
+                plural(row.cache_hits, "hit", "hits")
             ),
         ),
         (
             "saved-coalesced",
             "Saved by coalescing",
             format!(
-                "{} credits ({} answers)",
-                row.credits_saved_coalesced, row.coalesced
+                "{} credits ({})",
+                row.credits_saved_coalesced,
+                plural(row.coalesced, "answer", "answers")
             ),
         ),
         ("hit-ratio", "Hit ratio", ratio(row.hit_ratio)),
@@ -254,6 +256,10 @@ fn hour_label(as_of: Timestamp, back: usize) -> String {
             .map_or_else(|_| "?".to_string(), |t| t.strftime("%H:%M").to_string())
     };
     format!("{}–{}", hm(start), hm(end))
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn left(row: &UsageRow) -> String {
