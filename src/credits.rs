@@ -147,6 +147,19 @@ impl Credits {
         }
     }
 
+    /// Counts an answer coalesced onto another request's upstream call that
+    /// saved `saved` credits; the tenant's balance.
+    pub async fn coalesced(&self, tenant: &Tenant, saved: u64) -> Balance {
+        match self
+            .ledger
+            .coalesced(&tenant.id, tenant.budget, saved)
+            .await
+        {
+            Ok(balance) => self.remember(tenant, balance),
+            Err(_) => self.last_known(tenant),
+        }
+    }
+
     /// The tenant's balance (the last one known if the ledger cannot answer).
     pub async fn balance(&self, tenant: &Tenant) -> Balance {
         match self.ledger.balance(&tenant.id, tenant.budget).await {

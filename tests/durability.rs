@@ -305,7 +305,13 @@ async fn usage_works_while_serve_runs_and_prints_a_table() {
             "requests",
             "cache_hits",
             "credits_saved",
-            "orphaned"
+            "orphaned",
+            "coalesced",
+            "saved_coalesced",
+            "hit_ratio",
+            "spent_1h",
+            "spent_24h",
+            "runs_out"
         ]
     );
     let crm: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -313,6 +319,12 @@ async fn usage_works_while_serve_runs_and_prints_a_table() {
         &crm[..8],
         ["crm", "total", "total", "50", "1", "0", "49", "1"],
         "{table}"
+    );
+    // The charge is in the spend history, written with the settle.
+    assert_eq!(&crm[14..16], ["1", "1"], "spent_1h and spent_24h: {table}");
+    assert!(
+        crm[16].ends_with('Z'),
+        "a forecast at 1 credit an hour: {table}"
     );
 }
 

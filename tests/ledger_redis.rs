@@ -19,7 +19,7 @@ use std::time::Duration;
 use redis_server::RedisServer;
 use viewgate::clock::Clock;
 use viewgate::config::{Budget, Period};
-use viewgate::ledger::{Balance, Ledger, LedgerError, RedisLedger, Reservation};
+use viewgate::ledger::{Balance, Ledger, LedgerError, RedisLedger, Reservation, Usage};
 
 /// Starts a server for the test, or ends the test when there is none (see the module doc).
 macro_rules! redis_or_skip {
@@ -49,6 +49,15 @@ async fn connect(server: &RedisServer, clock: Clock) -> RedisLedger {
     RedisLedger::connect(&server.url(), clock)
         .await
         .expect("connect never needs a live server")
+}
+
+/// `usage` with the moment it was read left out, to compare reports read
+/// at two moments of a real clock.
+fn at_one_moment(mut usage: Vec<Usage>) -> Vec<Usage> {
+    for u in &mut usage {
+        u.recent.as_of = jiff::Timestamp::UNIX_EPOCH;
+    }
+    usage
 }
 
 /// Waits for `call`, failing the test if it hangs: an outage must answer, not block.
@@ -219,7 +228,10 @@ async fn two_replicas_share_one_budget_exactly() {
         ("ops".to_string(), None),
     ];
     let first = replicas[0].usage(&report).await.unwrap();
-    assert_eq!(replicas[1].usage(&report).await.unwrap(), first);
+    assert_eq!(
+        at_one_moment(replicas[1].usage(&report).await.unwrap()),
+        at_one_moment(first.clone())
+    );
     for u in &first {
         let (used, requests) = expected[&u.tenant];
         assert_eq!(
@@ -473,7 +485,10 @@ async fn reservations_of_a_crashed_replica_are_swept_into_spend() {
     assert_eq!(usage[0].balance.remaining(), Some(11));
     // Swept once: sweeping again adds nothing.
     assert_eq!(survivor.sweep_now(Duration::ZERO).await.unwrap(), 0);
-    assert_eq!(survivor.usage(&tenants).await.unwrap(), usage);
+    assert_eq!(
+        at_one_moment(survivor.usage(&tenants).await.unwrap()),
+        at_one_moment(usage)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,8 +561,8 @@ async fn hits_reach_other_replicas_within_a_second_and_at_flush() {
     let usage = there.usage(&tenants).await.unwrap();
     assert_eq!((usage[0].cache_hits, usage[0].credits_saved), (4, 7));
     assert_eq!(
-        here.usage(&tenants).await.unwrap(),
-        usage,
+        at_one_moment(here.usage(&tenants).await.unwrap()),
+        at_one_moment(usage),
         "written hits are not counted twice"
     );
 }
@@ -700,4 +715,70 @@ async fn a_bad_url_is_refused_at_connect() {
         .await
         .unwrap_err();
     assert_unavailable::<()>(Err(error), "pw-in-url");
+}
+
+#[tokio::test]
+async fn spend_history_and_coalesced_answers_are_shared_between_replicas() {
+    let server = redis_or_skip!();
+    let clock = clock_at("2026-11-27T10:00:00Z");
+    let b = budget(100, Period::Day);
+    let tenants = [("crm".to_string(), b)];
+    let here = connect(&server, clock.clone()).await;
+    let there = connect(&server, clock.clone()).await;
+    let crm: Arc<str> = Arc::from("crm");
+    let held = here.reserve(&crm, b, 5, "r1").await.unwrap();
+    here.settle(held.clone(), 4, b).await.unwrap();
+    // Settling again charges nothing, and records nothing either.
+    here.settle(held, 4, b).await.unwrap();
+    here.hit("crm", b, 3).await.unwrap();
+    here.coalesced("crm", b, 2).await.unwrap();
+    here.coalesced("crm", b, 2).await.unwrap();
+    // Seen at once where they were counted.
+    let usage = here.usage(&tenants).await.unwrap();
+    assert_eq!(usage[0].recent.spent_last_hour, 4);
+    assert_eq!(
+        (usage[0].coalesced, usage[0].credits_saved_coalesced),
+        (2, 4)
+    );
+    here.flush().await.unwrap();
+    clock.advance(Duration::from_secs(90 * 60));
+    let usage = there.usage(&tenants).await.unwrap();
+    let recent = &usage[0].recent;
+    assert_eq!((recent.spent_last_hour, recent.spent_last_day), (0, 4));
+    assert_eq!(
+        (recent.saved_cache_last_day, recent.saved_coalesced_last_day),
+        (3, 4)
+    );
+    assert_eq!(recent.hourly[22], 4, "90 minutes back is the 2nd-last hour");
+    assert_eq!(
+        (usage[0].coalesced, usage[0].credits_saved_coalesced),
+        (2, 4)
+    );
+    assert_eq!(
+        here.usage(&tenants).await.unwrap(),
+        usage,
+        "written minutes are not counted twice"
+    );
+    // One hash per tenant and hour, living a little over a day.
+    let mut conn = raw(&server);
+    let hour = "2026-11-27T10:00:00Z"
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_second()
+        / 3600;
+    let key = format!("vg:{{t:crm}}:s:{hour}");
+    let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(
+        (
+            fields["c0"].as_str(),
+            fields["h0"].as_str(),
+            fields["k0"].as_str()
+        ),
+        ("4", "3", "4")
+    );
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+    assert!(
+        (24 * 3600 * 1000..=26 * 3600 * 1000).contains(&ttl),
+        "{ttl}"
+    );
 }

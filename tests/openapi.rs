@@ -114,6 +114,7 @@ fn the_document_is_openapi_3_1_with_every_route() {
         ("/metrics", "get"),
         ("/admin/usage", "get"),
         ("/admin/cache/purge", "post"),
+        ("/admin/", "get"),
     ] {
         let operation = &doc["paths"][path][method];
         assert!(operation.is_object(), "no {method} {path}");
@@ -130,6 +131,7 @@ fn the_document_is_openapi_3_1_with_every_route() {
         "/metrics",
         "/admin/usage",
         "/admin/cache/purge",
+        "/admin/",
     ] {
         let server = doc["paths"][path]["servers"][0]["url"].as_str();
         assert!(

@@ -5,6 +5,11 @@
 //! `/admin/` needs `x-admin-key`, whose sha256 must equal
 //! `admin.key_sha256` (compared in constant time). A tenant key is not an
 //! admin key, and without `admin.key_sha256` the admin API is closed.
+//! A browser cannot send `x-admin-key`, so the admin key is also accepted as
+//! the password of HTTP Basic auth (any user name); the credits page
+//! (`GET /admin/`, see `page`) asks a browser for it with a 401.
+
+mod page;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use crate::clock::rfc3339;
 use crate::config::valid_account_id;
 use crate::error::GatewayError;
 use crate::keys::KeyHash;
-use crate::ledger::Usage;
+use crate::ledger::{Usage, history, period_end};
 use crate::listener::HttpService;
 use crate::live::Live;
 use crate::response::{Body, json_response};
@@ -33,7 +38,7 @@ pub struct Admin {
 }
 
 /// One tenant's usage, as `/admin/usage` and `viewgate usage` report it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UsageRow {
     /// Tenant id.
     pub tenant: String,
@@ -57,11 +62,76 @@ pub struct UsageRow {
     pub credits_saved: u64,
     /// Credits of reservations a crash left open, counted as spent.
     pub orphaned: u64,
+    /// What cache hits saved in the period (the same figure as `credits_saved`).
+    #[serde(default)]
+    pub credits_saved_cache: u64,
+    /// Answers coalesced onto another request's upstream call in the period.
+    #[serde(default)]
+    pub coalesced: u64,
+    /// What those coalesced answers would have cost.
+    #[serde(default)]
+    pub credits_saved_coalesced: u64,
+    /// `cache_hits / (cache_hits + coalesced + requests)`; `null` before any.
+    #[serde(default)]
+    pub hit_ratio: Option<f64>,
+    /// Credits charged in the last hour (60 minute buckets, the current one included).
+    #[serde(default)]
+    pub spent_last_hour: u64,
+    /// Credits charged in the last day (1440 minute buckets).
+    #[serde(default)]
+    pub spent_last_day: u64,
+    /// Credits charged in each of the last 24 hours, oldest first.
+    #[serde(default)]
+    pub spent_by_hour: Vec<u64>,
+    /// What the cache saved over the last day.
+    #[serde(default)]
+    pub saved_cache_last_day: u64,
+    /// What coalescing saved over the last day.
+    #[serde(default)]
+    pub saved_coalesced_last_day: u64,
+    /// `runs_out`, `outlasts_period`, `spent`, `no_spend` or `unlimited`.
+    #[serde(default)]
+    pub forecast: String,
+    /// When the budget runs out at the recent rate (RFC 3339 UTC); `null`
+    /// unless `forecast` is `runs_out` or `spent`.
+    #[serde(default)]
+    pub runs_out_at: Option<String>,
+    /// The rate the forecast used: `last_hour`, `last_day`, or `null`.
+    #[serde(default)]
+    pub forecast_basis: Option<String>,
+    /// When these figures were read (RFC 3339 UTC).
+    #[serde(default)]
+    pub as_of: String,
 }
 
 impl From<&Usage> for UsageRow {
     fn from(u: &Usage) -> Self {
+        let recent = &u.recent;
+        let forecast = history::forecast(
+            u.balance.remaining(),
+            recent,
+            period_end(u.period, recent.as_of),
+        );
+        let answers = u
+            .cache_hits
+            .saturating_add(u.coalesced)
+            .saturating_add(u.requests);
+        #[allow(clippy::cast_precision_loss, reason = "a ratio for people to read")]
+        let hit_ratio = (answers > 0).then(|| u.cache_hits as f64 / answers as f64);
         Self {
+            credits_saved_cache: u.credits_saved,
+            coalesced: u.coalesced,
+            credits_saved_coalesced: u.credits_saved_coalesced,
+            hit_ratio,
+            spent_last_hour: recent.spent_last_hour,
+            spent_last_day: recent.spent_last_day,
+            spent_by_hour: recent.hourly.clone(),
+            saved_cache_last_day: recent.saved_cache_last_day,
+            saved_coalesced_last_day: recent.saved_coalesced_last_day,
+            forecast: forecast.outlook.as_str().to_string(),
+            runs_out_at: forecast.runs_out_at.map(rfc3339),
+            forecast_basis: forecast.basis.map(|b| b.as_str().to_string()),
+            as_of: rfc3339(recent.as_of),
             tenant: u.tenant.clone(),
             period: u.period.as_str().to_string(),
             period_key: u.period_key.clone(),
@@ -122,6 +192,8 @@ impl Admin {
             }
             (Method::GET, "/readyz") => Ok(self.readyz().await),
             (Method::GET, "/metrics") => Ok(self.metrics().await),
+            (Method::GET, "/admin/" | "/admin") => Ok(self.credits_page(&request).await),
+            (_, "/admin") => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (_, p) if p.starts_with("/admin/") => match self.authorize(&request) {
                 Err(e) => Err(e),
                 Ok(()) => self.admin_api(request, &path).await,
@@ -143,15 +215,72 @@ impl Admin {
             .as_ref()
             .and_then(|a| a.key_sha256)
             .ok_or(GatewayError::InvalidApiKey)?;
-        let presented = request
-            .headers()
-            .get("x-admin-key")
-            .ok_or(GatewayError::InvalidApiKey)?;
-        if KeyHash::of(presented.as_bytes()).ct_eq(&expected) {
+        // Every credential presented must be the admin key: a wrong one
+        // beside a right one is refused, not overlooked.
+        let headers = request.headers();
+        let mut presented = Vec::with_capacity(2);
+        if let Some(key) = headers.get("x-admin-key") {
+            presented.push(key.as_bytes().to_vec());
+        }
+        if headers.contains_key(header::AUTHORIZATION) {
+            presented.push(basic_password(headers).ok_or(GatewayError::InvalidApiKey)?);
+        }
+        let mut all_match = !presented.is_empty();
+        for key in &presented {
+            // `&`, not `&&`: every key is hashed and compared.
+            all_match &= KeyHash::of(key).ct_eq(&expected);
+        }
+        if all_match {
             Ok(())
         } else {
             Err(GatewayError::InvalidApiKey)
         }
+    }
+
+    /// The credits page; a request without a valid admin key gets 401 and
+    /// a Basic challenge, so a browser asks for it.
+    async fn credits_page<B>(&self, request: &Request<B>) -> Response<Body> {
+        if self.authorize(request).is_err() {
+            let mut response = Response::new(Body::new(Bytes::from_static(
+                b"The credits page needs the admin key as the password (any user name).\n",
+            )));
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            let headers = response.headers_mut();
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"viewgate admin\", charset=\"UTF-8\""),
+            );
+            headers.insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return response;
+        }
+        let now = rfc3339(self.live.gateway().clock.wall());
+        let html = match self.usage().await {
+            Ok(rows) => page::render(&rows, &now),
+            Err(e) => {
+                return e.to_response(None, self.live.gateway().clock.wall());
+            }
+        };
+        let mut response = Response::new(Body::new(Bytes::from(html)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        // Figures of one moment: never from a cache. No script may run on it.
+        headers.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
+            ),
+        );
+        response
     }
 
     async fn admin_api<B>(
@@ -209,7 +338,7 @@ impl Admin {
                 tracing::info!(scope = %scope, entries_before, "cache purged by an admin call");
                 Ok(json(StatusCode::OK, &scope))
             }
-            (_, "/admin/usage") => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (_, "/admin/usage" | "/admin/") => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (_, "/admin/cache/purge") => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             _ => Err(GatewayError::NotFound),
         }
@@ -282,6 +411,22 @@ impl Admin {
         );
         response
     }
+}
+
+/// The password of an `Authorization: Basic` header (the user name is not
+/// looked at), if there is one.
+fn basic_password(headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {

@@ -1,7 +1,10 @@
 //! `viewgate usage --config FILE`: each tenant's credits this period.
 //!
 //! Reads the SQLite ledger file read-only, so it works while `viewgate serve`
-//! runs on the same file. Open reservations show as `reserved`.
+//! runs on the same file. Open reservations show as `reserved`. Besides the
+//! period's figures it prints the spend of the last hour and day, the hit
+//! ratio, what coalescing saved, and when the budget runs out at the recent
+//! rate (see `ledger::history::forecast`).
 
 use std::path::Path;
 
@@ -42,6 +45,15 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The forecast in one cell: when the budget runs out, or why it does not
+/// (`outlasts_period`, `no_spend`, `unlimited`).
+fn forecast_cell(row: &UsageRow) -> String {
+    match &row.runs_out_at {
+        Some(at) => at.clone(),
+        None => row.forecast.clone(),
+    }
+}
+
 /// The rows as an aligned text table.
 pub fn table(rows: &[UsageRow]) -> String {
     let header = [
@@ -56,6 +68,12 @@ pub fn table(rows: &[UsageRow]) -> String {
         "cache_hits",
         "credits_saved",
         "orphaned",
+        "coalesced",
+        "saved_coalesced",
+        "hit_ratio",
+        "spent_1h",
+        "spent_24h",
+        "runs_out",
     ];
     let opt = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
     let cells: Vec<Vec<String>> = rows
@@ -73,6 +91,13 @@ pub fn table(rows: &[UsageRow]) -> String {
                 r.cache_hits.to_string(),
                 r.credits_saved.to_string(),
                 r.orphaned.to_string(),
+                r.coalesced.to_string(),
+                r.credits_saved_coalesced.to_string(),
+                r.hit_ratio
+                    .map_or("-".to_string(), |h| format!("{:.0}%", h * 100.0)),
+                r.spent_last_hour.to_string(),
+                r.spent_last_day.to_string(),
+                forecast_cell(r),
             ]
         })
         .collect();

@@ -255,17 +255,18 @@ impl Shared {
                 }
                 Role::Follower(follower) => match follower.wait().await {
                     Some(Ok(page)) => {
-                        return self
-                            .answer(
-                                &tenant,
-                                &context,
-                                &call,
-                                &page,
-                                CacheStatus::Coalesced,
-                                0,
-                                None,
-                            )
-                            .await;
+                        // Counted apart from cache hits: what coalescing saved.
+                        let balance = self.credits.coalesced(&tenant, page.credits).await;
+                        return self.answer_with(
+                            &tenant,
+                            &context,
+                            &call,
+                            &page,
+                            CacheStatus::Coalesced,
+                            0,
+                            None,
+                            balance,
+                        );
                     }
                     // The leader's budget was not ours: try again, perhaps as
                     // leader; in stale mode, out of budget ourselves, degrade.

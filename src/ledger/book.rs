@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::history::Recent;
 use super::{Balance, LedgerError, Reservation, Usage};
 use crate::config::{Budget, Period};
 
@@ -31,6 +32,10 @@ pub(crate) struct Account {
     pub(crate) credits_saved: u64,
     /// Credits of reservations a crash left open, counted as spent.
     pub(crate) orphaned: u64,
+    /// Answers coalesced onto another request's upstream call.
+    pub(crate) coalesced: u64,
+    /// Credits those coalesced answers saved.
+    pub(crate) credits_saved_coalesced: u64,
 }
 
 impl Account {
@@ -53,8 +58,15 @@ impl Account {
         }
     }
 
-    /// The report line for `tenant` in the period `period_key` of `budget`.
-    pub(crate) fn usage(&self, tenant: &str, budget: Option<Budget>, period_key: String) -> Usage {
+    /// The report line for `tenant` in the period `period_key` of `budget`,
+    /// with its `recent` spend.
+    pub(crate) fn usage(
+        &self,
+        tenant: &str,
+        budget: Option<Budget>,
+        period_key: String,
+        recent: Recent,
+    ) -> Usage {
         Usage {
             tenant: tenant.to_string(),
             period: budget_period(budget),
@@ -64,6 +76,9 @@ impl Account {
             cache_hits: self.cache_hits,
             credits_saved: self.credits_saved,
             orphaned: self.orphaned,
+            coalesced: self.coalesced,
+            credits_saved_coalesced: self.credits_saved_coalesced,
+            recent,
         }
     }
 }
@@ -261,6 +276,14 @@ impl Book {
         self.update(key, |a| {
             a.cache_hits = a.cache_hits.saturating_add(hits);
             a.credits_saved = a.credits_saved.saturating_add(credits_saved);
+        });
+    }
+
+    /// Adds `answers` coalesced answers that saved `credits_saved` to `key`.
+    pub(crate) fn coalesced(&mut self, key: &AccountKey, answers: u64, credits_saved: u64) {
+        self.update(key, |a| {
+            a.coalesced = a.coalesced.saturating_add(answers);
+            a.credits_saved_coalesced = a.credits_saved_coalesced.saturating_add(credits_saved);
         });
     }
 

@@ -19,6 +19,10 @@ pub(crate) struct Hits<Note = ()> {
     pub(crate) hits: u64,
     /// Credits those hits saved.
     pub(crate) credits_saved: u64,
+    /// Coalesced answers served.
+    pub(crate) coalesced: u64,
+    /// Credits those coalesced answers saved.
+    pub(crate) credits_saved_coalesced: u64,
     /// What the writer needs besides the counts, fixed by the account's first
     /// hit (the Redis ledger: when the period's keys expire).
     pub(crate) note: Note,
@@ -43,13 +47,29 @@ impl<Note: Copy> PendingHits<Note> {
     /// Counts one hit of `key` that saved `credits_saved`; `note` is kept
     /// only if this is the first hit waiting for `key`.
     pub(crate) fn count(&mut self, key: AccountKey, credits_saved: u64, note: Note) {
-        let waiting = self.by_account.entry(key).or_insert(Hits {
-            hits: 0,
-            credits_saved: 0,
-            note,
-        });
+        let waiting = self.waiting(key, note);
         waiting.hits = waiting.hits.saturating_add(1);
         waiting.credits_saved = waiting.credits_saved.saturating_add(credits_saved);
+    }
+
+    /// Counts one coalesced answer of `key` that saved `credits_saved`, like
+    /// [`PendingHits::count`].
+    pub(crate) fn count_coalesced(&mut self, key: AccountKey, credits_saved: u64, note: Note) {
+        let waiting = self.waiting(key, note);
+        waiting.coalesced = waiting.coalesced.saturating_add(1);
+        waiting.credits_saved_coalesced = waiting
+            .credits_saved_coalesced
+            .saturating_add(credits_saved);
+    }
+
+    fn waiting(&mut self, key: AccountKey, note: Note) -> &mut Hits<Note> {
+        self.by_account.entry(key).or_insert(Hits {
+            hits: 0,
+            credits_saved: 0,
+            coalesced: 0,
+            credits_saved_coalesced: 0,
+            note,
+        })
     }
 
     /// Whether nothing waits.
@@ -67,6 +87,10 @@ impl<Note: Copy> PendingHits<Note> {
         if let Some(waiting) = self.by_account.get(key) {
             account.cache_hits = account.cache_hits.saturating_add(waiting.hits);
             account.credits_saved = account.credits_saved.saturating_add(waiting.credits_saved);
+            account.coalesced = account.coalesced.saturating_add(waiting.coalesced);
+            account.credits_saved_coalesced = account
+                .credits_saved_coalesced
+                .saturating_add(waiting.credits_saved_coalesced);
         }
     }
 
@@ -76,7 +100,15 @@ impl<Note: Copy> PendingHits<Note> {
         if let Some(left) = self.by_account.get_mut(key) {
             left.hits = left.hits.saturating_sub(written.hits);
             left.credits_saved = left.credits_saved.saturating_sub(written.credits_saved);
-            if left.hits == 0 && left.credits_saved == 0 {
+            left.coalesced = left.coalesced.saturating_sub(written.coalesced);
+            left.credits_saved_coalesced = left
+                .credits_saved_coalesced
+                .saturating_sub(written.credits_saved_coalesced);
+            if left.hits == 0
+                && left.credits_saved == 0
+                && left.coalesced == 0
+                && left.credits_saved_coalesced == 0
+            {
                 self.by_account.remove(key);
             }
         }
@@ -104,6 +136,7 @@ mod tests {
         pending.count(key("crm"), 2, 7);
         pending.count(key("crm"), 3, 9);
         pending.count(key("ops"), 1, 5);
+        pending.count_coalesced(key("crm"), 6, 0);
         let (_, crm) = pending.iter().find(|(k, _)| **k == key("crm")).unwrap();
         assert_eq!((crm.hits, crm.credits_saved, crm.note), (2, 5, 7));
 
@@ -113,6 +146,11 @@ mod tests {
         let mut account = Account::default();
         pending.add_to(&key("crm"), &mut account);
         assert_eq!((account.cache_hits, account.credits_saved), (1, 4));
+        assert_eq!(
+            (account.coalesced, account.credits_saved_coalesced),
+            (0, 0),
+            "the coalesced answer was read and written"
+        );
         let mut ops = Account::default();
         pending.add_to(&key("ops"), &mut ops);
         assert_eq!(ops, Account::default(), "written in full, so gone");

@@ -11,6 +11,7 @@ use futures_util::future::{BoxFuture, ready};
 
 use super::alerts::MemoryAlerts;
 use super::book::{Book, budget_period};
+use super::history::{Bucket, History, minute_of};
 use super::idempotency::MemoryKeys;
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
 use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
@@ -22,6 +23,9 @@ use crate::config::Budget;
 pub struct MemoryLedger {
     clock: Clock,
     book: Mutex<Book>,
+    /// Spend and savings by minute (locked after `book` when both are);
+    /// boxed to keep the ledger small where it is held by value.
+    history: Box<Mutex<History>>,
     keys: MemoryKeys,
     // Boxed: rarely used, so it need not make every ledger value larger.
     alerts: Box<Mutex<MemoryAlerts>>,
@@ -35,6 +39,7 @@ impl MemoryLedger {
             clock,
             book: Mutex::new(Book::default()),
             alerts: Box::default(),
+            history: Box::new(Mutex::new(History::default())),
         }
     }
 
@@ -42,6 +47,13 @@ impl MemoryLedger {
         // A panic while holding this lock cannot leave an account half-written
         // (every update is a plain field write), so a poisoned lock is still usable.
         self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `event` to `tenant`'s current minute.
+    fn record(&self, tenant: &str, event: Bucket) {
+        let now = self.clock.wall();
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.add(tenant, minute_of(now), event);
     }
 
     fn current_period(&self, budget: Option<Budget>) -> String {
@@ -56,7 +68,11 @@ impl MemoryLedger {
     ) -> Balance {
         let mut book = self.lock();
         // Closing an id that is no longer open changes nothing.
-        book.finish(reservation.id, actual);
+        if book.finish(reservation.id, actual)
+            && let Some(actual) = actual
+        {
+            self.record(&reservation.tenant, Bucket::charged(actual));
+        }
         // The balance reported is the current period's, which may be a new one.
         book.account(&reservation.tenant, &self.current_period(budget))
             .balance(budget)
@@ -115,6 +131,21 @@ impl Ledger for MemoryLedger {
         let key = (tenant.to_string(), self.current_period(budget));
         let mut book = self.lock();
         book.hit(&key, 1, credits_saved);
+        self.record(tenant, Bucket::saved_by_cache(credits_saved));
+        let balance = book.account(&key.0, &key.1).balance(budget);
+        ready(Ok(balance)).boxed()
+    }
+
+    fn coalesced<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        let key = (tenant.to_string(), self.current_period(budget));
+        let mut book = self.lock();
+        book.coalesced(&key, 1, credits_saved);
+        self.record(tenant, Bucket::saved_by_coalescing(credits_saved));
         let balance = book.account(&key.0, &key.1).balance(budget);
         ready(Ok(balance)).boxed()
     }
@@ -124,12 +155,19 @@ impl Ledger for MemoryLedger {
         tenants: &'a [(String, Option<Budget>)],
     ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>> {
         let book = self.lock();
+        let now = self.clock.wall();
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.prune(now);
         let out = tenants
             .iter()
             .map(|(tenant, budget)| {
                 let period_key = self.current_period(*budget);
-                book.account(tenant, &period_key)
-                    .usage(tenant, *budget, period_key)
+                book.account(tenant, &period_key).usage(
+                    tenant,
+                    *budget,
+                    period_key,
+                    history.recent(tenant, now),
+                )
             })
             .collect();
         ready(Ok(out)).boxed()

@@ -8,6 +8,7 @@
 
 mod alerts;
 mod book;
+pub mod history;
 mod hits;
 mod idempotency;
 mod memory;
@@ -25,7 +26,7 @@ pub use self::redis::RedisLedger;
 pub use alerts::{Alert, OutboxEntry};
 pub use idempotency::{Fingerprint, IdempotencyBegin, IdempotencyTable, StoredAnswer};
 pub use memory::MemoryLedger;
-pub use period::period_key;
+pub use period::{period_end, period_key};
 pub use sqlite::{SqliteLedger, read_usage};
 
 /// Credits held for one in-flight upstream call.
@@ -77,6 +78,13 @@ pub struct Usage {
     pub cache_hits: u64,
     /// Credits the upstream would have charged for those hits.
     pub credits_saved: u64,
+    /// Requests answered from another request's upstream call (coalesced)
+    /// in the period.
+    pub coalesced: u64,
+    /// Credits those coalesced answers would have cost.
+    pub credits_saved_coalesced: u64,
+    /// Spend and savings of the last hour and day, minute by minute.
+    pub recent: history::Recent,
     /// Credits of reservations left open by a crash, counted as spent
     /// (the upstream may have billed them). Included in `balance.used`.
     pub orphaned: u64,
@@ -146,6 +154,20 @@ pub trait Ledger: Send + Sync + 'static {
         budget: Option<Budget>,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>>;
+
+    /// Counts a request answered from another request's upstream call
+    /// (coalesced) that saved `credits_saved`, and returns the tenant's
+    /// balance; like [`Ledger::hit`], statistics. The default counts
+    /// nothing (for ledgers that keep no statistics) and reads the balance.
+    fn coalesced<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        let _ = credits_saved;
+        self.balance(tenant, budget)
+    }
 
     /// Usage of each `(tenant, budget)` in its current period.
     fn usage<'a>(

@@ -26,6 +26,25 @@ pub fn period_key(period: Period, now: Timestamp) -> String {
     })
 }
 
+/// When the period containing `now` ends (the next one starts), UTC;
+/// `None` for `total`, which never ends.
+pub fn period_end(period: Period, now: Timestamp) -> Option<Timestamp> {
+    use jiff::ToSpan;
+    let date = Offset::UTC.to_datetime(now).date();
+    let next = match period {
+        Period::Day => date.tomorrow().ok()?,
+        Period::Week => {
+            let days_left = 7 - i64::from(date.weekday().to_monday_zero_offset());
+            date.checked_add(days_left.days()).ok()?
+        }
+        Period::Month => date.last_of_month().tomorrow().ok()?,
+        Period::Total => return None,
+    };
+    Offset::UTC
+        .to_timestamp(next.to_datetime(jiff::civil::Time::midnight()))
+        .ok()
+}
+
 fn compute(period: Period, now: Timestamp) -> String {
     let date = Offset::UTC.to_datetime(now).date();
     match period {
@@ -58,6 +77,25 @@ mod tests {
             period_key(Period::Day, at("2026-11-28T00:00:00Z")),
             "2026-11-28"
         );
+    }
+
+    #[test]
+    fn periods_end_at_the_next_utc_midnight_monday_or_month() {
+        let t = at("2026-11-27T10:00:00Z");
+        assert_eq!(period_end(Period::Day, t), Some(at("2026-11-28T00:00:00Z")));
+        assert_eq!(
+            period_end(Period::Week, t),
+            Some(at("2026-11-30T00:00:00Z"))
+        );
+        assert_eq!(
+            period_end(Period::Week, at("2026-11-30T00:00:00Z")),
+            Some(at("2026-12-07T00:00:00Z"))
+        );
+        assert_eq!(
+            period_end(Period::Month, t),
+            Some(at("2026-12-01T00:00:00Z"))
+        );
+        assert_eq!(period_end(Period::Total, t), None);
     }
 
     #[test]

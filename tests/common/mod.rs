@@ -361,6 +361,17 @@ impl World {
         self.send(method, url, &headers, body).await
     }
 
+    /// A request to the admin listener with these headers.
+    pub async fn admin_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Reply {
+        let url = format!("http://{}{}", self.admin.addr(), path);
+        self.send(method, url, headers, "").await
+    }
+
     pub fn key(&self, tenant: &str) -> &str {
         &self.keys[tenant]
     }

@@ -4,8 +4,11 @@
 -- KEYS[2]  vg:{t:<tenant>}:open        open reservations (zset)
 -- KEYS[3]  vg:{t:<tenant>}:p:<period>  the period the reservation was made in
 -- KEYS[4]  vg:{t:<tenant>}:p:<period>  the current period, for the reply
+-- KEYS[5]  vg:{t:<tenant>}:s:<hour>    the spend history of the current hour
 -- ARGV[1]  the reservation id
 -- ARGV[2]  credits actually spent (settle), or '' to release
+-- ARGV[3]  the history field of the current minute, c<minute of the hour>
+-- ARGV[4]  milliseconds the history hash lives after this write
 --
 -- Returns {closed, used, reserved}: closed is 1 when the reservation was open,
 -- 0 when it was already settled, released or swept (then nothing changed, so
@@ -18,6 +21,10 @@ if amount then
   if ARGV[2] ~= '' then
     redis.call('HINCRBY', KEYS[3], 'used', ARGV[2])
     redis.call('HINCRBY', KEYS[3], 'requests', 1)
+    if tonumber(ARGV[2]) > 0 then
+      redis.call('HINCRBY', KEYS[5], ARGV[3], ARGV[2])
+      redis.call('PEXPIRE', KEYS[5], ARGV[4])
+    end
   end
   redis.call('DEL', KEYS[1])
   closed = 1

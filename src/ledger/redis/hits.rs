@@ -15,6 +15,7 @@ use super::{Inner, MAX_COUNT, lock};
 use crate::config::Budget;
 use crate::ledger::LedgerError;
 use crate::ledger::book::AccountKey;
+use crate::ledger::history::Bucket;
 use crate::ledger::hits::Hits;
 use crate::redis::{Op, Retry};
 
@@ -31,6 +32,15 @@ impl Inner {
     pub(super) fn count_hit(&self, tenant: &str, budget: Option<Budget>, credits_saved: u64) {
         let (period, expires_at) = self.current_period(budget);
         lock(&self.pending_hits).count((tenant.to_string(), period), credits_saved, expires_at);
+        self.record(tenant, Bucket::saved_by_cache(credits_saved));
+    }
+
+    /// Counts a coalesced answer; written with the next second's batch.
+    pub(super) fn count_coalesced(&self, tenant: &str, budget: Option<Budget>, saved: u64) {
+        let (period, expires_at) = self.current_period(budget);
+        let key = (tenant.to_string(), period);
+        lock(&self.pending_hits).count_coalesced(key, saved, expires_at);
+        self.record(tenant, Bucket::saved_by_coalescing(saved));
     }
 
     /// Adds the hit counts counted here to Redis. Counts stay pending until
@@ -47,7 +57,9 @@ impl Inner {
                 .key(period_hash(&tenant, &period))
                 .arg(hits.hits.min(MAX_COUNT))
                 .arg(hits.credits_saved.min(MAX_COUNT))
-                .arg(ttl_ms(hits.note, self.clock.wall()));
+                .arg(ttl_ms(hits.note, self.clock.wall()))
+                .arg(hits.coalesced.min(MAX_COUNT))
+                .arg(hits.credits_saved_coalesced.min(MAX_COUNT));
             // Never resent: a lost answer may mean they were added. If the
             // call fails anyway they are sent again next second, so a lost
             // answer can count one second of hits twice (statistics, not money).
@@ -55,7 +67,7 @@ impl Inner {
                 .await?;
             lock(&self.pending_hits).written(&(tenant, period), &hits);
         }
-        Ok(())
+        self.write_minutes().await
     }
 }
 
@@ -69,7 +81,7 @@ pub(super) async fn write_hits_every_second(inner: Weak<Inner>) {
             return;
         };
         inner.forget_idle_views();
-        if lock(&inner.pending_hits).is_empty() {
+        if lock(&inner.pending_hits).is_empty() && lock(&inner.pending_minutes).is_empty() {
             continue;
         }
         if let Err(error) = inner.write_hits().await {

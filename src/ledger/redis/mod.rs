@@ -34,6 +34,10 @@
 //! - `vg:{t:<tenant>}:i:<key as hex>`: hash of one idempotency key, claimed
 //!   or answered; expires with the key's TTL (see `idempotency`).
 //! - `vg:{alerts}:*`: budget alerts fired and the webhook outbox (see `alerts`).
+//! - `vg:{t:<tenant>}:s:<hour since the epoch>`: hash of the spend history
+//!   of one hour, fields `c<mm>`, `h<mm>`, `k<mm>` per minute (see `history`);
+//!   expires 26 hours after its last write. The period hash also counts
+//!   `coalesced` and `credits_saved_coalesced`.
 //!
 //! Any Redis failure answers [`LedgerError::Unavailable`] (`redis: …`, never
 //! the URL's password) within [`RedisLedger::CALL_TIMEOUT`]; the gateway turns it into 503.
@@ -42,13 +46,14 @@
 //!
 //! The parts: `spend` (reserve, settle, release), `views` (the local
 //! balances behind `balance`), `hits` (cache-hit counts and their writer
-//! task), `sweeper` (reservations of crashed replicas), `idempotency`
+//! task), `history` (spend per minute), `sweeper` (reservations of crashed replicas), `idempotency`
 //! (idempotency keys), `scripts` (the Lua scripts and their replies), `keys`
 //! (key names and lifetimes). The connection itself, its timeouts and the
 //! URL's redaction are `crate::redis`, shared with the rate limiter and the
 //! shared cache tier.
 
 mod alerts;
+mod history;
 mod hits;
 mod idempotency;
 mod keys;
@@ -114,6 +119,8 @@ struct Inner {
     views: Mutex<HashMap<AccountKey, View>>,
     /// Cache hits counted here but not yet added in Redis.
     pending_hits: Mutex<PendingHits<Expiry>>,
+    /// Spend-history minutes counted here but not yet added in Redis.
+    pending_minutes: Mutex<history::PendingMinutes>,
     /// Held while hit counts are written, and by `usage` so that it never
     /// counts hits both in Redis and as pending.
     flushing: tokio::sync::Mutex<()>,
@@ -145,6 +152,7 @@ impl RedisLedger {
             scripts: Scripts::new(),
             views: Mutex::new(HashMap::new()),
             pending_hits: Mutex::new(PendingHits::default()),
+            pending_minutes: Mutex::new(HashMap::new()),
             flushing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(write_hits_every_second(Arc::downgrade(&inner)));
@@ -203,18 +211,28 @@ impl Inner {
             .iter()
             .map(|(_, budget)| period_key(budget_period(*budget), now))
             .collect();
+        // Per tenant: its period's hash, then 25 hours of history.
+        const PER_TENANT: usize = 26;
         let mut pipeline = ::redis::pipe();
         for ((tenant, _), period) in tenants.iter().zip(&periods) {
             pipeline.cmd("HGETALL").arg(period_hash(tenant, period));
+            Inner::read_recent(&mut pipeline, tenant, now);
         }
         // Not while hit counts are being written: they would count twice.
         let _flushing = self.flushing.lock().await;
         let replies = self
             .run::<Vec<HashMap<String, i64>>>(Op::Pipeline(&pipeline), Retry::Once)
             .await?;
+        if replies.len() != tenants.len() * PER_TENANT {
+            return Err(self.failure("unexpected reply to the usage pipeline"));
+        }
         let pending = lock(&self.pending_hits);
+        let minutes = lock(&self.pending_minutes);
         let mut out = Vec::with_capacity(tenants.len());
-        for (((tenant, budget), period), fields) in tenants.iter().zip(periods).zip(replies) {
+        for (((tenant, budget), period), replies) in
+            tenants.iter().zip(periods).zip(replies.chunks(PER_TENANT))
+        {
+            let fields = &replies[0];
             let field = |name: &str| count(fields.get(name).copied().unwrap_or(0));
             let key = (tenant.clone(), period);
             let mut account = Account {
@@ -224,10 +242,13 @@ impl Inner {
                 cache_hits: field("cache_hits"),
                 credits_saved: field("credits_saved"),
                 orphaned: field("orphaned"),
+                coalesced: field("coalesced"),
+                credits_saved_coalesced: field("credits_saved_coalesced"),
             };
             pending.add_to(&key, &mut account);
             self.remember(key.clone(), account.used, account.reserved);
-            out.push(account.usage(tenant, *budget, key.1));
+            let recent = self.recent_from(tenant, now, &replies[1..], &minutes);
+            out.push(account.usage(tenant, *budget, key.1, recent));
         }
         Ok(out)
     }
@@ -279,6 +300,16 @@ impl Ledger for RedisLedger {
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         self.inner.count_hit(tenant, budget, credits_saved);
+        self.inner.balance(tenant, budget)
+    }
+
+    fn coalesced<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        self.inner.count_coalesced(tenant, budget, credits_saved);
         self.inner.balance(tenant, budget)
     }
 

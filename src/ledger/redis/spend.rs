@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use super::history::{KEEP_MS, charge_field};
 use super::keys::{id_hex, open_set, period_hash, reservation_hash, ttl_ms};
 use super::{Inner, MAX_COUNT};
 use crate::config::Budget;
@@ -107,14 +108,19 @@ impl Inner {
     ) -> Result<Balance, LedgerError> {
         let tenant = &reservation.tenant;
         let (current, _) = self.current_period(budget);
+        // A charge goes into the spend history in the same step.
+        let (history_hash, history_field) = charge_field(tenant, self.clock.wall());
         let mut invocation = self.scripts.close.prepare_invoke();
         invocation
             .key(reservation_hash(tenant, reservation.id))
             .key(open_set(tenant))
             .key(period_hash(tenant, &reservation.period))
             .key(period_hash(tenant, &current))
+            .key(history_hash)
             .arg(id_hex(reservation.id))
-            .arg(actual.map_or_else(String::new, |a| a.min(MAX_COUNT).to_string()));
+            .arg(actual.map_or_else(String::new, |a| a.min(MAX_COUNT).to_string()))
+            .arg(history_field)
+            .arg(KEEP_MS);
         let reply = self
             .run::<Vec<i64>>(Op::Script(&invocation), Retry::Once)
             .await?;

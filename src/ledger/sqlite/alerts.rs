@@ -1,5 +1,5 @@
 //! Budget alerts in the ledger file: thresholds fired and the webhook outbox
-//! (schema version 3, see `schema`).
+//! (added in schema version 3, see `schema`).
 //!
 //! Each call is its own `BEGIN IMMEDIATE … COMMIT` on the writer thread,
 //! answered once committed: firing inserts the `alerts_fired` row and (with

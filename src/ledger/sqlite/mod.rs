@@ -37,11 +37,16 @@
 //! them behind; the next [`SqliteLedger::open`] counts them as spent (the
 //! upstream may have billed them) and as `orphaned`, in one transaction.
 //!
-//! File layout (schema version 3, `PRAGMA user_version`; an older file is
+//! File layout (schema version 4, `PRAGMA user_version`; an older file is
 //! migrated in place by `open`, in one transaction):
 //! - `accounts(tenant, period, used, requests, cache_hits, credits_saved,
-//!   orphaned)`, one row per tenant and period key; `reserved` is not stored,
-//!   it is the sum of the tenant's open `reservations` rows.
+//!   orphaned, coalesced, credits_saved_coalesced)`, one row per tenant and
+//!   period key; `reserved` is not stored, it is the sum of the tenant's
+//!   open `reservations` rows.
+//! - `spend_minutes(tenant, minute, charged, saved_cache, saved_coalesced)`
+//!   (version 3), the spend history (see `ledger::history`): one row per
+//!   tenant and minute with activity, written as absolute values with the
+//!   batches, rows older than a day and an hour deleted.
 //! - `reservations(id, tenant, period, amount, request_id, created_at)`, one
 //!   row per open reservation, deleted when it is settled or released.
 //! - `idempotency_keys(tenant, key, fingerprint, state, status, body, owner,
@@ -70,7 +75,7 @@ mod schema;
 mod tests;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -84,6 +89,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::book::{Account, AccountKey, budget_period};
+use super::history::{Bucket, History, minute_of};
 use super::hits::PendingHits;
 use super::{Balance, Ledger, LedgerError, Reservation, Usage, period_key};
 use super::{Fingerprint, IdempotencyBegin, StoredAnswer};
@@ -136,9 +142,22 @@ struct Mirror {
     accounts: HashMap<AccountKey, Account>,
     /// Cache hits counted but not yet committed.
     pending_hits: PendingHits,
+    /// Spend and savings by minute over the last day, as recorded (the
+    /// writer adds settles, `hit` and `coalesced` their savings).
+    history: History,
+    /// Minutes of `history` changed since they were last written.
+    history_dirty: HashSet<(String, i64)>,
     /// Batches committed that changed an account or an idempotency key,
     /// for tests of group commit.
     commits: u64,
+}
+
+impl Mirror {
+    /// Adds `event` to `tenant`'s bucket of `minute`, to be written.
+    fn record(&mut self, tenant: &str, minute: i64, event: Bucket) {
+        self.history.add(tenant, minute, event);
+        self.history_dirty.insert((tenant.to_string(), minute));
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
@@ -254,8 +273,11 @@ impl SqliteLedger {
         schema::recover(&mut conn, &mut book, &clock)
             .map_err(|e| unavailable(path, format!("cannot recover open reservations: {e}")))?;
 
+        let history = schema::load_history(&conn, clock.wall())
+            .map_err(|e| unavailable(path, format!("cannot read: {e}")))?;
         let mirror = Arc::new(Mutex::new(Mirror {
             accounts: book.accounts().clone(),
+            history,
             ..Mirror::default()
         }));
         // Tells this open's claims from those of a process that died holding the file.
@@ -459,9 +481,27 @@ impl Ledger for SqliteLedger {
         // loses up to that last second of hit counts; spend is never lost
         // this way.
         let key = (tenant.to_string(), self.current_period(budget));
+        let minute = minute_of(self.clock.wall());
         let mut mirror = lock(&self.mirror);
         let account = mirror.accounts.get(&key).copied().unwrap_or_default();
         mirror.pending_hits.count(key, credits_saved, ());
+        mirror.record(tenant, minute, Bucket::saved_by_cache(credits_saved));
+        futures_util::future::ready(Ok(account.balance(budget))).boxed()
+    }
+
+    fn coalesced<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        // Like a hit: counted in memory, written with the next batch.
+        let key = (tenant.to_string(), self.current_period(budget));
+        let minute = minute_of(self.clock.wall());
+        let mut mirror = lock(&self.mirror);
+        let account = mirror.accounts.get(&key).copied().unwrap_or_default();
+        mirror.pending_hits.count_coalesced(key, credits_saved, ());
+        mirror.record(tenant, minute, Bucket::saved_by_coalescing(credits_saved));
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
     }
 
@@ -469,6 +509,7 @@ impl Ledger for SqliteLedger {
         &'a self,
         tenants: &'a [(String, Option<Budget>)],
     ) -> BoxFuture<'a, Result<Vec<Usage>, LedgerError>> {
+        let now = self.clock.wall();
         let mirror = lock(&self.mirror);
         let out = tenants
             .iter()
@@ -477,7 +518,8 @@ impl Ledger for SqliteLedger {
                 let key = (tenant.clone(), period_key);
                 let mut account = mirror.accounts.get(&key).copied().unwrap_or_default();
                 mirror.pending_hits.add_to(&key, &mut account);
-                account.usage(tenant, *budget, key.1)
+                let recent = mirror.history.recent(tenant, now);
+                account.usage(tenant, *budget, key.1, recent)
             })
             .collect();
         futures_util::future::ready(Ok(out)).boxed()

@@ -5,11 +5,12 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::schema::{BUSY_TIMEOUT, check_version, schema_version};
+use super::schema::{BUSY_TIMEOUT, SPEND_HISTORY_VERSION, check_version, schema_version};
 use super::{count, unavailable};
 use crate::clock::Clock;
 use crate::config::Budget;
 use crate::ledger::book::{Account, budget_period};
+use crate::ledger::history::{Bucket, DAY_MINUTES, Recent, minute_of};
 use crate::ledger::{LedgerError, Usage, period_key};
 
 /// Reports usage from the ledger file at `path` without writing to it: the
@@ -52,16 +53,29 @@ pub(super) fn read_usage_from(
         return Ok(tenants
             .iter()
             .map(|(tenant, budget)| {
-                Account::default().usage(tenant, *budget, period_key(budget_period(*budget), now))
+                Account::default().usage(
+                    tenant,
+                    *budget,
+                    period_key(budget_period(*budget), now),
+                    Recent::empty(now),
+                )
             })
             .collect());
     }
     check_version(&tx, version)?;
+    // A file the server has not migrated yet has no coalesced counts and no
+    // history: they read as 0.
+    let has_history = version >= SPEND_HISTORY_VERSION;
+    let account_sql = if has_history {
+        "SELECT used, requests, cache_hits, credits_saved, orphaned, coalesced,
+                credits_saved_coalesced
+         FROM accounts WHERE tenant = ?1 AND period = ?2"
+    } else {
+        "SELECT used, requests, cache_hits, credits_saved, orphaned, 0, 0
+         FROM accounts WHERE tenant = ?1 AND period = ?2"
+    };
     let mut account_query = tx
-        .prepare(
-            "SELECT used, requests, cache_hits, credits_saved, orphaned
-             FROM accounts WHERE tenant = ?1 AND period = ?2",
-        )
+        .prepare(account_sql)
         .map_err(|e| format!("cannot read: {e}"))?;
     let mut reserved_query = tx
         .prepare(
@@ -74,7 +88,12 @@ pub(super) fn read_usage_from(
         let period = period_key(budget_period(*budget), now);
         let account = read_account(&mut account_query, &mut reserved_query, tenant, &period)
             .map_err(|e| format!("cannot read: {e}"))?;
-        out.push(account.usage(tenant, *budget, period));
+        let recent = if has_history {
+            read_recent(&tx, tenant, now).map_err(|e| format!("cannot read: {e}"))?
+        } else {
+            Recent::empty(now)
+        };
+        out.push(account.usage(tenant, *budget, period, recent));
     }
     Ok(out)
 }
@@ -93,6 +112,8 @@ fn read_account(
                 cache_hits: count(row.get(2)?),
                 credits_saved: count(row.get(3)?),
                 orphaned: count(row.get(4)?),
+                coalesced: count(row.get(5)?),
+                credits_saved_coalesced: count(row.get(6)?),
                 reserved: 0,
             })
         })
@@ -100,4 +121,30 @@ fn read_account(
         .unwrap_or_default();
     account.reserved = count(reserved_query.query_row(params![tenant, period], |row| row.get(0))?);
     Ok(account)
+}
+
+/// `tenant`'s spend history of the last day, as written (the server writes
+/// it within a second).
+fn read_recent(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    now: jiff::Timestamp,
+) -> rusqlite::Result<Recent> {
+    let mut query = tx.prepare_cached(
+        "SELECT minute, charged, saved_cache, saved_coalesced FROM spend_minutes
+         WHERE tenant = ?1 AND minute > ?2 AND minute <= ?3",
+    )?;
+    let current = minute_of(now);
+    let rows = query.query_map(params![tenant, current - DAY_MINUTES, current], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            Bucket {
+                charged: count(row.get(1)?),
+                saved_cache: count(row.get(2)?),
+                saved_coalesced: count(row.get(3)?),
+            },
+        ))
+    })?;
+    let buckets = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Recent::from_buckets(now, buckets))
 }

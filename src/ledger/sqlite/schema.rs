@@ -12,11 +12,13 @@ use super::{count, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::LedgerError;
 use crate::ledger::book::{Account, Book, Hold};
+use crate::ledger::history::{Bucket, History, KEEP_MINUTES, minute_of};
 
 /// The layout this code reads and writes; stored as `PRAGMA user_version`.
-/// Version 1 had no idempotency keys, version 2 no budget alerts; an older
+/// Version 1 had no idempotency keys, version 2 no budget alerts, version 3
+/// no spend history; an older
 /// file is migrated on open.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Marks the file as a viewgate ledger (`PRAGMA application_id`, "VGL1").
 pub(super) const APPLICATION_ID: i64 = 0x5647_4C31;
@@ -95,6 +97,29 @@ CREATE TABLE alert_outbox (
 CREATE INDEX alert_outbox_by_due ON alert_outbox (next_attempt_ms);
 ";
 
+/// What the spend-history migration adds (version 4): coalesced answers per period, and each
+/// tenant's spend and savings per minute (`minute` counts minutes since the
+/// Unix epoch on the ledger's clock), kept for about a day.
+const MIGRATE_V4_SPEND_HISTORY: &str = "
+ALTER TABLE accounts ADD COLUMN coalesced INTEGER NOT NULL DEFAULT 0 CHECK (coalesced >= 0);
+ALTER TABLE accounts ADD COLUMN credits_saved_coalesced INTEGER NOT NULL DEFAULT 0
+    CHECK (credits_saved_coalesced >= 0);
+
+CREATE TABLE spend_minutes (
+    tenant          TEXT    NOT NULL,
+    minute          INTEGER NOT NULL,
+    charged         INTEGER NOT NULL DEFAULT 0 CHECK (charged >= 0),
+    saved_cache     INTEGER NOT NULL DEFAULT 0 CHECK (saved_cache >= 0),
+    saved_coalesced INTEGER NOT NULL DEFAULT 0 CHECK (saved_coalesced >= 0),
+    PRIMARY KEY (tenant, minute)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX spend_minutes_by_minute ON spend_minutes (minute);
+";
+
+/// The schema version that has the spend history.
+pub(super) const SPEND_HISTORY_VERSION: i64 = 4;
+
 /// Pragmas every read-write connection needs.
 pub(super) fn configure(conn: &Connection) -> Result<(), String> {
     conn.busy_timeout(BUSY_TIMEOUT)
@@ -143,6 +168,9 @@ pub(super) fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Le
     if version < 3 {
         tx.execute_batch(MIGRATE_V3).map_err(fail)?;
     }
+    if version < SPEND_HISTORY_VERSION {
+        tx.execute_batch(MIGRATE_V4_SPEND_HISTORY).map_err(fail)?;
+    }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(fail)?;
@@ -184,7 +212,8 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<Book> {
         .optional()?;
     let mut book = Book::new(count(last_id.unwrap_or(0)).saturating_add(1));
     let mut accounts = conn.prepare(
-        "SELECT tenant, period, used, requests, cache_hits, credits_saved, orphaned FROM accounts",
+        "SELECT tenant, period, used, requests, cache_hits, credits_saved, orphaned,
+                coalesced, credits_saved_coalesced FROM accounts",
     )?;
     let mut rows = accounts.query([])?;
     while let Some(row) = rows.next()? {
@@ -198,6 +227,8 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<Book> {
                 cache_hits: count(row.get(4)?),
                 credits_saved: count(row.get(5)?),
                 orphaned: count(row.get(6)?),
+                coalesced: count(row.get(7)?),
+                credits_saved_coalesced: count(row.get(8)?),
             },
         );
     }
@@ -215,6 +246,26 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<Book> {
     Ok(book)
 }
 
+/// Reads the spend history of the last [`KEEP_MINUTES`] before `now`.
+pub(super) fn load_history(conn: &Connection, now: jiff::Timestamp) -> rusqlite::Result<History> {
+    let mut history = History::default();
+    let mut query = conn.prepare(
+        "SELECT tenant, minute, charged, saved_cache, saved_coalesced
+         FROM spend_minutes WHERE minute > ?1",
+    )?;
+    let mut rows = query.query([minute_of(now) - KEEP_MINUTES])?;
+    while let Some(row) = rows.next()? {
+        let tenant: String = row.get(0)?;
+        let bucket = Bucket {
+            charged: count(row.get(2)?),
+            saved_cache: count(row.get(3)?),
+            saved_coalesced: count(row.get(4)?),
+        };
+        history.add(&tenant, row.get(1)?, bucket);
+    }
+    Ok(history)
+}
+
 /// Counts reservations a previous process left open as spent, in one transaction.
 pub(super) fn recover(
     conn: &mut Connection,
@@ -228,7 +279,15 @@ pub(super) fn recover(
         return Ok(());
     }
     let keys = KeyWrites::default();
-    if let Err(e) = write_batch(conn, &book.changes(), &keys, None, &rfc3339(clock.wall())) {
+    let history = super::writer::HistoryWrite::default();
+    if let Err(e) = write_batch(
+        conn,
+        &book.changes(),
+        &keys,
+        &history,
+        None,
+        &rfc3339(clock.wall()),
+    ) {
         book.rollback();
         return Err(e);
     }

@@ -280,3 +280,57 @@ async fn expired_keys_are_deleted_in_the_background_a_bounded_batch_at_a_time() 
     let replay = ledger.idempotency_begin("crm", "kept", &[2; 32], ttl);
     assert!(matches!(replay.await.unwrap(), IdempotencyBegin::Replay(_)));
 }
+
+#[tokio::test]
+async fn spend_history_and_coalesced_counts_reach_the_file_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Clock::fake("2026-11-27T11:10:00Z".parse().unwrap());
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(1000);
+    let tenants = [("crm".to_string(), b)];
+    {
+        let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+        let held = ledger.reserve(&t, b, 40, "r1").await.unwrap();
+        ledger.settle(held, 30, b).await.unwrap();
+        clock.advance(Duration::from_secs(30 * 60));
+        // Charged above what was held: answered once on disk.
+        let held = ledger.reserve(&t, b, 10, "r2").await.unwrap();
+        ledger.settle(held, 30, b).await.unwrap();
+        ledger.hit("crm", b, 3).await.unwrap();
+        ledger.coalesced("crm", b, 2).await.unwrap();
+        ledger.coalesced("crm", b, 2).await.unwrap();
+        let live = ledger.usage(&tenants).await.unwrap();
+        assert_eq!(live[0].recent.spent_last_hour, 60);
+        assert_eq!((live[0].coalesced, live[0].credits_saved_coalesced), (2, 4));
+        ledger.flush().await.unwrap();
+        // The report beside the server reads the same from the file.
+        let report = read_usage(&path, &tenants, &clock).unwrap();
+        assert_eq!(report[0].recent, live[0].recent);
+        assert_eq!(
+            (report[0].coalesced, report[0].credits_saved_coalesced),
+            (2, 4)
+        );
+        assert_eq!(report[0].recent.saved_cache_last_day, 3);
+        assert_eq!(report[0].recent.saved_coalesced_last_day, 4);
+    }
+    // Two hours later the last hour is empty, the last day is not.
+    clock.advance(Duration::from_secs(2 * 3600));
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!(usage[0].recent.spent_last_hour, 0);
+    assert_eq!(usage[0].recent.spent_last_day, 60);
+    // A day and a half later the history is pruned from the file.
+    clock.advance(Duration::from_secs(36 * 3600));
+    let held = ledger.reserve(&t, b, 1, "r3").await.unwrap();
+    ledger.settle(held, 1, b).await.unwrap();
+    ledger.flush().await.unwrap();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!(usage[0].recent.spent_last_day, 1);
+    drop(ledger);
+    let conn = Connection::open(&path).unwrap();
+    let minutes: i64 = conn
+        .query_row("SELECT count(*) FROM spend_minutes", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(minutes, 1, "older minutes are deleted");
+}

@@ -14,6 +14,7 @@ use super::owner::Ownership;
 use super::{Command, Mirror, Reply, integer, lock, millis, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::book::{Account, AccountKey, Book, Changes};
+use crate::ledger::history::{Bucket, KEEP_MINUTES, minute_of};
 use crate::ledger::hits::PendingHits;
 use crate::ledger::{Balance, IdempotencyBegin, LedgerError, Reservation};
 use crate::log_throttle::LogThrottle;
@@ -140,6 +141,7 @@ impl Writer {
             self.book.begin();
         }
         let quiet = batch.is_empty();
+        let mut charged_in_batch = Vec::new();
         for command in batch {
             match command {
                 Command::Reserve {
@@ -166,6 +168,10 @@ impl Writer {
                     // An id that is no longer open changes nothing.
                     let held = self.book.held(id);
                     self.book.finish(id, actual);
+                    let minute = minute_of(self.clock.wall());
+                    if let (Some(actual), Some(_)) = (actual, &held) {
+                        lock(&self.mirror).record(&tenant, minute, Bucket::charged(actual));
+                    }
                     let gives_back = match (actual, &held) {
                         (Some(actual), Some((_, held))) => actual <= *held,
                         _ => true,
@@ -193,6 +199,10 @@ impl Writer {
                     } else {
                         let balance = self.book.account(&tenant, &period).balance(budget);
                         answers.push(Answer::Balance(reply, balance));
+                        // Taken back if the batch fails: its caller retries.
+                        if let Some(actual) = actual {
+                            charged_in_batch.push((tenant, minute, Bucket::charged(actual)));
+                        }
                     }
                 }
                 Command::KeyBegin {
@@ -293,18 +303,43 @@ impl Writer {
             return next;
         }
         // A copy, not a take: until the commit, `usage` still sees them as pending.
-        let hits = lock(&self.mirror).pending_hits.clone();
+        let (hits, history) = {
+            let mirror = lock(&self.mirror);
+            let buckets = mirror
+                .history_dirty
+                .iter()
+                .map(|(tenant, minute)| {
+                    let bucket = mirror.history.get(tenant, *minute);
+                    ((tenant.clone(), *minute), bucket)
+                })
+                .collect();
+            (
+                mirror.pending_hits.clone(),
+                HistoryWrite {
+                    buckets,
+                    prune_before: None,
+                },
+            )
+        };
+        let mut history = history;
         for (key, pending) in hits.iter() {
             self.book.hit(key, pending.hits, pending.credits_saved);
+            self.book
+                .coalesced(key, pending.coalesced, pending.credits_saved_coalesced);
         }
         self.closes_waiting_since = None;
         let now = self.clock.now();
         let wall = self.clock.wall();
         let purge_before = (now >= self.next_purge).then(|| wall.as_millisecond());
+        history.prune_before = purge_before.map(|_| minute_of(wall) - KEEP_MINUTES);
         let keys_changed = !self.keys.is_empty();
         let written = {
             let changes = self.book.changes();
-            if changes.is_empty() && self.keys.is_empty() && purge_before.is_none() {
+            if changes.is_empty()
+                && self.keys.is_empty()
+                && purge_before.is_none()
+                && history.buckets.is_empty()
+            {
                 if probe {
                     probe_writes(&mut self.conn).map(|()| 0)
                 } else {
@@ -315,6 +350,7 @@ impl Writer {
                     &mut self.conn,
                     &changes,
                     &self.keys,
+                    &history,
                     purge_before,
                     &rfc3339(wall),
                 )
@@ -332,7 +368,7 @@ impl Writer {
                         now
                     };
                 }
-                self.publish(touched, &hits, keys_changed);
+                self.publish(touched, &hits, &history, keys_changed);
                 for answer in answers {
                     answer.send(None);
                 }
@@ -341,6 +377,11 @@ impl Writer {
             Err(e) => {
                 self.book.rollback();
                 self.keys.rollback();
+                let mut mirror = lock(&self.mirror);
+                for (tenant, minute, charge) in &charged_in_batch {
+                    mirror.history.take_back(tenant, *minute, *charge);
+                }
+                drop(mirror);
                 let error = unavailable(&self.path, format!("cannot commit: {e}"));
                 if !self.answered.is_empty() {
                     // Their callers were told: apply them again, to be
@@ -411,6 +452,7 @@ impl Writer {
         &mut self,
         touched: Vec<(AccountKey, Account)>,
         hits: &PendingHits,
+        history: &HistoryWrite,
         keys_changed: bool,
     ) {
         self.answered.clear();
@@ -420,7 +462,26 @@ impl Writer {
         }
         mirror.accounts.extend(touched);
         mirror.pending_hits.all_written(hits);
+        // A minute changed again since it was read stays to be written.
+        for (key, written) in &history.buckets {
+            if mirror.history.get(&key.0, key.1) == *written {
+                mirror.history_dirty.remove(key);
+            }
+        }
+        if history.prune_before.is_some() {
+            let now = self.clock.wall();
+            mirror.history.prune(now);
+        }
     }
+}
+
+/// Spend-history minutes to write with a batch, as absolute values.
+#[derive(Debug, Default)]
+pub(super) struct HistoryWrite {
+    /// `((tenant, minute), bucket)`.
+    pub(super) buckets: Vec<((String, i64), Bucket)>,
+    /// Delete the minutes before this one.
+    pub(super) prune_before: Option<i64>,
 }
 
 /// Takes the write lock and runs a write statement that matches no row:
@@ -440,20 +501,24 @@ pub(super) fn write_batch(
     conn: &mut Connection,
     changes: &Changes<'_>,
     keys: &KeyWrites,
+    history: &HistoryWrite,
     purge_before: Option<i64>,
     now: &str,
 ) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO accounts (tenant, period, used, requests, cache_hits, credits_saved, orphaned)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO accounts (tenant, period, used, requests, cache_hits, credits_saved,
+                                   orphaned, coalesced, credits_saved_coalesced)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (tenant, period) DO UPDATE SET
                  used = excluded.used,
                  requests = excluded.requests,
                  cache_hits = excluded.cache_hits,
                  credits_saved = excluded.credits_saved,
-                 orphaned = excluded.orphaned",
+                 orphaned = excluded.orphaned,
+                 coalesced = excluded.coalesced,
+                 credits_saved_coalesced = excluded.credits_saved_coalesced",
         )?;
         for ((tenant, period), account) in &changes.accounts {
             upsert.execute(params![
@@ -464,7 +529,29 @@ pub(super) fn write_batch(
                 integer(account.cache_hits),
                 integer(account.credits_saved),
                 integer(account.orphaned),
+                integer(account.coalesced),
+                integer(account.credits_saved_coalesced),
             ])?;
+        }
+        let mut minute = tx.prepare_cached(
+            "INSERT INTO spend_minutes (tenant, minute, charged, saved_cache, saved_coalesced)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant, minute) DO UPDATE SET
+                 charged = excluded.charged,
+                 saved_cache = excluded.saved_cache,
+                 saved_coalesced = excluded.saved_coalesced",
+        )?;
+        for ((tenant, at), bucket) in &history.buckets {
+            minute.execute(params![
+                tenant,
+                at,
+                integer(bucket.charged),
+                integer(bucket.saved_cache),
+                integer(bucket.saved_coalesced),
+            ])?;
+        }
+        if let Some(before) = history.prune_before {
+            tx.execute("DELETE FROM spend_minutes WHERE minute <= ?1", [before])?;
         }
         let mut insert = tx.prepare_cached(
             "INSERT INTO reservations (id, tenant, period, amount, request_id, created_at)
