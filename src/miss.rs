@@ -7,7 +7,13 @@
 //! never cuts a paid call in half: the call still settles, and its charge
 //! still reaches the ledger and the log. Being a service, it can be stood in
 //! for by a mock in the cache stage's tests.
+//!
+//! Below it, the upstream is a port ([`Forward`]): [`Upstream`] in
+//! production, statically dispatched (no allocation beyond the one boxed
+//! future of [`MissService`]); a fake in this module's tests, which drive
+//! every ledger outcome without a socket.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -52,11 +58,43 @@ pub struct Miss {
 /// what it was charged.
 pub type MissFetcher = BoxCloneSyncService<Miss, Charged, GatewayError>;
 
-/// [`MissPath`] as a service.
-#[derive(Clone)]
-pub struct MissService(pub Arc<MissPath>);
+/// What the miss path needs of the upstream: whether some key owns an
+/// account, and one logical call (retries included).
+pub trait Forward: Send + Sync + 'static {
+    /// Whether some upstream key owns `account_id`.
+    fn owns(&self, account_id: &str) -> bool;
 
-impl Service<Miss> for MissService {
+    /// Sends `call` upstream.
+    fn forward(
+        &self,
+        call: &UpstreamCall,
+    ) -> impl Future<Output = Result<UpstreamReply, UpstreamError>> + Send;
+}
+
+impl Forward for Upstream {
+    fn owns(&self, account_id: &str) -> bool {
+        Upstream::owns(self, account_id)
+    }
+
+    fn forward(
+        &self,
+        call: &UpstreamCall,
+    ) -> impl Future<Output = Result<UpstreamReply, UpstreamError>> + Send {
+        self.call(call)
+    }
+}
+
+/// [`MissPath`] as a service.
+pub struct MissService<U = Upstream>(pub Arc<MissPath<U>>);
+
+// Not derived: a derive would ask `U: Clone`, and only the `Arc` is cloned.
+impl<U> Clone for MissService<U> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<U: Forward> Service<Miss> for MissService<U> {
     type Response = Charged;
     type Error = GatewayError;
     // Boxed: ledger and upstream I/O.
@@ -73,21 +111,22 @@ impl Service<Miss> for MissService {
 }
 
 /// What the miss path needs.
-pub struct MissPath {
+pub struct MissPath<U = Upstream> {
     /// Every ledger call.
     pub credits: Arc<Credits>,
     /// The upstream.
-    pub upstream: Arc<Upstream>,
+    pub upstream: Arc<U>,
     /// Where overruns and late charges are counted.
     pub metrics: Arc<Metrics>,
     /// Failures that repeat while the upstream is down: logged once, then summed up.
     pub logs: Arc<LogThrottle>,
 }
 
-impl MissPath {
-    /// Reserves the call's price bound, calls the upstream, then settles to
-    /// what it reported, keeps the reservation as spend when the outcome is
-    /// unknown, or releases it when the call provably cost nothing.
+impl<U: Forward> MissPath<U> {
+    /// Checks the tenant's grants and the account's owner, reserves the
+    /// call's price bound, calls the upstream, then settles to what it
+    /// reported, keeps the reservation as spend when the outcome is unknown,
+    /// or releases it when the call provably cost nothing.
     pub async fn fetch(
         &self,
         tenant: &Tenant,
@@ -102,7 +141,11 @@ impl MissPath {
                 cap,
             });
         }
-        // Before reserving: an account no upstream key owns costs no ledger write.
+        // Before reserving: a call the tenant may not make, or for an account
+        // no upstream key owns, costs no ledger write. (The policy stage
+        // refused the first already; checked again because whoever calls
+        // the miss path, a background refresh too, must not spend for it.)
+        tenant.permits(call)?;
         if !self.upstream.owns(call.routing_account()) {
             return Err(GatewayError::InvalidAccount);
         }
@@ -119,7 +162,7 @@ impl MissPath {
             get: false,
         };
         context.mark_upstream_started();
-        match self.upstream.call(&upstream_call).await {
+        match self.upstream.forward(&upstream_call).await {
             Ok(reply) => {
                 let held = reservation.amount;
                 let credits = reply.credits.unwrap_or_else(|| {
@@ -187,3 +230,6 @@ impl MissPath {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
