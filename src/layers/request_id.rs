@@ -22,6 +22,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::context::RequestContext;
+use crate::logging::AccessLine;
 use crate::metrics::{InFlight, Metrics};
 use crate::response::Body;
 
@@ -241,31 +242,21 @@ fn log_access(context: &RequestContext, status: u16) {
     // From here on, a charge goes on a settle line of its own (see `RequestContext::charge`).
     f.answered = true;
     let total_ms = context.started.elapsed().as_secs_f64() * 1000.0;
-    macro_rules! line {
-        ($level:expr) => {
-            tracing::event!(
-                target: "viewgate::access",
-                $level,
-                request_id = context.request_id_str(),
-                tenant = f.tenant.as_deref(),
-                action = f.action.as_deref(),
-                account_id = f.account_id.as_deref(),
-                offset = f.offset,
-                count = f.count,
-                status,
-                cache = f.cache.map(|c| c.as_str()),
-                credits_charged = f.credits_charged,
-                upstream_ms = f.upstream_ms,
-                total_ms = (total_ms * 1000.0).round() / 1000.0,
-                error_code = f.error_code.as_deref(),
-            )
-        };
+    AccessLine {
+        request_id: context.request_id_str(),
+        tenant: f.tenant.as_deref(),
+        action: f.action.as_deref(),
+        account_id: f.account_id.as_deref(),
+        offset: f.offset,
+        count: f.count,
+        status,
+        cache: f.cache.map(|c| c.as_str()),
+        credits_charged: f.credits_charged,
+        upstream_ms: f.upstream_ms,
+        total_ms: (total_ms * 1000.0).round() / 1000.0,
+        error_code: f.error_code.as_deref(),
     }
-    if status >= 500 {
-        line!(tracing::Level::WARN);
-    } else {
-        line!(tracing::Level::INFO);
-    }
+    .write();
 }
 
 #[cfg(test)]
