@@ -283,8 +283,9 @@ impl Gateway {
                 self.config.upstream.deadline * 2 + self.config.server.request_timeout,
                 self.clock.clone(),
             ))
-            // Innermost: cache hit, single-flight miss (reserve → upstream →
-            // settle → store), or stale page; then the metadata rewrite.
+            // Innermost: cache hit, single-flight miss (the miss path: cap →
+            // grants and owner → reserve → upstream → settle → store), or
+            // stale page; then the metadata rewrite.
             .service(CacheService::new(
                 self.cache.clone(),
                 miss,
