@@ -17,7 +17,7 @@ use crate::ledger::{Balance, Ledger, LedgerError, Reservation};
 use crate::tenant::Tenant;
 
 /// The request path's view of the ledger.
-pub struct Credits {
+pub(crate) struct Credits {
     ledger: Arc<dyn Ledger>,
     /// The last balance read per tenant, for answers the ledger cannot give.
     last: Mutex<HashMap<Arc<str>, Balance>>,
@@ -25,20 +25,15 @@ pub struct Credits {
 
 impl Credits {
     /// Credits recorded in `ledger`.
-    pub fn new(ledger: Arc<dyn Ledger>) -> Self {
+    pub(crate) fn new(ledger: Arc<dyn Ledger>) -> Self {
         Self {
             ledger,
             last: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The ledger underneath.
-    pub fn ledger(&self) -> &Arc<dyn Ledger> {
-        &self.ledger
-    }
-
     /// Holds `amount` credits for one upstream call.
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         tenant: &Tenant,
         amount: u64,
@@ -69,7 +64,12 @@ impl Credits {
     /// If the ledger refuses, the settle is retried in the background until
     /// it is recorded, and the balance answered is the ledger's (or the last
     /// one known) with this charge taken off.
-    pub async fn settle(&self, tenant: &Tenant, reservation: Reservation, actual: u64) -> Balance {
+    pub(crate) async fn settle(
+        &self,
+        tenant: &Tenant,
+        reservation: Reservation,
+        actual: u64,
+    ) -> Balance {
         match self
             .ledger
             .settle(reservation.clone(), actual, tenant.budget)
@@ -101,7 +101,7 @@ impl Credits {
     }
 
     /// Frees `reservation` after a call that cost nothing.
-    pub async fn release(&self, tenant: &Tenant, reservation: Reservation) -> Balance {
+    pub(crate) async fn release(&self, tenant: &Tenant, reservation: Reservation) -> Balance {
         match self
             .ledger
             .release(reservation.clone(), tenant.budget)
@@ -117,7 +117,7 @@ impl Credits {
     }
 
     /// Counts a cache hit that saved `saved` credits; the tenant's balance.
-    pub async fn hit(&self, tenant: &Tenant, saved: u64) -> Balance {
+    pub(crate) async fn hit(&self, tenant: &Tenant, saved: u64) -> Balance {
         match self.ledger.hit(&tenant.id, tenant.budget, saved).await {
             Ok(balance) => self.remember(tenant, balance),
             // A hit is served even when the ledger cannot be read.
@@ -126,7 +126,7 @@ impl Credits {
     }
 
     /// The tenant's balance (the last one known if the ledger cannot answer).
-    pub async fn balance(&self, tenant: &Tenant) -> Balance {
+    pub(crate) async fn balance(&self, tenant: &Tenant) -> Balance {
         match self.ledger.balance(&tenant.id, tenant.budget).await {
             Ok(balance) => self.remember(tenant, balance),
             Err(_) => self.last_known(tenant),

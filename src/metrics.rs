@@ -32,7 +32,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The gateway's metrics.
-pub struct Metrics {
+pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     in_flight: Gauge,
@@ -54,7 +54,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh registry with every metric described.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
@@ -196,7 +196,7 @@ impl Metrics {
     }
 
     /// A request started; the guard ends it.
-    pub fn request_started(&self) -> InFlight {
+    pub(crate) fn request_started(&self) -> InFlight {
         self.in_flight.increment(1.0);
         InFlight(self.in_flight.clone())
     }
@@ -228,7 +228,7 @@ impl Metrics {
     }
 
     /// A request was answered; `error` is its code and who caused it.
-    pub fn request_done(
+    pub(crate) fn request_done(
         &self,
         tenant: Option<&str>,
         status: u16,
@@ -262,14 +262,14 @@ impl Metrics {
     }
 
     /// Credits charged to a tenant (the upstream's own figure: any u64).
-    pub fn charged(&self, tenant: &str, credits: u64) {
+    pub(crate) fn charged(&self, tenant: &str, credits: u64) {
         if credits > 0 {
             self.tenant(tenant).charged.add(credits);
         }
     }
 
     /// Credits a cache hit saved a tenant.
-    pub fn saved(&self, tenant: &str, credits: u64) {
+    pub(crate) fn saved(&self, tenant: &str, credits: u64) {
         if credits > 0 {
             self.tenant(tenant).saved.add(credits);
         }
@@ -277,7 +277,7 @@ impl Metrics {
 
     /// The upstream charged more for a call of `action` than its price rule's
     /// bound (the charge itself is recorded in full by the ledger).
-    pub fn price_overrun(&self, action: &str) {
+    pub(crate) fn price_overrun(&self, action: &str) {
         // Rare, so the registry lookup per call is fine; the label is bounded
         // because only actions with a price rule are ever forwarded.
         self.counter(
@@ -288,7 +288,7 @@ impl Metrics {
     }
 
     /// One upstream attempt.
-    pub fn upstream(&self, key: &str, outcome: &'static str, took: Duration) {
+    pub(crate) fn upstream(&self, key: &str, outcome: &'static str, took: Duration) {
         let key = key.to_string();
         self.counter(
             "viewgate_upstream_requests_total",
@@ -310,7 +310,7 @@ impl Metrics {
     }
 
     /// A call that never left: refused by the key's breaker or pace.
-    pub fn upstream_refused(&self, key: &str, outcome: &'static str) {
+    pub(crate) fn upstream_refused(&self, key: &str, outcome: &'static str) {
         self.counter(
             "viewgate_upstream_requests_total",
             vec![
@@ -322,7 +322,7 @@ impl Metrics {
     }
 
     /// A configuration reload.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.counter(
             "viewgate_config_reloads_total",
             vec![Label::new("outcome", if ok { "ok" } else { "error" })],
@@ -331,7 +331,7 @@ impl Metrics {
     }
 
     /// Sets a tenant's budget gauges (read from the ledger at scrape time).
-    pub fn set_credits(&self, tenant: &str, budget: u64, remaining: u64) {
+    pub(crate) fn set_credits(&self, tenant: &str, budget: u64, remaining: u64) {
         let label = || vec![Label::new("tenant", tenant.to_string())];
         self.gauge("viewgate_credit_budget", label())
             .set(budget as f64);
@@ -340,7 +340,7 @@ impl Metrics {
     }
 
     /// Sets the cache gauges.
-    pub fn set_cache(&self, entries: u64, bytes: u64) {
+    pub(crate) fn set_cache(&self, entries: u64, bytes: u64) {
         self.gauge("viewgate_cache_entries", vec![])
             .set(entries as f64);
         self.gauge("viewgate_cache_bytes", vec![]).set(bytes as f64);
@@ -349,7 +349,7 @@ impl Metrics {
     /// Sets an upstream key's breaker gauges (read from its breakers at
     /// scrape time). Accounts are counted, never labelled one by one, so
     /// the series stay bounded by the configured keys.
-    pub fn set_breakers(&self, key: &str, key_open: bool, accounts_open: usize) {
+    pub(crate) fn set_breakers(&self, key: &str, key_open: bool, accounts_open: usize) {
         let labels = |scope: &'static str| {
             vec![
                 Label::new("key", key.to_string()),
@@ -363,13 +363,13 @@ impl Metrics {
     }
 
     /// Sets the readiness gauge.
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.gauge("viewgate_ready", vec![])
             .set(if ready { 1.0 } else { 0.0 });
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.handle.run_upkeep();
         self.handle.render()
     }
@@ -441,7 +441,7 @@ impl TenantHandles {
 }
 
 /// Decrements the in-flight gauge when dropped (answered or abandoned).
-pub struct InFlight(Gauge);
+pub(crate) struct InFlight(Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

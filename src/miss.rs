@@ -33,7 +33,7 @@ use crate::upstream::{Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 
 /// An upstream answer and what it cost the tenant who fetched it.
 #[derive(Debug, Clone)]
-pub struct Charged {
+pub(crate) struct Charged {
     /// The upstream's answer.
     pub reply: UpstreamReply,
     /// Credits charged for it (the upstream's own figure, or what was held
@@ -45,7 +45,7 @@ pub struct Charged {
 
 /// One fetch: who asks, for what, and the request it belongs to.
 #[derive(Clone)]
-pub struct Miss {
+pub(crate) struct Miss {
     /// The tenant charged.
     pub tenant: Arc<Tenant>,
     /// The call.
@@ -56,11 +56,11 @@ pub struct Miss {
 
 /// The miss path as the cache stage sees it: any service from [`Miss`] to
 /// what it was charged.
-pub type MissFetcher = BoxCloneSyncService<Miss, Charged, GatewayError>;
+pub(crate) type MissFetcher = BoxCloneSyncService<Miss, Charged, GatewayError>;
 
 /// What the miss path needs of the upstream: whether some key owns an
 /// account, and one logical call (retries included).
-pub trait Forward: Send + Sync + 'static {
+pub(crate) trait Forward: Send + Sync + 'static {
     /// Whether some upstream key owns `account_id`.
     fn owns(&self, account_id: &str) -> bool;
 
@@ -85,7 +85,7 @@ impl Forward for Upstream {
 }
 
 /// [`MissPath`] as a service.
-pub struct MissService<U = Upstream>(pub Arc<MissPath<U>>);
+pub(crate) struct MissService<U = Upstream>(pub Arc<MissPath<U>>);
 
 // Not derived: a derive would ask `U: Clone`, and only the `Arc` is cloned.
 impl<U> Clone for MissService<U> {
@@ -111,7 +111,7 @@ impl<U: Forward> Service<Miss> for MissService<U> {
 }
 
 /// What the miss path needs.
-pub struct MissPath<U = Upstream> {
+pub(crate) struct MissPath<U = Upstream> {
     /// Every ledger call.
     pub credits: Arc<Credits>,
     /// The upstream.
@@ -127,7 +127,7 @@ impl<U: Forward> MissPath<U> {
     /// call's price bound, calls the upstream, then settles to what it
     /// reported, keeps the reservation as spend when the outcome is unknown,
     /// or releases it when the call provably cost nothing.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         tenant: &Tenant,
         call: &ApiCall,

@@ -13,7 +13,7 @@ use crate::config::{Budget, Config, LedgerConfig};
 use crate::ledger::read_usage;
 
 /// Prints the usage table (or JSON).
-pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
+pub(super) fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load_without_secrets(path)
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let LedgerConfig::Sqlite { path: ledger } = &config.ledger else {
@@ -43,7 +43,7 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// The rows as an aligned text table.
-pub fn table(rows: &[UsageRow]) -> String {
+pub(super) fn table(rows: &[UsageRow]) -> String {
     let header = [
         "tenant",
         "period",

@@ -18,7 +18,7 @@ use crate::tenant::Tenant;
 
 /// Enforces the tenant's account and action lists.
 #[derive(Debug, Clone, Default)]
-pub struct PolicyLayer;
+pub(crate) struct PolicyLayer;
 
 impl<S> Layer<S> for PolicyLayer {
     type Service = Policy<S>;
@@ -29,7 +29,7 @@ impl<S> Layer<S> for PolicyLayer {
 
 /// See [`PolicyLayer`].
 #[derive(Debug, Clone)]
-pub struct Policy<S> {
+pub(crate) struct Policy<S> {
     inner: S,
 }
 

@@ -23,13 +23,13 @@ use crate::tenant::Tenant;
 
 /// Answers 429 `RATE_LIMITED` when the tenant's bucket is empty.
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     clock: Clock,
 }
 
 impl RateLimitLayer {
     /// Limits against `clock` (the limiters were built with the same clock).
-    pub fn new(clock: Clock) -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         Self { clock }
     }
 }
@@ -46,7 +46,7 @@ impl<S> Layer<S> for RateLimitLayer {
 
 /// See [`RateLimitLayer`].
 #[derive(Debug, Clone)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     clock: Clock,
 }

@@ -30,13 +30,13 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds the request id, the access log line and the request metrics.
 #[derive(Debug, Clone)]
-pub struct RequestIdLayer {
+pub(crate) struct RequestIdLayer {
     metrics: Arc<Metrics>,
 }
 
 impl RequestIdLayer {
     /// Records into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -53,13 +53,13 @@ impl<S> Layer<S> for RequestIdLayer {
 
 /// See [`RequestIdLayer`].
 #[derive(Debug, Clone)]
-pub struct RequestId<S> {
+pub(crate) struct RequestId<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
 
 /// Whether a client-sent id may be echoed (it ends up in a header and a log line).
-pub fn acceptable_request_id(value: &[u8]) -> bool {
+pub(crate) fn acceptable_request_id(value: &[u8]) -> bool {
     (1..=128).contains(&value.len())
         && value
             .iter()

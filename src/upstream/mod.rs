@@ -33,8 +33,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use key_breakers::{BreakerSettings, Health, KeyBreakers, Scope};
-pub use keys::{KeyPool, UpstreamKey};
+pub(crate) use key_breakers::{BreakerSettings, Health, Scope};
+pub(crate) use keys::{KeyPool, UpstreamKey};
 
 use attempt::Attempt;
 
@@ -48,7 +48,7 @@ use crate::scrub::Scrubber;
 
 /// One logical call to the upstream.
 #[derive(Debug, Clone)]
-pub struct UpstreamCall {
+pub(crate) struct UpstreamCall {
     /// Path below the base URL, e.g. `/v2/profiles`.
     pub path: String,
     /// The account (selects the key).
@@ -66,7 +66,7 @@ pub struct UpstreamCall {
 
 /// Why a call produced no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// Nothing reached the upstream, or it answered an error (V2 errors cost
     /// nothing): the tenant is not charged.
     Free(GatewayError),
@@ -82,7 +82,7 @@ pub enum UpstreamError {
 
 /// A successful upstream answer.
 #[derive(Debug, Clone)]
-pub struct UpstreamReply {
+pub(crate) struct UpstreamReply {
     /// The upstream's status (2xx).
     pub status: StatusCode,
     /// The raw `data` JSON.
@@ -97,7 +97,7 @@ pub struct UpstreamReply {
 
 /// The pooled client and everything needed to reach the upstream.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// `scheme://authority[/prefix]` without a trailing slash.
     base: String,
@@ -115,7 +115,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the client from configuration.
-    pub fn new(
+    pub(crate) fn new(
         config: &UpstreamConfig,
         clock: Clock,
         metrics: Arc<Metrics>,
@@ -172,12 +172,12 @@ impl Upstream {
     }
 
     /// The key pool.
-    pub fn keys(&self) -> &KeyPool {
+    pub(crate) fn keys(&self) -> &KeyPool {
         &self.keys
     }
 
     /// Whether some upstream key owns `account_id`.
-    pub fn owns(&self, account_id: &str) -> bool {
+    pub(crate) fn owns(&self, account_id: &str) -> bool {
         self.keys.route(account_id).is_some()
     }
 
@@ -188,7 +188,7 @@ impl Upstream {
     /// failed before any byte was sent, an upstream 429, and for reads an
     /// upstream 5xx. Never retried: anything after which the upstream may
     /// have acted or billed ([`UpstreamError::Unknown`]).
-    pub async fn call(&self, call: &UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
+    pub(crate) async fn call(&self, call: &UpstreamCall) -> Result<UpstreamReply, UpstreamError> {
         let key = self
             .keys
             .route(&call.account_id)
@@ -198,7 +198,7 @@ impl Upstream {
 
     /// [`Upstream::call`] with `key`, whatever account the call names (the
     /// accounts listing asks each key for its own).
-    pub async fn call_via(
+    pub(crate) async fn call_via(
         &self,
         key: &UpstreamKey,
         call: &UpstreamCall,
