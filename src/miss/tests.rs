@@ -17,6 +17,25 @@ use crate::keys::KeyHash;
 use crate::layers::parse::parse_call;
 use crate::ledger::MemoryLedger;
 
+/// What a fake upstream answers with: any service from a call to a reply.
+trait Answers:
+    Service<UpstreamCall, Response = UpstreamReply, Error = UpstreamError, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Answers for S where
+    S: Service<UpstreamCall, Response = UpstreamReply, Error = UpstreamError, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// An upstream standing in for LinkupAPI: owns the accounts listed, answers
 /// every call with `answer`, and keeps each call it was sent.
 struct FakeUpstream<S> {
@@ -25,15 +44,7 @@ struct FakeUpstream<S> {
     sent: Mutex<Vec<UpstreamCall>>,
 }
 
-impl<S> Forward for FakeUpstream<S>
-where
-    S: Service<UpstreamCall, Response = UpstreamReply, Error = UpstreamError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
-{
+impl<S: Answers> Forward for FakeUpstream<S> {
     fn owns(&self, account_id: &str) -> bool {
         self.owned.contains(&account_id)
     }
@@ -123,15 +134,7 @@ fn viewers(account: &str) -> Arc<ApiCall> {
     Arc::new(call)
 }
 
-impl<S> World<S>
-where
-    S: Service<UpstreamCall, Response = UpstreamReply, Error = UpstreamError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
-{
+impl<S: Answers> World<S> {
     /// One miss through [`MissService`], as the cache stage sends it.
     async fn miss(
         &self,
