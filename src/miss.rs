@@ -1,5 +1,6 @@
-//! The miss path: price check → budget reserve → upstream forward (real key)
-//! → settle, keep, or release.
+//! The miss path: the client's price cap → the tenant's grants and the
+//! account's owner → budget reserve → upstream forward (real key) → settle,
+//! keep, or release.
 //!
 //! A `Service<Miss>` ([`MissService`]) rather than a layer: the cache stage
 //! calls it once per upstream fetch, not once per request, each time in its
