@@ -26,7 +26,7 @@ use crate::tenant::Tenant;
 use crate::upstream::{Upstream, UpstreamCall, UpstreamError, UpstreamKey};
 
 /// How long a key's list is reused.
-pub const HOLD: Duration = Duration::from_secs(30);
+pub(crate) const HOLD: Duration = Duration::from_secs(30);
 
 /// Upstream page size when gathering a key's list (the documented maximum).
 const PAGE: u64 = 500;
@@ -36,7 +36,7 @@ const MAX_PAGES: u64 = 100;
 
 /// One account as the upstream listed it.
 #[derive(Debug, Clone)]
-pub struct Account {
+pub(crate) struct Account {
     /// Its id.
     pub account_id: String,
     /// The upstream's item, byte for byte.
@@ -49,7 +49,7 @@ type Listing = Result<Arc<Vec<Account>>, GatewayError>;
 type Held = (Instant, Arc<Vec<Account>>);
 
 /// Lists of accounts per upstream key, held briefly.
-pub struct AccountDirectory {
+pub(crate) struct AccountDirectory {
     upstream: Arc<Upstream>,
     clock: Clock,
     held: Mutex<HashMap<String, Held>>,
@@ -71,7 +71,7 @@ struct Item {
 
 impl AccountDirectory {
     /// A directory over `upstream`'s keys.
-    pub fn new(upstream: Arc<Upstream>, clock: Clock) -> Self {
+    pub(crate) fn new(upstream: Arc<Upstream>, clock: Clock) -> Self {
         Self {
             upstream,
             clock,
@@ -81,7 +81,7 @@ impl AccountDirectory {
     }
 
     /// Every account `tenant` may use, in key order then the upstream's.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         tenant: &Tenant,
         request_id: &HeaderValue,
@@ -130,7 +130,7 @@ impl AccountDirectory {
 
     /// One account, if `tenant` may use it and a key owns it: the upstream's
     /// `data`.
-    pub async fn detail(
+    pub(crate) async fn detail(
         &self,
         tenant: &Tenant,
         account_id: &str,
@@ -274,7 +274,7 @@ fn percent_encode(id: &str) -> String {
 }
 
 /// Decodes `%XX` escapes; `None` if one is malformed or the result is not UTF-8.
-pub fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

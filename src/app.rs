@@ -50,33 +50,33 @@ pub type Stack<B> = BoxCloneSyncService<Request<B>, Response<Body>, Infallible>;
 #[derive(Clone)]
 pub struct Gateway {
     /// The configuration it was built from.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// The clock every stage reads.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
     /// Tenants by key hash.
-    pub tenants: Arc<Tenants>,
+    pub(crate) tenants: Arc<Tenants>,
     /// Where credits are recorded.
-    pub ledger: Arc<dyn Ledger>,
+    pub(crate) ledger: Arc<dyn Ledger>,
     /// Every ledger call of the request path (shared across reloads, so
     /// the last balances known survive them).
-    pub credits: Arc<Credits>,
+    pub(crate) credits: Arc<Credits>,
     /// The action table.
-    pub actions: Arc<ActionTable>,
+    pub(crate) actions: Arc<ActionTable>,
     /// The accounts each upstream key lists, held briefly.
-    pub accounts: Arc<AccountDirectory>,
+    pub(crate) accounts: Arc<AccountDirectory>,
     /// The page cache.
-    pub cache: PageCache,
+    pub(crate) cache: PageCache,
     /// The upstream client.
-    pub upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Upstream>,
     /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Admission slots: `server.max_in_flight` requests at once.
-    pub slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Semaphore>,
     /// Shared rate-limit state, when the ledger is on Redis.
-    pub redis: Option<Arc<RedisGcra>>,
+    pub(crate) redis: Option<Arc<RedisGcra>>,
     /// Errors the request path meets again and again (the ledger or the
     /// upstream down) are logged once, then summed up.
-    pub logs: Arc<LogThrottle>,
+    pub(crate) logs: Arc<LogThrottle>,
 }
 
 impl Gateway {
@@ -142,6 +142,26 @@ impl Gateway {
             clock,
             config: Arc::new(config),
         })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Tenants by key hash.
+    pub fn tenants(&self) -> &Arc<Tenants> {
+        &self.tenants
+    }
+
+    /// Where credits are recorded.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    /// Admission slots free now (of `server.max_in_flight`).
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
     }
 
     /// This gateway recording credits in `ledger` instead (tests use it to
@@ -339,8 +359,9 @@ impl Gateway {
                 self.config.upstream.deadline * 2 + self.config.server.request_timeout,
                 self.clock.clone(),
             ))
-            // Innermost: cache hit, single-flight miss (reserve → upstream →
-            // settle → store), or stale page; then the metadata rewrite.
+            // Innermost: cache hit, single-flight miss (the miss path: cap →
+            // grants and owner → reserve → upstream → settle → store), or
+            // stale page; then the metadata rewrite.
             .service(CacheService::new(
                 self.cache.clone(),
                 miss,

@@ -14,11 +14,11 @@ use http::HeaderValue;
 use crate::response::CacheStatus;
 
 /// Target of the line that records a charge settled after the answer was logged.
-pub const SETTLE_TARGET: &str = "viewgate::settle";
+pub(crate) const SETTLE_TARGET: &str = "viewgate::settle";
 
 /// What the access log line records, filled in as the request moves inward.
 #[derive(Debug, Default, Clone)]
-pub struct LogFields {
+pub(crate) struct LogFields {
     /// The tenant, once authenticated.
     pub tenant: Option<Arc<str>>,
     /// The action, once parsed.
@@ -52,7 +52,7 @@ pub struct LogFields {
 
 /// One request's context.
 #[derive(Debug)]
-pub struct RequestContext {
+pub(crate) struct RequestContext {
     /// The request id (client's when valid, else generated).
     pub request_id: HeaderValue,
     /// When the request arrived.
@@ -64,7 +64,7 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// A new context.
-    pub fn new(request_id: HeaderValue, started: Instant) -> Arc<Self> {
+    pub(crate) fn new(request_id: HeaderValue, started: Instant) -> Arc<Self> {
         Arc::new(Self {
             request_id,
             started,
@@ -74,7 +74,7 @@ impl RequestContext {
     }
 
     /// The fields, to read or update.
-    pub fn fields(&self) -> MutexGuard<'_, LogFields> {
+    pub(crate) fn fields(&self) -> MutexGuard<'_, LogFields> {
         // Fields are plain values; a panic elsewhere cannot leave them inconsistent.
         self.fields.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -85,7 +85,7 @@ impl RequestContext {
     /// `settle` line with the same `request_id`, so that every credit the
     /// ledger holds appears on exactly one log line. Returns whether the
     /// charge came late (the caller then counts it in the metrics itself).
-    pub fn charge(&self, credits: u64) -> bool {
+    pub(crate) fn charge(&self, credits: u64) -> bool {
         let mut fields = self.fields();
         if !fields.answered {
             fields.credits_charged = fields.credits_charged.saturating_add(credits);
@@ -110,18 +110,18 @@ impl RequestContext {
     }
 
     /// Marks that a call for this request is being sent upstream.
-    pub fn mark_upstream_started(&self) {
+    pub(crate) fn mark_upstream_started(&self) {
         self.upstream_started.store(true, Ordering::Release);
     }
 
     /// Whether a call for this request has gone to the upstream (then a
     /// deadline that passes must not read as "nothing happened").
-    pub fn upstream_started(&self) -> bool {
+    pub(crate) fn upstream_started(&self) -> bool {
         self.upstream_started.load(Ordering::Acquire)
     }
 
     /// The request id as text (always ASCII: it was validated or generated).
-    pub fn request_id_str(&self) -> &str {
+    pub(crate) fn request_id_str(&self) -> &str {
         self.request_id.to_str().unwrap_or("")
     }
 }

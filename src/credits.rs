@@ -18,7 +18,7 @@ use crate::ledger::{Balance, Ledger, LedgerError, Reservation};
 use crate::tenant::Tenant;
 
 /// The request path's view of the ledger.
-pub struct Credits {
+pub(crate) struct Credits {
     ledger: Arc<dyn Ledger>,
     /// The last balance read per tenant, for answers the ledger cannot give.
     last: Mutex<HashMap<Arc<str>, Balance>>,
@@ -28,7 +28,7 @@ pub struct Credits {
 
 impl Credits {
     /// Credits recorded in `ledger`.
-    pub fn new(ledger: Arc<dyn Ledger>) -> Self {
+    pub(crate) fn new(ledger: Arc<dyn Ledger>) -> Self {
         Self {
             ledger,
             last: Mutex::new(HashMap::new()),
@@ -37,23 +37,23 @@ impl Credits {
     }
 
     /// These credits, firing budget alerts through `alerts`.
-    pub fn with_alerts(mut self, alerts: Arc<Alerts>) -> Self {
+    pub(crate) fn with_alerts(mut self, alerts: Arc<Alerts>) -> Self {
         self.alerts = Some(alerts);
         self
     }
 
     /// The budget alerts, when they are checked.
-    pub fn alerts(&self) -> Option<&Arc<Alerts>> {
+    pub(crate) fn alerts(&self) -> Option<&Arc<Alerts>> {
         self.alerts.as_ref()
     }
 
     /// The ledger underneath.
-    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+    pub(crate) fn ledger(&self) -> &Arc<dyn Ledger> {
         &self.ledger
     }
 
     /// Holds `amount` credits for one upstream call.
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         tenant: &Tenant,
         amount: u64,
@@ -84,7 +84,12 @@ impl Credits {
     /// If the ledger refuses, the settle is retried in the background until
     /// it is recorded, and the balance answered is the ledger's (or the last
     /// one known) with this charge taken off.
-    pub async fn settle(&self, tenant: &Tenant, reservation: Reservation, actual: u64) -> Balance {
+    pub(crate) async fn settle(
+        &self,
+        tenant: &Tenant,
+        reservation: Reservation,
+        actual: u64,
+    ) -> Balance {
         match self
             .ledger
             .settle(reservation.clone(), actual, tenant.budget)
@@ -123,7 +128,7 @@ impl Credits {
     }
 
     /// Frees `reservation` after a call that cost nothing.
-    pub async fn release(&self, tenant: &Tenant, reservation: Reservation) -> Balance {
+    pub(crate) async fn release(&self, tenant: &Tenant, reservation: Reservation) -> Balance {
         match self
             .ledger
             .release(reservation.clone(), tenant.budget)
@@ -139,7 +144,7 @@ impl Credits {
     }
 
     /// Counts a cache hit that saved `saved` credits; the tenant's balance.
-    pub async fn hit(&self, tenant: &Tenant, saved: u64) -> Balance {
+    pub(crate) async fn hit(&self, tenant: &Tenant, saved: u64) -> Balance {
         match self.ledger.hit(&tenant.id, tenant.budget, saved).await {
             Ok(balance) => self.remember(tenant, balance),
             // A hit is served even when the ledger cannot be read.
@@ -149,7 +154,7 @@ impl Credits {
 
     /// Counts an answer coalesced onto another request's upstream call that
     /// saved `saved` credits; the tenant's balance.
-    pub async fn coalesced(&self, tenant: &Tenant, saved: u64) -> Balance {
+    pub(crate) async fn coalesced(&self, tenant: &Tenant, saved: u64) -> Balance {
         match self
             .ledger
             .coalesced(&tenant.id, tenant.budget, saved)
@@ -161,7 +166,7 @@ impl Credits {
     }
 
     /// The tenant's balance (the last one known if the ledger cannot answer).
-    pub async fn balance(&self, tenant: &Tenant) -> Balance {
+    pub(crate) async fn balance(&self, tenant: &Tenant) -> Balance {
         match self.ledger.balance(&tenant.id, tenant.budget).await {
             Ok(balance) => self.remember(tenant, balance),
             Err(_) => self.last_known(tenant),

@@ -29,14 +29,14 @@ use crate::response::Body;
 use crate::tenant::Tenant;
 
 /// The header a degraded answer carries.
-pub static X_VIEWGATE_DEGRADED: HeaderName = HeaderName::from_static("x-viewgate-degraded");
+pub(crate) static X_VIEWGATE_DEGRADED: HeaderName = HeaderName::from_static("x-viewgate-degraded");
 
 /// Why an answer is degraded (header value and log field).
-pub const BUDGET: &str = "budget";
+pub(crate) const BUDGET: &str = "budget";
 
 /// Whether `page` is an expired page the cache still holds at `now`: one
 /// degraded mode may serve, and a quote calls `stale`.
-pub fn is_held_stale(page: &CachedPage, now: Instant) -> bool {
+pub(crate) fn is_held_stale(page: &CachedPage, now: Instant) -> bool {
     !page.is_fresh(now) && now < page.stale_until.max(page.revalidate_until)
 }
 
@@ -47,7 +47,12 @@ fn wants_stale(tenant: &Tenant) -> bool {
 
 /// Whether `page` stands in for the failed fetch `outcome`: the tenant is
 /// in stale mode, its budget could not cover the call, and the page is held.
-pub fn stands_in(tenant: &Tenant, outcome: &GatewayError, page: &CachedPage, now: Instant) -> bool {
+pub(crate) fn stands_in(
+    tenant: &Tenant,
+    outcome: &GatewayError,
+    page: &CachedPage,
+    now: Instant,
+) -> bool {
     wants_stale(tenant)
         && matches!(outcome, GatewayError::InsufficientCredits { .. })
         && is_held_stale(page, now)
@@ -57,7 +62,7 @@ pub fn stands_in(tenant: &Tenant, outcome: &GatewayError, page: &CachedPage, now
 /// does when it is in stale mode and its own budget cannot cover the call
 /// either (the leader's budget may not be its own; if its own covers the
 /// call, it tries again and may lead the fetch itself).
-pub async fn follower_stands_in(
+pub(crate) async fn follower_stands_in(
     credits: &Credits,
     tenant: &Tenant,
     call: &ApiCall,
@@ -73,7 +78,7 @@ pub async fn follower_stands_in(
 
 /// Marks `response` (a stale page answered at no charge) as degraded, on
 /// the wire and on the access line.
-pub fn mark(mut response: Response<Body>, context: &RequestContext) -> Response<Body> {
+pub(crate) fn mark(mut response: Response<Body>, context: &RequestContext) -> Response<Body> {
     context.fields().degraded = Some(BUDGET);
     response.headers_mut().insert(
         X_VIEWGATE_DEGRADED.clone(),

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::clock::Clock;
 
 /// At most one line per site per this long.
-pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
 /// Sites remembered at most (the callers name a handful; this only guards
 /// against a caller that builds site names from data).
@@ -46,7 +46,7 @@ struct Site {
 
 /// Decides which occurrences of a repeating error are logged.
 #[derive(Debug)]
-pub struct LogThrottle {
+pub(crate) struct LogThrottle {
     clock: Clock,
     every: Duration,
     sites: Mutex<HashMap<Box<str>, Site>>,
@@ -54,12 +54,12 @@ pub struct LogThrottle {
 
 impl LogThrottle {
     /// A throttle writing at most one line per site every [`SUMMARY_EVERY`].
-    pub fn new(clock: Clock) -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         Self::with_period(clock, SUMMARY_EVERY)
     }
 
     /// A throttle writing at most one line per site every `every`.
-    pub fn with_period(clock: Clock, every: Duration) -> Self {
+    pub(crate) fn with_period(clock: Clock, every: Duration) -> Self {
         Self {
             clock,
             every,
@@ -75,7 +75,7 @@ impl LogThrottle {
     /// One occurrence at `site`: `Some(suppressed)` when it should be
     /// logged, with the number of occurrences left out since the site's
     /// previous line (0 for the first); `None` when it is to be left out.
-    pub fn admit(&self, site: &str) -> Option<u64> {
+    pub(crate) fn admit(&self, site: &str) -> Option<u64> {
         let now = self.clock.now();
         let mut sites = self.sites();
         if let Some(entry) = sites.get_mut(site) {
@@ -105,15 +105,16 @@ impl LogThrottle {
     }
 
     /// Occurrences at `site` left out since its last line, or `None` when
-    /// nothing was logged there.
-    pub fn suppressed(&self, site: &str) -> Option<u64> {
+    /// nothing was logged there (tests wait on it).
+    #[cfg(test)]
+    pub(crate) fn suppressed(&self, site: &str) -> Option<u64> {
         self.sites().get(site).map(|s| s.suppressed)
     }
 
     /// The fault at `site` is over: forgets the site (its next occurrence is
     /// logged at once) and returns the occurrences left out since its last
     /// line, or `None` when nothing was logged there.
-    pub fn clear(&self, site: &str) -> Option<u64> {
+    pub(crate) fn clear(&self, site: &str) -> Option<u64> {
         self.sites().remove(site).map(|s| s.suppressed)
     }
 }

@@ -32,21 +32,79 @@ use crate::clock::rfc3339;
 /// Target of the per-request access log line.
 pub const ACCESS_TARGET: &str = "viewgate::access";
 
-/// Fields every access line carries.
-pub const ACCESS_FIELDS: &[&str] = &[
-    "request_id",
-    "tenant",
-    "action",
-    "account_id",
-    "offset",
-    "count",
-    "status",
-    "cache",
-    "credits_charged",
-    "upstream_ms",
-    "total_ms",
-    "error_code",
-];
+/// Declares the access line from one list of `name: type`, in design.md's
+/// order: [`ACCESS_FIELDS`] (which the formatter writes as `null` when a
+/// value is missing), the [`AccessLine`] the request-id stage fills in, and
+/// the event that writes it all come from this list, so a field cannot be
+/// added to one and forgotten in another.
+macro_rules! access_line {
+    (
+        $($(#[$doc:meta])* $name:ident: $ty:ty,)*
+        ;
+        $($(#[$xdoc:meta])* $extra:ident: $xty:ty,)*
+    ) => {
+        /// Fields every access line carries, in order (besides `ts`, `level`
+        /// and `target`, which every line has).
+        pub const ACCESS_FIELDS: &[&str] = &[$(stringify!($name)),*];
+
+        /// Fields a line carries only when they have a value (after the others).
+        pub const ACCESS_EXTRAS: &[&str] = &[$(stringify!($extra)),*];
+
+        /// One access line's values.
+        #[derive(Debug, Clone)]
+        pub(crate) struct AccessLine<'a> {
+            $($(#[$doc])* pub(crate) $name: $ty,)*
+            $($(#[$xdoc])* pub(crate) $extra: $xty,)*
+        }
+
+        impl AccessLine<'_> {
+            /// Writes the line (target [`ACCESS_TARGET`]): `warn` for a 5xx,
+            /// `info` otherwise.
+            pub(crate) fn write(&self) {
+                if self.status >= 500 {
+                    tracing::event!(target: ACCESS_TARGET, tracing::Level::WARN, $($name = self.$name,)* $($extra = self.$extra,)*);
+                } else {
+                    tracing::event!(target: ACCESS_TARGET, tracing::Level::INFO, $($name = self.$name,)* $($extra = self.$extra,)*);
+                }
+            }
+        }
+    };
+}
+
+access_line! {
+    /// The request id (the client's when valid, else generated).
+    request_id: &'a str,
+    /// The tenant, once authenticated.
+    tenant: Option<&'a str>,
+    /// The action, once parsed.
+    action: Option<&'a str>,
+    /// The account, once parsed.
+    account_id: Option<&'a str>,
+    /// The page offset (get_viewers).
+    offset: Option<u32>,
+    /// The page size (get_viewers).
+    count: Option<u32>,
+    /// The answer's status.
+    status: u16,
+    /// How the cache answered.
+    cache: Option<&'static str>,
+    /// Credits charged to the tenant before the answer.
+    credits_charged: u64,
+    /// Time spent on the upstream, when it was called.
+    upstream_ms: Option<u64>,
+    /// Time from arrival to answer, in milliseconds (microsecond precision).
+    total_ms: f64,
+    /// The error code, when the answer is an error.
+    error_code: Option<&'a str>,
+    ;
+    /// Why a stale page answered instead of a refusal (`budget`).
+    degraded: Option<&'static str>,
+    /// `true` when the request was a quote.
+    quote: Option<bool>,
+}
+
+// Which fields a line wrote is a bit set in a u32.
+const _: () = assert!(ACCESS_FIELDS.len() <= 32);
 
 type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
@@ -165,21 +223,7 @@ impl Visit for Fields<'_, '_> {
 
 /// The position of an access-line field in [`ACCESS_FIELDS`].
 fn access_index(name: &str) -> Option<usize> {
-    Some(match name {
-        "request_id" => 0,
-        "tenant" => 1,
-        "action" => 2,
-        "account_id" => 3,
-        "offset" => 4,
-        "count" => 5,
-        "status" => 6,
-        "cache" => 7,
-        "credits_charged" => 8,
-        "upstream_ms" => 9,
-        "total_ms" => 10,
-        "error_code" => 11,
-        _ => return None,
-    })
+    ACCESS_FIELDS.iter().position(|field| *field == name)
 }
 
 /// Decimal digits of `value`, written at the end of `buf`.
@@ -413,6 +457,136 @@ mod tests {
         assert_eq!(access_index("msg"), None);
         assert_eq!(itoa(0, &mut [0; 20]), "0");
         assert_eq!(itoa(u64::MAX, &mut [0; 20]), "18446744073709551615");
+    }
+
+    /// A writer the formatter's lines land in, for one test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `line` as the JSON object the formatter writes for it.
+    fn written(line: &AccessLine<'_>) -> serde_json::Map<String, serde_json::Value> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLines)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || line.write());
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        match serde_json::from_str(&text).unwrap() {
+            serde_json::Value::Object(fields) => fields,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn names(fields: &serde_json::Map<String, serde_json::Value>) -> Vec<&str> {
+        let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// That these are design.md's fields, no more, no fewer, is checked on
+    /// a real request's line in tests/errors.rs; here, that the formatter
+    /// writes every one of them, `null` where a stage never ran.
+    #[test]
+    fn an_access_line_has_every_listed_field() {
+        let mut expected: Vec<&str> = ["ts", "level", "target"]
+            .iter()
+            .chain(ACCESS_FIELDS)
+            .copied()
+            .collect();
+        expected.sort_unstable();
+        let full = AccessLine {
+            request_id: "r-1",
+            tenant: Some("crm"),
+            action: Some("get_viewers"),
+            account_id: Some("acc-1"),
+            offset: Some(20),
+            count: Some(10),
+            status: 200,
+            cache: Some("miss"),
+            credits_charged: 1,
+            upstream_ms: Some(12),
+            total_ms: 13.25,
+            error_code: None,
+            degraded: None,
+            quote: None,
+        };
+        // The extras appear only with a value, after the others.
+        let marked = written(&AccessLine {
+            degraded: Some("budget"),
+            quote: Some(true),
+            ..full.clone()
+        });
+        assert_eq!(marked["degraded"], "budget");
+        assert_eq!(marked["quote"], true);
+        assert_eq!(marked.len(), written(&full).len() + ACCESS_EXTRAS.len());
+        let mut line = written(&full);
+        assert_eq!(names(&line), expected, "{line:?}");
+        assert_eq!(line["ts"].as_str().map(str::len), Some(20), "{line:?}");
+        line.remove("ts");
+        let expected_line = serde_json::json!({
+            "level": "info",
+            "target": ACCESS_TARGET,
+            "request_id": "r-1",
+            "tenant": "crm",
+            "action": "get_viewers",
+            "account_id": "acc-1",
+            "offset": 20,
+            "count": 10,
+            "status": 200,
+            "cache": "miss",
+            "credits_charged": 1,
+            "upstream_ms": 12,
+            "total_ms": 13.25,
+            "error_code": null,
+        });
+        assert_eq!(serde_json::Value::Object(line), expected_line);
+
+        // A request refused before any stage learnt anything: the same
+        // fields, `null` where nothing is known, and `warn` for a 5xx.
+        let bare = AccessLine {
+            request_id: "r-2",
+            tenant: None,
+            action: None,
+            account_id: None,
+            offset: None,
+            count: None,
+            status: 503,
+            cache: None,
+            credits_charged: 0,
+            upstream_ms: None,
+            total_ms: 0.5,
+            error_code: Some("SERVICE_UNAVAILABLE"),
+            degraded: None,
+            quote: None,
+        };
+        let line = written(&bare);
+        assert_eq!(names(&line), expected, "{line:?}");
+        assert_eq!(line["level"], "warn");
+        for absent in [
+            "tenant",
+            "action",
+            "account_id",
+            "offset",
+            "count",
+            "cache",
+            "upstream_ms",
+        ] {
+            assert_eq!(line[absent], serde_json::Value::Null, "{absent}");
+        }
+        assert_eq!(line["error_code"], "SERVICE_UNAVAILABLE");
     }
 
     #[test]

@@ -32,7 +32,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The gateway's metrics.
-pub struct Metrics {
+pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     in_flight: Gauge,
@@ -54,7 +54,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh registry with every metric described.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
@@ -208,7 +208,7 @@ impl Metrics {
     }
 
     /// A request started; the guard ends it.
-    pub fn request_started(&self) -> InFlight {
+    pub(crate) fn request_started(&self) -> InFlight {
         self.in_flight.increment(1.0);
         InFlight(self.in_flight.clone())
     }
@@ -240,7 +240,7 @@ impl Metrics {
     }
 
     /// A request was answered; `error` is its code and who caused it.
-    pub fn request_done(
+    pub(crate) fn request_done(
         &self,
         tenant: Option<&str>,
         status: u16,
@@ -274,14 +274,14 @@ impl Metrics {
     }
 
     /// Credits charged to a tenant (the upstream's own figure: any u64).
-    pub fn charged(&self, tenant: &str, credits: u64) {
+    pub(crate) fn charged(&self, tenant: &str, credits: u64) {
         if credits > 0 {
             self.tenant(tenant).charged.add(credits);
         }
     }
 
     /// Credits a cache hit saved a tenant.
-    pub fn saved(&self, tenant: &str, credits: u64) {
+    pub(crate) fn saved(&self, tenant: &str, credits: u64) {
         if credits > 0 {
             self.tenant(tenant).saved.add(credits);
         }
@@ -289,7 +289,7 @@ impl Metrics {
 
     /// The upstream charged more for a call of `action` than its price rule's
     /// bound (the charge itself is recorded in full by the ledger).
-    pub fn price_overrun(&self, action: &str) {
+    pub(crate) fn price_overrun(&self, action: &str) {
         // Rare, so the registry lookup per call is fine; the label is bounded
         // because only actions with a price rule are ever forwarded.
         self.counter(
@@ -301,7 +301,7 @@ impl Metrics {
 
     /// A request of a tenant in shadow mode that `kind` of enforcement
     /// (`rate_limit` or `budget`) would have refused.
-    pub fn shadow_block(&self, tenant: &str, kind: &'static str) {
+    pub(crate) fn shadow_block(&self, tenant: &str, kind: &'static str) {
         // Only tenants that opted into shadow mode get here, so the registry
         // lookup per call costs nothing on the enforced path; both labels are
         // bounded (configured tenants, two kinds).
@@ -318,7 +318,7 @@ impl Metrics {
     /// A budget alert fired for `tenant` at `threshold_pct` % (rare: a few
     /// per tenant and period, so the registry lookup is fine; labels are
     /// bounded by the configured tenants and thresholds).
-    pub fn budget_alert(&self, tenant: &str, threshold_pct: u8) {
+    pub(crate) fn budget_alert(&self, tenant: &str, threshold_pct: u8) {
         self.counter(
             "viewgate_budget_alerts_total",
             vec![
@@ -330,7 +330,7 @@ impl Metrics {
     }
 
     /// One upstream attempt.
-    pub fn upstream(&self, key: &str, outcome: &'static str, took: Duration) {
+    pub(crate) fn upstream(&self, key: &str, outcome: &'static str, took: Duration) {
         let key = key.to_string();
         self.counter(
             "viewgate_upstream_requests_total",
@@ -352,7 +352,7 @@ impl Metrics {
     }
 
     /// A call that never left: refused by the key's breaker or pace.
-    pub fn upstream_refused(&self, key: &str, outcome: &'static str) {
+    pub(crate) fn upstream_refused(&self, key: &str, outcome: &'static str) {
         self.counter(
             "viewgate_upstream_requests_total",
             vec![
@@ -364,7 +364,7 @@ impl Metrics {
     }
 
     /// A configuration reload.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.counter(
             "viewgate_config_reloads_total",
             vec![Label::new("outcome", if ok { "ok" } else { "error" })],
@@ -373,7 +373,7 @@ impl Metrics {
     }
 
     /// Sets a tenant's budget gauges (read from the ledger at scrape time).
-    pub fn set_credits(&self, tenant: &str, budget: u64, remaining: u64) {
+    pub(crate) fn set_credits(&self, tenant: &str, budget: u64, remaining: u64) {
         let label = || vec![Label::new("tenant", tenant.to_string())];
         self.gauge("viewgate_credit_budget", label())
             .set(budget as f64);
@@ -382,7 +382,7 @@ impl Metrics {
     }
 
     /// Sets the cache gauges.
-    pub fn set_cache(&self, entries: u64, bytes: u64) {
+    pub(crate) fn set_cache(&self, entries: u64, bytes: u64) {
         self.gauge("viewgate_cache_entries", vec![])
             .set(entries as f64);
         self.gauge("viewgate_cache_bytes", vec![]).set(bytes as f64);
@@ -391,7 +391,7 @@ impl Metrics {
     /// Sets an upstream key's breaker gauges (read from its breakers at
     /// scrape time). Accounts are counted, never labelled one by one, so
     /// the series stay bounded by the configured keys.
-    pub fn set_breakers(&self, key: &str, key_open: bool, accounts_open: usize) {
+    pub(crate) fn set_breakers(&self, key: &str, key_open: bool, accounts_open: usize) {
         let labels = |scope: &'static str| {
             vec![
                 Label::new("key", key.to_string()),
@@ -405,13 +405,13 @@ impl Metrics {
     }
 
     /// Sets the readiness gauge.
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.gauge("viewgate_ready", vec![])
             .set(if ready { 1.0 } else { 0.0 });
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.handle.run_upkeep();
         self.handle.render()
     }
@@ -483,7 +483,7 @@ impl TenantHandles {
 }
 
 /// Decrements the in-flight gauge when dropped (answered or abandoned).
-pub struct InFlight(Gauge);
+pub(crate) struct InFlight(Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

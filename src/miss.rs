@@ -1,5 +1,6 @@
-//! The miss path: price check → budget reserve → upstream forward (real key)
-//! → settle, keep, or release.
+//! The miss path: the client's price cap → the tenant's grants and the
+//! account's owner → budget reserve → upstream forward (real key) → settle,
+//! keep, or release.
 //!
 //! A `Service<Miss>` ([`MissService`]) rather than a layer: the cache stage
 //! calls it once per upstream fetch, not once per request, each time in its
@@ -7,7 +8,13 @@
 //! never cuts a paid call in half: the call still settles, and its charge
 //! still reaches the ledger and the log. Being a service, it can be stood in
 //! for by a mock in the cache stage's tests.
+//!
+//! Below it, the upstream is a port ([`Forward`]): [`Upstream`] in
+//! production, statically dispatched (no allocation beyond the one boxed
+//! future of [`MissService`]); a fake in this module's tests, which drive
+//! every ledger outcome without a socket.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -27,7 +34,7 @@ use crate::upstream::{Upstream, UpstreamCall, UpstreamError, UpstreamReply};
 
 /// An upstream answer and what it cost the tenant who fetched it.
 #[derive(Debug, Clone)]
-pub struct Charged {
+pub(crate) struct Charged {
     /// The upstream's answer.
     pub reply: UpstreamReply,
     /// Credits charged for it (the upstream's own figure, or what was held
@@ -39,7 +46,7 @@ pub struct Charged {
 
 /// One fetch: who asks, for what, and the request it belongs to.
 #[derive(Clone)]
-pub struct Miss {
+pub(crate) struct Miss {
     /// The tenant charged.
     pub tenant: Arc<Tenant>,
     /// The call.
@@ -50,13 +57,45 @@ pub struct Miss {
 
 /// The miss path as the cache stage sees it: any service from [`Miss`] to
 /// what it was charged.
-pub type MissFetcher = BoxCloneSyncService<Miss, Charged, GatewayError>;
+pub(crate) type MissFetcher = BoxCloneSyncService<Miss, Charged, GatewayError>;
+
+/// What the miss path needs of the upstream: whether some key owns an
+/// account, and one logical call (retries included).
+pub(crate) trait Forward: Send + Sync + 'static {
+    /// Whether some upstream key owns `account_id`.
+    fn owns(&self, account_id: &str) -> bool;
+
+    /// Sends `call` upstream.
+    fn forward(
+        &self,
+        call: &UpstreamCall,
+    ) -> impl Future<Output = Result<UpstreamReply, UpstreamError>> + Send;
+}
+
+impl Forward for Upstream {
+    fn owns(&self, account_id: &str) -> bool {
+        Upstream::owns(self, account_id)
+    }
+
+    fn forward(
+        &self,
+        call: &UpstreamCall,
+    ) -> impl Future<Output = Result<UpstreamReply, UpstreamError>> + Send {
+        self.call(call)
+    }
+}
 
 /// [`MissPath`] as a service.
-#[derive(Clone)]
-pub struct MissService(pub Arc<MissPath>);
+pub(crate) struct MissService<U = Upstream>(pub Arc<MissPath<U>>);
 
-impl Service<Miss> for MissService {
+// Not derived: a derive would ask `U: Clone`, and only the `Arc` is cloned.
+impl<U> Clone for MissService<U> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<U: Forward> Service<Miss> for MissService<U> {
     type Response = Charged;
     type Error = GatewayError;
     // Boxed: ledger and upstream I/O.
@@ -73,22 +112,23 @@ impl Service<Miss> for MissService {
 }
 
 /// What the miss path needs.
-pub struct MissPath {
+pub(crate) struct MissPath<U = Upstream> {
     /// Every ledger call.
     pub credits: Arc<Credits>,
     /// The upstream.
-    pub upstream: Arc<Upstream>,
+    pub upstream: Arc<U>,
     /// Where overruns and late charges are counted.
     pub metrics: Arc<Metrics>,
     /// Failures that repeat while the upstream is down: logged once, then summed up.
     pub logs: Arc<LogThrottle>,
 }
 
-impl MissPath {
-    /// Reserves the call's price bound, calls the upstream, then settles to
-    /// what it reported, keeps the reservation as spend when the outcome is
-    /// unknown, or releases it when the call provably cost nothing.
-    pub async fn fetch(
+impl<U: Forward> MissPath<U> {
+    /// Checks the tenant's grants and the account's owner, reserves the
+    /// call's price bound, calls the upstream, then settles to what it
+    /// reported, keeps the reservation as spend when the outcome is unknown,
+    /// or releases it when the call provably cost nothing.
+    pub(crate) async fn fetch(
         &self,
         tenant: &Tenant,
         call: &ApiCall,
@@ -102,7 +142,11 @@ impl MissPath {
                 cap,
             });
         }
-        // Before reserving: an account no upstream key owns costs no ledger write.
+        // Before reserving: a call the tenant may not make, or for an account
+        // no upstream key owns, costs no ledger write. (The policy stage
+        // refused the first already; checked again because whoever calls
+        // the miss path, a background refresh too, must not spend for it.)
+        tenant.permits(call)?;
         if !self.upstream.owns(call.routing_account()) {
             return Err(GatewayError::InvalidAccount);
         }
@@ -119,7 +163,7 @@ impl MissPath {
             get: false,
         };
         context.mark_upstream_started();
-        match self.upstream.call(&upstream_call).await {
+        match self.upstream.forward(&upstream_call).await {
             Ok(reply) => {
                 let held = reservation.amount;
                 let credits = reply.credits.unwrap_or_else(|| {
@@ -187,3 +231,6 @@ impl MissPath {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

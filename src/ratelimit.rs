@@ -25,7 +25,7 @@ use crate::redis::{Connection, Op, RedisFailure, Retry};
 
 /// A GCRA limiter in this process, on viewgate's clock (one per tenant or
 /// upstream key: their quotas differ).
-pub type LocalLimiter =
+pub(crate) type LocalLimiter =
     governor::RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Instant>>;
 
 /// A limiter's answer.
@@ -216,13 +216,17 @@ fn check_governor(limiter: &LocalLimiter, clock: &Clock) -> Decision {
 }
 
 /// Whole seconds, rounded up, at least 1 (for `retry-after`).
-pub fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// Waits for `limiter` until `give_up` (an instant of `clock`); `Err(wait)`
 /// when the wait would pass it.
-pub async fn wait_for(limiter: &Limiter, clock: &Clock, give_up: Instant) -> Result<(), Duration> {
+pub(crate) async fn wait_for(
+    limiter: &Limiter,
+    clock: &Clock,
+    give_up: Instant,
+) -> Result<(), Duration> {
     loop {
         match limiter.check(clock).await {
             Decision::Allowed => return Ok(()),

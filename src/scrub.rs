@@ -13,18 +13,18 @@ use std::collections::HashSet;
 /// Shortest run of a key's characters that is removed. Eight characters of
 /// a 32-byte random key are never in a message by chance, and shorter runs
 /// would eat ordinary words.
-pub const MIN_RUN: usize = 8;
+pub(crate) const MIN_RUN: usize = 8;
 
 /// Longest upstream message passed on; the rest is cut (it bounds the
 /// scrubbing work, which grows with message length × key length).
-pub const MAX_MESSAGE: usize = 512;
+pub(crate) const MAX_MESSAGE: usize = 512;
 
 /// The code given instead of one that is not a plain V2 code.
-pub const FALLBACK_CODE: &str = "UPSTREAM_ERROR";
+pub(crate) const FALLBACK_CODE: &str = "UPSTREAM_ERROR";
 
 /// Removes fragments of known secrets from text.
 #[derive(Clone, Default)]
-pub struct Scrubber {
+pub(crate) struct Scrubber {
     /// Every run of [`MIN_RUN`] bytes of every secret, ASCII-lowercased and
     /// packed into a `u64`: a text leaks where one of its windows is here.
     windows: HashSet<u64, foldhash::fast::FixedState>,
@@ -49,7 +49,7 @@ fn pack(bytes: &[u8]) -> u64 {
 
 impl Scrubber {
     /// A scrubber of `secrets` (their case does not matter).
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
+    pub(crate) fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut scrubber = Scrubber::default();
         for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
             if secret.len() < MIN_RUN {
@@ -90,12 +90,12 @@ impl Scrubber {
     }
 
     /// Whether `bytes` holds a fragment of a secret.
-    pub fn leaks(&self, bytes: &[u8]) -> bool {
+    pub(crate) fn leaks(&self, bytes: &[u8]) -> bool {
         self.mark(bytes).is_some()
     }
 
     /// `bytes` with each run of marked bytes replaced by `***`.
-    pub fn bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
+    pub(crate) fn bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
         let Some(marked) = self.mark(bytes) else {
             return Cow::Borrowed(bytes);
         };
@@ -117,7 +117,7 @@ impl Scrubber {
 
     /// `text` with every run of [`MIN_RUN`]+ characters of a secret replaced
     /// by `***`, cut to [`MAX_MESSAGE`] bytes first.
-    pub fn message<'t>(&self, text: &'t str) -> Cow<'t, str> {
+    pub(crate) fn message<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let text = cut(text, MAX_MESSAGE);
         match self.bytes(text.as_bytes()) {
             Cow::Borrowed(_) => Cow::Borrowed(text),
@@ -129,7 +129,7 @@ impl Scrubber {
 
     /// The upstream's code if it is a plain V2 code that reveals no secret,
     /// else [`FALLBACK_CODE`].
-    pub fn code(&self, code: &str) -> String {
+    pub(crate) fn code(&self, code: &str) -> String {
         let plain = !code.is_empty()
             && code.len() <= 64
             && code.as_bytes()[0].is_ascii_uppercase()

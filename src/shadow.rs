@@ -24,11 +24,11 @@ use crate::metrics::Metrics;
 use crate::tenant::Tenant;
 
 /// Target of the `would_block` lines.
-pub const SHADOW_TARGET: &str = "viewgate::shadow";
+pub(crate) const SHADOW_TARGET: &str = "viewgate::shadow";
 
 /// Which enforcement would have refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// The tenant's rate limit (a 429).
     RateLimit,
     /// The tenant's budget (a 402).
@@ -37,7 +37,7 @@ pub enum Kind {
 
 impl Kind {
     /// The `kind` label and log field.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::RateLimit => "rate_limit",
             Kind::Budget => "budget",
@@ -47,7 +47,7 @@ impl Kind {
 
 /// Records that enforcement would have refused this request: one
 /// `would_block` line and one count.
-pub fn would_block(
+pub(crate) fn would_block(
     metrics: &Metrics,
     tenant: &Tenant,
     kind: Kind,
@@ -71,7 +71,7 @@ pub fn would_block(
 /// whose budget cannot cover them gets them held anyway, in its budget's
 /// period, after a `would_block` line; everyone else gets what
 /// [`Credits::reserve`] gives.
-pub async fn reserve(
+pub(crate) async fn reserve(
     credits: &Credits,
     metrics: &Metrics,
     tenant: &Tenant,

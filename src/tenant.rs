@@ -13,8 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::call::ApiCall;
 use crate::clock::Clock;
 use crate::config::{AccountPattern, Budget, OnBudgetExhausted, RateLimit, TenantConfig};
+use crate::error::GatewayError;
 use crate::keys::KeyHash;
 use crate::ratelimit::{Limiter, RedisGcra};
 
@@ -100,6 +102,28 @@ impl Tenant {
     /// Whether the tenant may call `action`.
     pub fn may_call(&self, action: &str) -> bool {
         self.actions.as_ref().is_none_or(|set| set.contains(action))
+    }
+
+    /// Whether the tenant may make `call`: the account first, refused
+    /// exactly like an account that does not exist (404), so a tenant
+    /// cannot probe which accounts others use; then the action (403).
+    /// Connecting an account is its own grant: the account is not the
+    /// tenant's yet (the operator grants it once it exists).
+    pub fn permits(&self, call: &ApiCall) -> Result<(), GatewayError> {
+        if call.is_connect() {
+            return if self.connect_accounts {
+                Ok(())
+            } else {
+                Err(GatewayError::ActionNotAllowed)
+            };
+        }
+        if !self.may_read(&call.account_id) {
+            return Err(GatewayError::InvalidAccount);
+        }
+        if !self.may_call(&call.action) {
+            return Err(GatewayError::ActionNotAllowed);
+        }
+        Ok(())
     }
 }
 

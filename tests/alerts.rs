@@ -305,7 +305,7 @@ async fn two_replicas_on_one_redis_fire_and_deliver_each_threshold_once() {
         let far = w.clock.wall().as_millisecond() + 10 * 24 * 3600 * 1000;
         let left = w
             .gateway
-            .ledger
+            .ledger()
             .outbox_take(far, Duration::from_secs(1), 100);
         assert_eq!(left.await.unwrap(), Vec::new());
     }
@@ -372,7 +372,7 @@ async fn a_failing_webhook_is_retried_with_backoff_until_delivered_once() {
     let far = w.clock.wall().as_millisecond() + 10 * 24 * 3600 * 1000;
     let left = w
         .gateway
-        .ledger
+        .ledger()
         .outbox_take(far, Duration::from_secs(1), 100);
     assert_eq!(left.await.unwrap(), Vec::new());
     assert!(

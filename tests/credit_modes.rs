@@ -272,10 +272,10 @@ async fn shadow_mode_refuses_nothing_and_records_what_enforcement_would_have() {
     );
     let usage = w
         .gateway
-        .ledger
+        .ledger()
         .usage(&[(
             "shadow".to_string(),
-            w.gateway.tenants.by_id("shadow").unwrap().budget,
+            w.gateway.tenants().by_id("shadow").unwrap().budget,
         )])
         .await
         .unwrap();
@@ -581,10 +581,10 @@ async fn shadow_spend_is_recorded_past_the_budget_on_sqlite_and_redis() {
             (6, 0, Some(0)),
             "{ledger}"
         );
-        let budget = w.gateway.tenants.by_id("shadow").unwrap().budget;
+        let budget = w.gateway.tenants().by_id("shadow").unwrap().budget;
         let usage = w
             .gateway
-            .ledger
+            .ledger()
             .usage(&[("shadow".to_string(), budget)])
             .await
             .unwrap();

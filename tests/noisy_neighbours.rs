@@ -157,7 +157,7 @@ async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<Strin
 fn taken(w: &World, tenant: &str) -> usize {
     w.live
         .gateway()
-        .tenants
+        .tenants()
         .by_id(tenant)
         .unwrap()
         .slots

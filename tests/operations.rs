@@ -118,8 +118,8 @@ async fn a_reload_names_the_listener_settings_that_wait_for_a_restart() {
         ..WorldSpec::default()
     })
     .await;
-    let before = w.live.gateway().config.server.clone();
-    let mut config = (*w.live.gateway().config).clone();
+    let before = w.live.gateway().config().server.clone();
+    let mut config = (**w.live.gateway().config()).clone();
     config.server.idle_timeout += Duration::from_secs(1);
     config.server.header_timeout += Duration::from_secs(1);
     config.server.max_connections += 1;
@@ -137,7 +137,7 @@ async fn a_reload_names_the_listener_settings_that_wait_for_a_restart() {
     );
     // The configuration in force says what really runs: the listener's
     // settings as they were, the body limit (read per request) as asked.
-    let now = w.live.gateway().config.server.clone();
+    let now = w.live.gateway().config().server.clone();
     assert_eq!(now.idle_timeout, before.idle_timeout);
     assert_eq!(now.header_timeout, before.header_timeout);
     assert_eq!(now.max_connections, before.max_connections);
@@ -272,7 +272,7 @@ async fn past_max_in_flight_requests_are_shed_with_503() {
     let shed = async {
         // Once crm holds both slots, anyone else is shed at once.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while w.live.gateway().slots.available_permits() > 0 {
+        while w.live.gateway().free_slots() > 0 {
             assert!(Instant::now() < deadline, "the slow requests never started");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

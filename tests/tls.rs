@@ -372,7 +372,7 @@ async fn https_listener(w: &World, tls: &Arc<ServerTls>) -> listener::RunningSer
     listener::spawn_with_tls(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         w.live.service(),
-        listener::ServerOptions::from_config(&w.gateway.config.server),
+        listener::ServerOptions::from_config(&w.gateway.config().server),
         Some(Arc::clone(tls)),
     )
     .await

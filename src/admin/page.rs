@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use super::UsageRow;
 
 /// The whole page for `rows`, as of `generated_at` (RFC 3339).
-pub fn render(rows: &[UsageRow], generated_at: &str) -> String {
+pub(super) fn render(rows: &[UsageRow], generated_at: &str) -> String {
     let mut html = String::with_capacity(8192 + rows.len() * 6144);
     html.push_str(HEAD);
     let _ = write!(
@@ -299,7 +299,7 @@ fn forecast_words(row: &UsageRow) -> String {
 }
 
 /// `s` safe in HTML text and in a double-quoted attribute.
-pub fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

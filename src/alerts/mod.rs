@@ -73,7 +73,7 @@ impl Alerts {
     /// Alerts recorded in `ledger`, and (with a webhook configured) the task
     /// that delivers them, started on the current runtime. Fails only when
     /// the webhook's HTTP client cannot be built.
-    pub fn start(
+    pub(crate) fn start(
         ledger: Arc<dyn Ledger>,
         metrics: Arc<Metrics>,
         clock: Clock,

@@ -43,10 +43,10 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
 /// The longest wait between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// An alert undelivered this long after it fired is dropped.
-pub const GIVE_UP_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
+pub(super) const GIVE_UP_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
 
 /// Entries taken from the outbox per look.
 const TAKE_AT_MOST: usize = 16;
@@ -77,7 +77,7 @@ pub fn verify(key: &[u8], timestamp: i64, body: &[u8], signature: &str) -> bool 
 }
 
 /// The wait before attempt `attempts + 1`: 1 s doubling, at most [`MAX_BACKOFF`].
-pub fn backoff(attempts: u32) -> Duration {
+pub(super) fn backoff(attempts: u32) -> Duration {
     let doublings = attempts.saturating_sub(1).min(20);
     Duration::from_secs(1u64 << doublings).min(MAX_BACKOFF)
 }

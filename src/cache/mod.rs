@@ -5,7 +5,7 @@
 //! decided here (and testable with a fake clock) while moka only evicts: its
 //! own TTL is set to the stale bound so nothing useful is dropped early.
 
-pub mod shared;
+pub(crate) mod shared;
 mod single_flight;
 
 use std::sync::Arc;

@@ -80,7 +80,7 @@ fn glob_escape(s: &str) -> String {
 }
 
 /// Encodes a page for Redis (`VG2`: status, credits, cached_at, TTL, data).
-pub fn encode(page: &SharedPage) -> Bytes {
+pub(crate) fn encode(page: &SharedPage) -> Bytes {
     let mut out = BytesMut::with_capacity(29 + page.data.len());
     out.put_slice(b"VG2");
     out.put_u16(page.status.as_u16());
@@ -94,7 +94,7 @@ pub fn encode(page: &SharedPage) -> Bytes {
 
 /// Decodes a page written by [`encode`] (or by a replica still writing
 /// `VG1`, without a TTL); anything else is `None`.
-pub fn decode(mut raw: Bytes) -> Option<SharedPage> {
+pub(crate) fn decode(mut raw: Bytes) -> Option<SharedPage> {
     let version = raw.get(..3)?;
     let with_ttl = match version {
         b"VG1" => false,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::config::Config;
 
 /// Validates the file and reports.
-pub fn run(path: &Path) -> ExitCode {
+pub(super) fn run(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             println!(

@@ -11,7 +11,7 @@ use crate::keys::{KeyHash, mint_tenant_key};
 use crate::sim::{SimConfig, SimKey, Simulator};
 
 /// The demo configuration, embedded.
-pub const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
+pub(super) const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
 
 /// Accounts the simulator's key has connected, so `GET /v2/accounts` lists
 /// something (it owns every other account too, through `*`).
@@ -47,7 +47,7 @@ fn curl_lines(addr: SocketAddr, key: &str) -> [(&'static str, String); 3] {
 }
 
 /// Runs the demo until ctrl-c.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+pub(super) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let upstream_key = mint_tenant_key()?.replacen("vg_", "sim_", 1);
     let owned = CONNECTED_ACCOUNTS.iter().copied().chain(["*"]);
     let sim = Simulator::start(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::keys::{KeyHash, mint_tenant_key};
 
 /// Prints a new tenant key and the sha256 to put in the config.
-pub fn keygen() -> ExitCode {
+pub(super) fn keygen() -> ExitCode {
     match mint_tenant_key() {
         Ok(key) => {
             println!("key:        {key}");
@@ -21,7 +21,7 @@ pub fn keygen() -> ExitCode {
 }
 
 /// Reads a key on stdin (one trailing newline ignored) and prints its sha256.
-pub fn hash_key() -> ExitCode {
+pub(super) fn hash_key() -> ExitCode {
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         eprintln!("viewgate: cannot read stdin: {e}");

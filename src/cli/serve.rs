@@ -19,7 +19,7 @@ use crate::live::Live;
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Loads the config, serves until SIGTERM / SIGINT, drains, returns.
-pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+pub(super) async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     crate::logging::set_level(config.log_level.as_deref());
     let listen = config.server.listen;
@@ -47,7 +47,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
 /// `shutdown` resolves; then drains in-flight requests, flushes the ledger
 /// and returns. With a config file, SIGHUP and changes to the file reload it
 /// (and the certificate, which also reloads when its files change).
-pub async fn run_gateway(
+pub(super) async fn run_gateway(
     live: Arc<Live>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -101,7 +101,7 @@ pub async fn run_gateway(
 }
 
 /// The start-up log line: where it listens and what is in force (never a key).
-pub fn announce(
+pub(super) fn announce(
     gateway: &Gateway,
     addr: std::net::SocketAddr,
     admin: Option<std::net::SocketAddr>,

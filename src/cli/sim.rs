@@ -9,7 +9,7 @@ use crate::keys::mint_tenant_key;
 use crate::sim::{SimConfig, SimKey};
 
 /// Runs the simulator until ctrl-c.
-pub async fn run(listen: SocketAddr, config: Option<PathBuf>) -> anyhow::Result<()> {
+pub(super) async fn run(listen: SocketAddr, config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match config {
         Some(path) => {
             let text = std::fs::read_to_string(&path)

@@ -16,7 +16,7 @@ use crate::config::{Budget, Config, LedgerConfig};
 use crate::ledger::read_usage;
 
 /// Prints the usage table (or JSON).
-pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
+pub(super) fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load_without_secrets(path)
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let LedgerConfig::Sqlite { path: ledger } = &config.ledger else {
@@ -55,7 +55,7 @@ fn forecast_cell(row: &UsageRow) -> String {
 }
 
 /// The rows as an aligned text table.
-pub fn table(rows: &[UsageRow]) -> String {
+pub(super) fn table(rows: &[UsageRow]) -> String {
     let header = [
         "tenant",
         "period",

@@ -9,12 +9,12 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 /// A value together with where it stands in the file.
-pub type S<T> = Spanned<T>;
+pub(super) type S<T> = Spanned<T>;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
     pub admin: Option<RawAdmin>,
@@ -36,7 +36,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(super) struct RawServer {
     pub listen: Option<S<String>>,
     pub max_body_bytes: Option<S<u64>>,
     pub header_timeout_ms: Option<S<u64>>,
@@ -51,27 +51,27 @@ pub struct RawServer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(super) struct RawTls {
     pub cert_file: S<String>,
     pub key_file: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(super) struct RawLog {
     pub level: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     pub listen: Option<S<String>>,
     pub key_sha256: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(super) struct RawUpstream {
     pub base_url: S<String>,
     pub timeout_ms: Option<S<u64>>,
     pub deadline_ms: Option<S<u64>>,
@@ -86,7 +86,7 @@ pub struct RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBreaker {
+pub(super) struct RawBreaker {
     pub failures: Option<S<u32>>,
     pub open_s: Option<S<u64>>,
     pub accounts: Option<S<u32>>,
@@ -95,7 +95,7 @@ pub struct RawBreaker {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstreamKey {
+pub(super) struct RawUpstreamKey {
     pub name: S<String>,
     pub api_key_env: Option<S<String>>,
     pub api_key_file: Option<S<String>>,
@@ -105,7 +105,7 @@ pub struct RawUpstreamKey {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
+pub(super) struct RawRateLimit {
     pub scope: Option<S<String>>,
     pub per_second: Option<S<u32>>,
     pub per_minute: Option<S<u32>>,
@@ -115,7 +115,7 @@ pub struct RawRateLimit {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCache {
+pub(super) struct RawCache {
     pub ttl_s: Option<S<u64>>,
     pub max_bytes: Option<S<u64>>,
     pub stale_if_error_s: Option<S<u64>>,
@@ -126,7 +126,7 @@ pub struct RawCache {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLedger {
+pub(super) struct RawLedger {
     pub backend: Option<S<String>>,
     pub path: Option<S<String>>,
     pub redis_url: Option<S<String>>,
@@ -134,7 +134,7 @@ pub struct RawLedger {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTenant {
+pub(super) struct RawTenant {
     pub id: S<String>,
     pub key_sha256: S<String>,
     pub accounts: S<Vec<String>>,
@@ -153,7 +153,7 @@ pub struct RawTenant {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBudget {
+pub(super) struct RawBudget {
     pub credits: S<u64>,
     pub period: S<String>,
 }
@@ -161,7 +161,7 @@ pub struct RawBudget {
 /// `alerts:`: budget thresholds and where they are sent.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAlerts {
+pub(super) struct RawAlerts {
     pub thresholds: Option<S<Vec<u64>>>,
     pub webhook_url: Option<S<String>>,
     pub webhook_secret_env: Option<S<String>>,
@@ -171,7 +171,7 @@ pub struct RawAlerts {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawIdempotency {
+pub(super) struct RawIdempotency {
     pub ttl_s: Option<S<u64>>,
 }
 
@@ -179,7 +179,7 @@ pub struct RawIdempotency {
 /// built-in rule can change one thing and keep the rest.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAction {
+pub(super) struct RawAction {
     pub price: Option<S<RawPrice>>,
     pub kind: Option<S<String>>,
     pub cache_ttl_s: Option<S<u64>>,
@@ -191,7 +191,7 @@ pub struct RawAction {
 /// message for an untagged enum names no field).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum RawPrice {
+pub(super) enum RawPrice {
     Word(String),
     Terms(BTreeMap<String, RawTerm>),
 }
@@ -199,7 +199,7 @@ pub enum RawPrice {
 /// One term of a price: a count or a param name.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum RawTerm {
+pub(super) enum RawTerm {
     Number(u64),
     Text(String),
 }

@@ -26,7 +26,7 @@ use crate::tenant::Tenant;
 /// Which accounts request the route stage found: the list, or one account
 /// (its id as written in the path, still percent-encoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccountsRoute(pub Option<String>);
+pub(crate) struct AccountsRoute(pub Option<String>);
 
 /// Default and largest page of `GET /v2/accounts`.
 const DEFAULT_LIMIT: usize = 100;
@@ -34,14 +34,14 @@ const MAX_LIMIT: usize = 500;
 
 /// Answers the accounts endpoints.
 #[derive(Clone)]
-pub struct AccountsLayer {
+pub(crate) struct AccountsLayer {
     directory: Arc<AccountDirectory>,
     clock: Clock,
 }
 
 impl AccountsLayer {
     /// Answers from `directory`.
-    pub fn new(directory: Arc<AccountDirectory>, clock: Clock) -> Self {
+    pub(crate) fn new(directory: Arc<AccountDirectory>, clock: Clock) -> Self {
         Self { directory, clock }
     }
 }
@@ -58,7 +58,7 @@ impl<S> Layer<S> for AccountsLayer {
 
 /// See [`AccountsLayer`].
 #[derive(Clone)]
-pub struct Accounts<S> {
+pub(crate) struct Accounts<S> {
     inner: S,
     layer: AccountsLayer,
 }

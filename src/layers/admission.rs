@@ -44,14 +44,14 @@ const SHARE_RETRY_AFTER_S: u64 = 1;
 
 /// Gives each tenant its share, sheds load and bounds request time.
 #[derive(Debug, Clone)]
-pub struct AdmissionLayer {
+pub(crate) struct AdmissionLayer {
     slots: Arc<Semaphore>,
     timeout: Duration,
 }
 
 impl AdmissionLayer {
     /// Admits what `slots` allows, for at most `timeout` each.
-    pub fn new(slots: Arc<Semaphore>, timeout: Duration) -> Self {
+    pub(crate) fn new(slots: Arc<Semaphore>, timeout: Duration) -> Self {
         Self { slots, timeout }
     }
 }
@@ -69,7 +69,7 @@ impl<S> Layer<S> for AdmissionLayer {
 
 /// See [`AdmissionLayer`].
 #[derive(Debug, Clone)]
-pub struct Admission<S> {
+pub(crate) struct Admission<S> {
     inner: S,
     slots: Arc<Semaphore>,
     timeout: Duration,

@@ -24,13 +24,13 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Resolves the tenant or answers 403 `INVALID_API_KEY`.
 #[derive(Debug, Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     tenants: Arc<Tenants>,
 }
 
 impl AuthLayer {
     /// Authenticates against `tenants`.
-    pub fn new(tenants: Arc<Tenants>) -> Self {
+    pub(crate) fn new(tenants: Arc<Tenants>) -> Self {
         Self { tenants }
     }
 }
@@ -47,7 +47,7 @@ impl<S> Layer<S> for AuthLayer {
 
 /// See [`AuthLayer`].
 #[derive(Debug, Clone)]
-pub struct Auth<S> {
+pub(crate) struct Auth<S> {
     inner: S,
     tenants: Arc<Tenants>,
 }

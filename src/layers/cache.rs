@@ -43,7 +43,7 @@ const MAX_JOINS: usize = 3;
 
 /// The cache stage (the innermost service).
 #[derive(Clone)]
-pub struct CacheService {
+pub(crate) struct CacheService {
     shared: Arc<Shared>,
 }
 
@@ -59,7 +59,7 @@ struct Shared {
 impl CacheService {
     /// The stage over `cache`, fetching misses through `miss`, counting
     /// hits in `credits`, its repeating warnings throttled by `logs`.
-    pub fn new(
+    pub(crate) fn new(
         cache: PageCache,
         miss: MissFetcher,
         credits: Arc<Credits>,

@@ -38,7 +38,7 @@ static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Keeps answers per tenant and `Idempotency-Key`.
 #[derive(Clone)]
-pub struct IdempotencyLayer {
+pub(crate) struct IdempotencyLayer {
     ledger: Arc<dyn Ledger>,
     ttl: Duration,
     /// How long a claim is held before its answer: never shorter than the
@@ -50,7 +50,7 @@ pub struct IdempotencyLayer {
 
 impl IdempotencyLayer {
     /// Keys kept in `ledger` for `ttl`; a call takes at most `longest_call`.
-    pub fn new(
+    pub(crate) fn new(
         ledger: Arc<dyn Ledger>,
         ttl: Duration,
         longest_call: Duration,
@@ -77,7 +77,7 @@ impl<S> Layer<S> for IdempotencyLayer {
 
 /// See [`IdempotencyLayer`].
 #[derive(Clone)]
-pub struct Idempotency<S> {
+pub(crate) struct Idempotency<S> {
     inner: S,
     layer: IdempotencyLayer,
 }

@@ -1,17 +1,17 @@
 //! The request path's stages, one tower layer each, in the order `app::build_stack` lists them.
 
-pub mod accounts;
-pub mod admission;
-pub mod auth;
-pub mod cache;
-pub mod idempotency;
+pub(crate) mod accounts;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod cache;
+pub(crate) mod idempotency;
 pub mod parse;
-pub mod policy;
-pub mod quote;
-pub mod rate_limit;
-pub mod request_id;
-pub mod rescue;
-pub mod route;
+pub(crate) mod policy;
+pub(crate) mod quote;
+pub(crate) mod rate_limit;
+pub(crate) mod request_id;
+pub(crate) mod rescue;
+pub(crate) mod route;
 mod unambiguous;
 
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use crate::tenant::Tenant;
 
 /// Enforces the tenant's account and action lists.
 #[derive(Debug, Clone, Default)]
-pub struct PolicyLayer;
+pub(crate) struct PolicyLayer;
 
 impl<S> Layer<S> for PolicyLayer {
     type Service = Policy<S>;
@@ -29,7 +29,7 @@ impl<S> Layer<S> for PolicyLayer {
 
 /// See [`PolicyLayer`].
 #[derive(Debug, Clone)]
-pub struct Policy<S> {
+pub(crate) struct Policy<S> {
     inner: S,
 }
 
@@ -54,21 +54,9 @@ where
             // Auth always runs first; without a tenant nothing is allowed.
             return Either::Left(ready(Err(GatewayError::InvalidApiKey)));
         };
-        let call = request.body();
-        // Connecting an account is its own grant: the account is not the
-        // tenant's yet (the operator grants it once it exists).
-        if call.is_connect() {
-            if !tenant.connect_accounts {
-                return Either::Left(ready(Err(GatewayError::ActionNotAllowed)));
-            }
-            return Either::Right(self.inner.call(request));
+        match tenant.permits(request.body()) {
+            Ok(()) => Either::Right(self.inner.call(request)),
+            Err(refused) => Either::Left(ready(Err(refused))),
         }
-        if !tenant.may_read(&call.account_id) {
-            return Either::Left(ready(Err(GatewayError::InvalidAccount)));
-        }
-        if !tenant.may_call(&call.action) {
-            return Either::Left(ready(Err(GatewayError::ActionNotAllowed)));
-        }
-        Either::Right(self.inner.call(request))
     }
 }

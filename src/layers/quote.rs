@@ -53,11 +53,11 @@ use crate::response::{Body, json_response};
 use crate::tenant::Tenant;
 
 /// The request header asking for a quote, and the answer's mark.
-pub static X_VIEWGATE_QUOTE: HeaderName = HeaderName::from_static("x-viewgate-quote");
+pub(crate) static X_VIEWGATE_QUOTE: HeaderName = HeaderName::from_static("x-viewgate-quote");
 
 /// Answers quotes; passes every other request on.
 #[derive(Clone)]
-pub struct QuoteLayer {
+pub(crate) struct QuoteLayer {
     shared: Arc<Shared>,
 }
 
@@ -71,7 +71,7 @@ struct Shared {
 impl QuoteLayer {
     /// Quotes from `cache` (what is held) and `credits` (what is left), for
     /// the cache stage's `cached_actions`.
-    pub fn new(
+    pub(crate) fn new(
         cache: PageCache,
         credits: Arc<Credits>,
         clock: Clock,
@@ -100,7 +100,7 @@ impl<S> Layer<S> for QuoteLayer {
 
 /// See [`QuoteLayer`].
 #[derive(Clone)]
-pub struct Quote<S> {
+pub(crate) struct Quote<S> {
     inner: S,
     shared: Arc<Shared>,
 }

@@ -26,7 +26,7 @@ use crate::tenant::Tenant;
 /// Answers 429 `RATE_LIMITED` when the tenant's bucket is empty (a tenant
 /// in shadow mode goes on, its would-be 429 logged and counted).
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -34,7 +34,7 @@ pub struct RateLimitLayer {
 impl RateLimitLayer {
     /// Limits against `clock` (the limiters were built with the same clock),
     /// counting shadow-mode would-be refusals in `metrics`.
-    pub fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(clock: Clock, metrics: Arc<Metrics>) -> Self {
         Self { clock, metrics }
     }
 }
@@ -52,7 +52,7 @@ impl<S> Layer<S> for RateLimitLayer {
 
 /// See [`RateLimitLayer`].
 #[derive(Debug, Clone)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     clock: Clock,
     metrics: Arc<Metrics>,

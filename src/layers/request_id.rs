@@ -22,6 +22,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::context::RequestContext;
+use crate::logging::AccessLine;
 use crate::metrics::{InFlight, Metrics};
 use crate::response::Body;
 
@@ -29,13 +30,13 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Adds the request id, the access log line and the request metrics.
 #[derive(Debug, Clone)]
-pub struct RequestIdLayer {
+pub(crate) struct RequestIdLayer {
     metrics: Arc<Metrics>,
 }
 
 impl RequestIdLayer {
     /// Records into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -52,13 +53,13 @@ impl<S> Layer<S> for RequestIdLayer {
 
 /// See [`RequestIdLayer`].
 #[derive(Debug, Clone)]
-pub struct RequestId<S> {
+pub(crate) struct RequestId<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
 
 /// Whether a client-sent id may be echoed (it ends up in a header and a log line).
-pub fn acceptable_request_id(value: &[u8]) -> bool {
+pub(crate) fn acceptable_request_id(value: &[u8]) -> bool {
     (1..=128).contains(&value.len())
         && value
             .iter()
@@ -241,33 +242,23 @@ fn log_access(context: &RequestContext, status: u16) {
     // From here on, a charge goes on a settle line of its own (see `RequestContext::charge`).
     f.answered = true;
     let total_ms = context.started.elapsed().as_secs_f64() * 1000.0;
-    macro_rules! line {
-        ($level:expr) => {
-            tracing::event!(
-                target: "viewgate::access",
-                $level,
-                request_id = context.request_id_str(),
-                tenant = f.tenant.as_deref(),
-                action = f.action.as_deref(),
-                account_id = f.account_id.as_deref(),
-                offset = f.offset,
-                count = f.count,
-                status,
-                cache = f.cache.map(|c| c.as_str()),
-                credits_charged = f.credits_charged,
-                upstream_ms = f.upstream_ms,
-                total_ms = (total_ms * 1000.0).round() / 1000.0,
-                error_code = f.error_code.as_deref(),
-                degraded = f.degraded,
-                quote = f.quote.then_some(true),
-            )
-        };
+    AccessLine {
+        request_id: context.request_id_str(),
+        tenant: f.tenant.as_deref(),
+        action: f.action.as_deref(),
+        account_id: f.account_id.as_deref(),
+        offset: f.offset,
+        count: f.count,
+        status,
+        cache: f.cache.map(|c| c.as_str()),
+        credits_charged: f.credits_charged,
+        upstream_ms: f.upstream_ms,
+        total_ms: (total_ms * 1000.0).round() / 1000.0,
+        error_code: f.error_code.as_deref(),
+        degraded: f.degraded,
+        quote: f.quote.then_some(true),
     }
-    if status >= 500 {
-        line!(tracing::Level::WARN);
-    } else {
-        line!(tracing::Level::INFO);
-    }
+    .write();
 }
 
 #[cfg(test)]

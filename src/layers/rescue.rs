@@ -25,7 +25,7 @@ use crate::response::Body;
 
 /// Turns errors into responses.
 #[derive(Debug, Clone)]
-pub struct RescueLayer {
+pub(crate) struct RescueLayer {
     clock: Clock,
     logs: Arc<LogThrottle>,
 }
@@ -33,7 +33,7 @@ pub struct RescueLayer {
 impl RescueLayer {
     /// A rescue layer stamping error bodies with `clock`'s time, logging
     /// internal details through `logs`.
-    pub fn new(clock: Clock, logs: Arc<LogThrottle>) -> Self {
+    pub(crate) fn new(clock: Clock, logs: Arc<LogThrottle>) -> Self {
         Self { clock, logs }
     }
 }
@@ -51,7 +51,7 @@ impl<S> Layer<S> for RescueLayer {
 
 /// See [`RescueLayer`].
 #[derive(Debug, Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
     clock: Clock,
     logs: Arc<LogThrottle>,

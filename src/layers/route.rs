@@ -15,11 +15,11 @@ use crate::error::GatewayError;
 
 /// The category of `/v2/{category}`, for later stages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Category(pub String);
+pub(crate) struct Category(pub String);
 
 /// Answers 404 / 405 for anything but the tenant API.
 #[derive(Debug, Clone, Default)]
-pub struct RouteLayer;
+pub(crate) struct RouteLayer;
 
 impl<S> Layer<S> for RouteLayer {
     type Service = Route<S>;
@@ -30,12 +30,12 @@ impl<S> Layer<S> for RouteLayer {
 
 /// See [`RouteLayer`].
 #[derive(Debug, Clone)]
-pub struct Route<S> {
+pub(crate) struct Route<S> {
     inner: S,
 }
 
 /// `/v2/accounts` (the list) or `/v2/accounts/{account_id}` (one account).
-pub fn accounts_route(path: &str) -> Option<AccountsRoute> {
+pub(crate) fn accounts_route(path: &str) -> Option<AccountsRoute> {
     let rest = path.strip_prefix("/v2/accounts")?;
     match rest {
         "" => Some(AccountsRoute(None)),
@@ -47,7 +47,7 @@ pub fn accounts_route(path: &str) -> Option<AccountsRoute> {
 }
 
 /// The category of a tenant API path, if it is one.
-pub fn category(path: &str) -> Option<&str> {
+pub(crate) fn category(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2/")?;
     let ok = !rest.is_empty()
         && rest.len() <= 32

@@ -31,7 +31,7 @@ enum State {
 
 /// What a circuit says about a call about to be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
+pub(super) enum Permit {
     /// Go ahead.
     Allowed,
     /// Go ahead: this call is the probe of a half-open breaker.
@@ -42,7 +42,7 @@ pub enum Permit {
 
 /// One breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Circuit {
+pub(super) struct Circuit {
     state: State,
 }
 
@@ -54,14 +54,14 @@ impl Default for Circuit {
 
 impl Circuit {
     /// A closed breaker with no failure counted.
-    pub fn closed() -> Self {
+    pub(super) fn closed() -> Self {
         Self {
             state: State::Closed { failures: 0 },
         }
     }
 
     /// Asks to make a call at `now`.
-    pub fn permit(&mut self, now: Instant, open_for: Duration) -> Permit {
+    pub(super) fn permit(&mut self, now: Instant, open_for: Duration) -> Permit {
         match self.state {
             State::Closed { .. } => Permit::Allowed,
             State::Open { until } if now < until => Permit::Refused(until - now),
@@ -82,12 +82,12 @@ impl Circuit {
     }
 
     /// A healthy answer: closes the breaker and forgets past failures.
-    pub fn succeeded(&mut self) {
+    pub(super) fn succeeded(&mut self) {
         self.state = State::Closed { failures: 0 };
     }
 
     /// A failure at `now`; returns true when it opened the breaker.
-    pub fn failed(&mut self, now: Instant, threshold: u32, open_for: Duration) -> bool {
+    pub(super) fn failed(&mut self, now: Instant, threshold: u32, open_for: Duration) -> bool {
         match self.state {
             State::Closed { failures } if failures + 1 < threshold.max(1) => {
                 self.state = State::Closed {
@@ -109,7 +109,7 @@ impl Circuit {
 
     /// Opens the breaker at once, whatever it counted (a failure seen
     /// elsewhere says the upstream is unhealthy); true when it was not open.
-    pub fn trip(&mut self, now: Instant, open_for: Duration) -> bool {
+    pub(super) fn trip(&mut self, now: Instant, open_for: Duration) -> bool {
         if matches!(self.state, State::Open { .. }) {
             return false;
         }
@@ -121,19 +121,19 @@ impl Circuit {
 
     /// Gives back a probe permit whose call never went out, or whose answer
     /// says nothing about this breaker: the next call probes instead.
-    pub fn abandon_probe(&mut self, now: Instant) {
+    pub(super) fn abandon_probe(&mut self, now: Instant) {
         if let State::HalfOpen { .. } = self.state {
             self.state = State::Open { until: now };
         }
     }
 
     /// Whether the breaker is open or half-open (not yet closed by a probe).
-    pub fn is_open(&self) -> bool {
+    pub(super) fn is_open(&self) -> bool {
         !matches!(self.state, State::Closed { .. })
     }
 
     /// Whether it is closed with no failure counted: nothing worth keeping.
-    pub fn is_pristine(&self) -> bool {
+    pub(super) fn is_pristine(&self) -> bool {
         self.state == State::Closed { failures: 0 }
     }
 }

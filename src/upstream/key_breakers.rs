@@ -35,11 +35,11 @@ use super::breaker::{Circuit, Permit};
 use crate::clock::Clock;
 
 /// Most account breakers kept per key.
-pub const MAX_ACCOUNT_BREAKERS: usize = 1024;
+pub(super) const MAX_ACCOUNT_BREAKERS: usize = 1024;
 
 /// The breaker settings of `upstream.breaker`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerSettings {
+pub(crate) struct BreakerSettings {
     /// Failures in a row that open a breaker (`failures`).
     pub failures: u32,
     /// How long an open breaker refuses calls (`open_s`).
@@ -52,7 +52,7 @@ pub struct BreakerSettings {
 
 /// What one attempt says about the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// An answer the upstream meant: a success or a V2 4xx (the caller's
     /// mistake, a 429, a refused key): nothing to hold against anyone.
     Healthy,
@@ -69,26 +69,16 @@ pub enum Health {
 
 /// Which breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// The whole upstream key.
     Key,
     /// One account of the key.
     Account,
 }
 
-impl Scope {
-    /// The `scope` label of `viewgate_breaker_open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Key => "key",
-            Scope::Account => "account",
-        }
-    }
-}
-
 /// A call refused by an open breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     /// The breaker that refused it.
     pub scope: Scope,
     /// When that breaker lets a probe through.
@@ -98,7 +88,7 @@ pub struct Refused {
 /// A permitted call, to hand back with its verdict: which breakers it probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a permitted call's verdict must be recorded or the call abandoned"]
-pub struct Ticket {
+pub(crate) struct Ticket {
     key_probe: bool,
     account_probe: bool,
 }
@@ -122,7 +112,7 @@ struct State {
 
 /// One key's breakers.
 #[derive(Debug)]
-pub struct KeyBreakers {
+pub(crate) struct KeyBreakers {
     settings: BreakerSettings,
     clock: Clock,
     state: Mutex<State>,
@@ -130,7 +120,7 @@ pub struct KeyBreakers {
 
 impl KeyBreakers {
     /// Closed breakers.
-    pub fn new(settings: BreakerSettings, clock: Clock) -> Self {
+    pub(crate) fn new(settings: BreakerSettings, clock: Clock) -> Self {
         Self {
             settings,
             clock,
@@ -149,7 +139,7 @@ impl KeyBreakers {
     }
 
     /// Asks to call the upstream for `account` (`""`: no account).
-    pub fn permit(&self, account: &str) -> Result<Ticket, Refused> {
+    pub(crate) fn permit(&self, account: &str) -> Result<Ticket, Refused> {
         let now = self.clock.now();
         let open_for = self.settings.open_for;
         let mut state = self.lock();
@@ -191,7 +181,7 @@ impl KeyBreakers {
     }
 
     /// A permitted call that never went out (refused by the key's pace).
-    pub fn abandon(&self, ticket: Ticket, account: &str) {
+    pub(crate) fn abandon(&self, ticket: Ticket, account: &str) {
         let now = self.clock.now();
         let mut state = self.lock();
         if ticket.key_probe {
@@ -206,7 +196,7 @@ impl KeyBreakers {
 
     /// Records how a permitted call for `account` went; returns the breaker
     /// this opened, if any.
-    pub fn record(&self, ticket: Ticket, account: &str, health: Health) -> Option<Scope> {
+    pub(crate) fn record(&self, ticket: Ticket, account: &str, health: Health) -> Option<Scope> {
         let now = self.clock.now();
         let BreakerSettings {
             failures,
@@ -271,7 +261,7 @@ impl KeyBreakers {
 
     /// Whether the key's breaker is open, and how many of its accounts'
     /// breakers are (idle entries are dropped first).
-    pub fn open_counts(&self) -> (bool, usize) {
+    pub(crate) fn open_counts(&self) -> (bool, usize) {
         let now = self.clock.now();
         let idle_after = self.idle_after();
         let mut state = self.lock();

@@ -17,7 +17,7 @@ use crate::ratelimit::{Limiter, RedisGcra};
 
 /// One upstream key, ready to put on a request.
 #[derive(Debug)]
-pub struct UpstreamKey {
+pub(crate) struct UpstreamKey {
     /// Its name, for logs and metrics.
     pub name: String,
     /// The `x-api-key` header value, marked sensitive so it never prints.
@@ -33,7 +33,7 @@ pub struct UpstreamKey {
 
 impl UpstreamKey {
     /// Whether this key could own an account some of `grants` match.
-    pub fn may_own_any_of(&self, grants: &[AccountPattern]) -> bool {
+    pub(crate) fn may_own_any_of(&self, grants: &[AccountPattern]) -> bool {
         self.accounts
             .iter()
             .any(|own| grants.iter().any(|grant| own.overlaps(grant)))
@@ -42,13 +42,13 @@ impl UpstreamKey {
 
 /// All upstream keys.
 #[derive(Debug, Default)]
-pub struct KeyPool {
+pub(crate) struct KeyPool {
     keys: Vec<UpstreamKey>,
 }
 
 impl KeyPool {
     /// Builds the pool; a key that is not a valid header value is an error naming the key.
-    pub fn new(
+    pub(crate) fn new(
         configs: &[UpstreamKeyConfig],
         clock: &Clock,
         breaker: BreakerSettings,
@@ -80,7 +80,7 @@ impl KeyPool {
     /// The key that owns `account_id`, if any; for `""` (an account being
     /// connected, not known yet), the key that takes new accounts: the first
     /// one owning `*`, else the first one.
-    pub fn route(&self, account_id: &str) -> Option<&UpstreamKey> {
+    pub(crate) fn route(&self, account_id: &str) -> Option<&UpstreamKey> {
         if account_id.is_empty() {
             return self
                 .keys
@@ -103,7 +103,7 @@ impl KeyPool {
     }
 
     /// Every key, in config order.
-    pub fn iter(&self) -> impl Iterator<Item = &UpstreamKey> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &UpstreamKey> {
         self.keys.iter()
     }
 }

@@ -310,7 +310,7 @@ impl World {
         if let Some(ledger) = spec.ledger {
             gateway = gateway.with_ledger(ledger);
         }
-        let options = listener::ServerOptions::from_config(&gateway.config.server);
+        let options = listener::ServerOptions::from_config(&gateway.config().server);
         let live = Live::new(gateway.clone(), Some(config_file.clone()));
         let server = listener::spawn(
             SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -453,11 +453,11 @@ impl World {
     pub async fn balance(&self, tenant: &str) -> viewgate::ledger::Balance {
         let budget = self
             .gateway
-            .tenants
+            .tenants()
             .by_id(tenant)
             .expect("a configured tenant")
             .budget;
-        self.gateway.ledger.balance(tenant, budget).await.unwrap()
+        self.gateway.ledger().balance(tenant, budget).await.unwrap()
     }
 
     /// Credits the ledger says `tenant` has used this period.
