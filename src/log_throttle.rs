@@ -15,9 +15,7 @@
 //! ledger's writer, the upstream client, the request path): one gateway's
 //! faults never silence another's lines.
 //!
-//! ```
-//! # use viewgate::log_throttle::LogThrottle;
-//! # let logs = LogThrottle::new(viewgate::clock::Clock::real());
+//! ```text
 //! if let Some(suppressed) = logs.admit("ledger.hits_unwritten") {
 //!     tracing::warn!(suppressed, "ledger could not write cache-hit counts");
 //! }
