@@ -114,27 +114,18 @@ mod tests {
     use http::HeaderValue;
 
     use crate::clock::Clock;
-    use crate::config::{AccountPattern, OnBudgetExhausted, Period, TenantConfig};
-    use crate::keys::KeyHash;
+    use crate::config::{Period, TenantConfig};
+
     use crate::ledger::{Ledger, MemoryLedger};
 
     fn tenant(clock: &Clock, enforce: bool) -> Tenant {
         let config = TenantConfig {
-            id: "crm".into(),
-            key_sha256: KeyHash::of(b"test-only"),
-            accounts: vec![AccountPattern::Any],
-            actions: vec!["*".into()],
-            rate_limit: None,
             budget: Some(Budget {
                 credits: 5,
                 period: Period::Day,
             }),
-            allow_refresh: false,
-            connect_accounts: false,
-            max_in_flight: 4,
-            on_budget_exhausted: OnBudgetExhausted::Refuse,
             enforce,
-            alert_thresholds: Vec::new(),
+            ..TenantConfig::test("crm")
         };
         Tenant::new(&config, clock, None, None)
     }

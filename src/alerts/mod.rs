@@ -215,27 +215,18 @@ impl Alerts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AccountPattern, Budget, Period, TenantConfig};
-    use crate::keys::KeyHash;
+    use crate::config::{Budget, Period, TenantConfig};
+
     use crate::ledger::MemoryLedger;
 
     fn tenant(thresholds: &[u8], clock: &Clock) -> Tenant {
         let config = TenantConfig {
-            id: "crm".into(),
-            key_sha256: KeyHash::of(b"test-only"),
-            accounts: vec![AccountPattern::Any],
-            actions: vec!["*".into()],
-            rate_limit: None,
             budget: Some(Budget {
                 credits: 10,
                 period: Period::Day,
             }),
-            allow_refresh: false,
-            connect_accounts: false,
-            max_in_flight: 4,
-            on_budget_exhausted: Default::default(),
-            enforce: true,
             alert_thresholds: thresholds.to_vec(),
+            ..TenantConfig::test("crm")
         };
         Tenant::new(&config, clock, None, None)
     }

@@ -234,6 +234,29 @@ pub struct TenantConfig {
     pub alert_thresholds: Vec<u8>,
 }
 
+#[cfg(test)]
+impl TenantConfig {
+    /// A tenant for unit tests: every account and action, no rate limit or
+    /// budget, enforced, no alerts; a test changes what it is about with
+    /// `..TenantConfig::test("id")`.
+    pub(crate) fn test(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            key_sha256: crate::keys::KeyHash::of(b"test-only"),
+            accounts: vec![AccountPattern::Any],
+            actions: vec!["*".into()],
+            rate_limit: None,
+            budget: None,
+            max_in_flight: 4,
+            allow_refresh: false,
+            connect_accounts: false,
+            on_budget_exhausted: OnBudgetExhausted::Refuse,
+            enforce: true,
+            alert_thresholds: Vec::new(),
+        }
+    }
+}
+
 /// What a tenant's cacheable read gets when its budget cannot cover it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnBudgetExhausted {

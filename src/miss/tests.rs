@@ -13,7 +13,6 @@ use tower::ServiceExt;
 use super::*;
 use crate::clock::Clock;
 use crate::config::{AccountPattern, Budget, Period, TenantConfig};
-use crate::keys::KeyHash;
 use crate::layers::parse::parse_call;
 use crate::ledger::MemoryLedger;
 
@@ -106,24 +105,16 @@ where
 /// A tenant with `budget` credits a day, granted `accounts`.
 fn tenant(clock: &Clock, budget: u64, accounts: &[&str]) -> Arc<Tenant> {
     let config = TenantConfig {
-        id: "crm".into(),
-        key_sha256: KeyHash::of(b"test-only"),
         accounts: accounts
             .iter()
             .map(|a| AccountPattern::Exact((*a).to_string()))
             .collect(),
         actions: vec!["get_viewers".into()],
-        rate_limit: None,
         budget: Some(Budget {
             credits: budget,
             period: Period::Day,
         }),
-        allow_refresh: false,
-        connect_accounts: false,
-        max_in_flight: 4,
-        on_budget_exhausted: Default::default(),
-        enforce: true,
-        alert_thresholds: Vec::new(),
+        ..TenantConfig::test("crm")
     };
     Arc::new(Tenant::new(&config, clock, None, None))
 }

@@ -9,8 +9,7 @@ use http::StatusCode;
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneSyncService;
 
-use crate::config::{AccountPattern, CacheConfig, TenantConfig};
-use crate::keys::KeyHash;
+use crate::config::{CacheConfig, TenantConfig};
 use crate::layers::parse::parse_call;
 use crate::ledger::{Balance, MemoryLedger};
 use crate::upstream::UpstreamReply;
@@ -80,20 +79,7 @@ fn stage(upstream: &FakeUpstream, clock: &Clock) -> CacheService {
 }
 
 fn tenant(clock: &Clock) -> Arc<Tenant> {
-    let config = TenantConfig {
-        id: "crm".into(),
-        key_sha256: KeyHash::of(b"test-only"),
-        accounts: vec![AccountPattern::Any],
-        actions: vec!["*".into()],
-        rate_limit: None,
-        budget: None,
-        allow_refresh: false,
-        connect_accounts: false,
-        max_in_flight: 4,
-        on_budget_exhausted: Default::default(),
-        enforce: true,
-        alert_thresholds: Vec::new(),
-    };
+    let config = TenantConfig::test("crm");
     Arc::new(Tenant::new(&config, clock, None, None))
 }
 
