@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use serde_json::json;
 use tower::{Layer, Service};
@@ -125,9 +126,9 @@ where
 {
     type Response = http::Response<Body>;
     type Error = GatewayError;
-    // Boxed: a quote reads the cache and the ledger (real I/O with the
-    // shared tier or Redis); other requests pass through in the same box.
-    type Future = Pin<Box<dyn Future<Output = StageResult> + Send>>;
+    // Other requests pass through unboxed; a quote (it reads the cache and
+    // the ledger: real I/O with the shared tier or Redis) is boxed.
+    type Future = Either<S::Future, Pin<Box<dyn Future<Output = StageResult> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -151,14 +152,14 @@ where
             Ok(asked)
         });
         match asked {
-            Ok(false) => Box::pin(self.inner.call(request)),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Ok(false) => Either::Left(self.inner.call(request)),
+            Err(e) => Either::Right(Box::pin(std::future::ready(Err(e)))),
             Ok(true) => {
                 let shared = Arc::clone(&self.shared);
                 if let Some(context) = context(&request) {
                     context.fields().quote = true;
                 }
-                Box::pin(async move { shared.quote(request).await })
+                Either::Right(Box::pin(async move { shared.quote(request).await }))
             }
         }
     }
