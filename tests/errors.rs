@@ -18,7 +18,7 @@ use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use viewgate::clock::Clock;
 use viewgate::config::Budget;
-use viewgate::ledger::{Balance, Ledger, LedgerError, MemoryLedger, Reservation, Usage};
+use viewgate::ledger::{Balance, Ledger, LedgerError, MemoryLedger, Reservation, Saving, Usage};
 use viewgate::sim::{Fault, FaultKind, SimConfig};
 
 fn assert_v2_error(r: &Reply, status: u16, code: &str) {
@@ -501,16 +501,17 @@ impl Ledger for SwitchableLedger {
             Err(e) => async move { Err(e) }.boxed(),
         }
     }
-    fn hit<'a>(
+    fn saved<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
+        by: Saving,
         saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         // Counted even while "down", like a ledger that counts hits in
         // memory; only the balance is refused.
         async move {
-            let balance = self.inner.hit(tenant, budget, saved).await;
+            let balance = self.inner.saved(tenant, budget, by, saved).await;
             self.check()?;
             balance
         }

@@ -7,6 +7,7 @@
 //! [`Book::rollback`], so a batch whose disk commit fails leaves no trace in
 //! memory either. The journal of a batch is also the list of what to write.
 
+use crate::ledger::Saving;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -272,18 +273,14 @@ impl Book {
     }
 
     /// Adds `hits` cache hits that saved `credits_saved` to `key`.
-    pub(crate) fn hit(&mut self, key: &AccountKey, hits: u64, credits_saved: u64) {
+    pub(crate) fn saved(&mut self, key: &AccountKey, by: Saving, answers: u64, credits_saved: u64) {
         self.update(key, |a| {
-            a.cache_hits = a.cache_hits.saturating_add(hits);
-            a.credits_saved = a.credits_saved.saturating_add(credits_saved);
-        });
-    }
-
-    /// Adds `answers` coalesced answers that saved `credits_saved` to `key`.
-    pub(crate) fn coalesced(&mut self, key: &AccountKey, answers: u64, credits_saved: u64) {
-        self.update(key, |a| {
-            a.coalesced = a.coalesced.saturating_add(answers);
-            a.credits_saved_coalesced = a.credits_saved_coalesced.saturating_add(credits_saved);
+            let (count, saved) = match by {
+                Saving::Cache => (&mut a.cache_hits, &mut a.credits_saved),
+                Saving::Coalescing => (&mut a.coalesced, &mut a.credits_saved_coalesced),
+            };
+            *count = count.saturating_add(answers);
+            *saved = saved.saturating_add(credits_saved);
         });
     }
 
@@ -442,7 +439,7 @@ mod tests {
         book.begin();
         book.settle(kept.id, 1);
         let fresh = book.reserve(&t, "total".into(), Some(10), 2, "r2").unwrap();
-        book.hit(&key("ops"), 1, 5);
+        book.saved(&key("ops"), Saving::Cache, 1, 5);
         assert!(!book.changes().is_empty());
         book.rollback();
         assert_eq!(book.account("crm", "total").reserved, 4);

@@ -11,6 +11,7 @@
 //! recent burn rate: the spend of the last hour per second when there was
 //! any, else the spend of the last day per second.
 
+use crate::ledger::Saving;
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
@@ -57,18 +58,16 @@ impl Bucket {
     }
 
     /// A bucket holding one cache hit's saving.
-    pub fn saved_by_cache(credits: u64) -> Bucket {
-        Bucket {
-            saved_cache: credits,
-            ..Bucket::default()
-        }
-    }
-
-    /// A bucket holding one coalesced answer's saving.
-    pub fn saved_by_coalescing(credits: u64) -> Bucket {
-        Bucket {
-            saved_coalesced: credits,
-            ..Bucket::default()
+    pub fn saved(by: Saving, credits: u64) -> Bucket {
+        match by {
+            Saving::Cache => Bucket {
+                saved_cache: credits,
+                ..Bucket::default()
+            },
+            Saving::Coalescing => Bucket {
+                saved_coalesced: credits,
+                ..Bucket::default()
+            },
         }
     }
 }
@@ -359,12 +358,12 @@ mod tests {
         history.add(
             "crm",
             minute_of(at("2026-11-27T11:40:00Z")),
-            Bucket::saved_by_cache(7),
+            Bucket::saved(Saving::Cache, 7),
         );
         history.add(
             "crm",
             minute_of(at("2026-11-27T11:41:00Z")),
-            Bucket::saved_by_coalescing(2),
+            Bucket::saved(Saving::Coalescing, 2),
         );
         history
     }

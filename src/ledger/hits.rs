@@ -8,6 +8,7 @@
 //! them, and hits counted meanwhile stay, so a failed write delays counts
 //! instead of losing them; `usage` adds what still waits to what is stored.
 
+use crate::ledger::Saving;
 use std::collections::HashMap;
 
 use super::book::{Account, AccountKey};
@@ -44,22 +45,17 @@ impl<Note> Default for PendingHits<Note> {
 }
 
 impl<Note: Copy> PendingHits<Note> {
-    /// Counts one hit of `key` that saved `credits_saved`; `note` is kept
-    /// only if this is the first hit waiting for `key`.
-    pub(crate) fn count(&mut self, key: AccountKey, credits_saved: u64, note: Note) {
+    /// Counts one answer of `key`, spared its upstream call `by` the cache
+    /// or coalescing, that saved `credits_saved`; `note` is kept only if
+    /// nothing was waiting for `key` yet.
+    pub(crate) fn count(&mut self, key: AccountKey, by: Saving, credits_saved: u64, note: Note) {
         let waiting = self.waiting(key, note);
-        waiting.hits = waiting.hits.saturating_add(1);
-        waiting.credits_saved = waiting.credits_saved.saturating_add(credits_saved);
-    }
-
-    /// Counts one coalesced answer of `key` that saved `credits_saved`, like
-    /// [`PendingHits::count`].
-    pub(crate) fn count_coalesced(&mut self, key: AccountKey, credits_saved: u64, note: Note) {
-        let waiting = self.waiting(key, note);
-        waiting.coalesced = waiting.coalesced.saturating_add(1);
-        waiting.credits_saved_coalesced = waiting
-            .credits_saved_coalesced
-            .saturating_add(credits_saved);
+        let (count, saved) = match by {
+            Saving::Cache => (&mut waiting.hits, &mut waiting.credits_saved),
+            Saving::Coalescing => (&mut waiting.coalesced, &mut waiting.credits_saved_coalesced),
+        };
+        *count = count.saturating_add(1);
+        *saved = saved.saturating_add(credits_saved);
     }
 
     fn waiting(&mut self, key: AccountKey, note: Note) -> &mut Hits<Note> {
@@ -133,15 +129,15 @@ mod tests {
     #[test]
     fn hits_counted_during_a_write_are_kept() {
         let mut pending = PendingHits::default();
-        pending.count(key("crm"), 2, 7);
-        pending.count(key("crm"), 3, 9);
-        pending.count(key("ops"), 1, 5);
-        pending.count_coalesced(key("crm"), 6, 0);
+        pending.count(key("crm"), Saving::Cache, 2, 7);
+        pending.count(key("crm"), Saving::Cache, 3, 9);
+        pending.count(key("ops"), Saving::Cache, 1, 5);
+        pending.count(key("crm"), Saving::Coalescing, 6, 0);
         let (_, crm) = pending.iter().find(|(k, _)| **k == key("crm")).unwrap();
         assert_eq!((crm.hits, crm.credits_saved, crm.note), (2, 5, 7));
 
         let read = pending.clone();
-        pending.count(key("crm"), 4, 0);
+        pending.count(key("crm"), Saving::Cache, 4, 0);
         pending.all_written(&read);
         let mut account = Account::default();
         pending.add_to(&key("crm"), &mut account);

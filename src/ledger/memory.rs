@@ -4,6 +4,7 @@
 //! ledger); every operation is a few map lookups, so the lock is held for
 //! well under a microsecond.
 
+use crate::ledger::Saving;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::FutureExt;
@@ -122,30 +123,17 @@ impl Ledger for MemoryLedger {
         ready(Ok(account.balance(budget))).boxed()
     }
 
-    fn hit<'a>(
+    fn saved<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
+        by: Saving,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         let key = (tenant.to_string(), self.current_period(budget));
         let mut book = self.lock();
-        book.hit(&key, 1, credits_saved);
-        self.record(tenant, Bucket::saved_by_cache(credits_saved));
-        let balance = book.account(&key.0, &key.1).balance(budget);
-        ready(Ok(balance)).boxed()
-    }
-
-    fn coalesced<'a>(
-        &'a self,
-        tenant: &'a str,
-        budget: Option<Budget>,
-        credits_saved: u64,
-    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        let key = (tenant.to_string(), self.current_period(budget));
-        let mut book = self.lock();
-        book.coalesced(&key, 1, credits_saved);
-        self.record(tenant, Bucket::saved_by_coalescing(credits_saved));
+        book.saved(&key, by, 1, credits_saved);
+        self.record(tenant, Bucket::saved(by, credits_saved));
         let balance = book.account(&key.0, &key.1).balance(budget);
         ready(Ok(balance)).boxed()
     }

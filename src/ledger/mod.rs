@@ -90,6 +90,15 @@ pub struct Usage {
     pub orphaned: u64,
 }
 
+/// What spared a request its own upstream call, for the savings statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saving {
+    /// A fresh cached page answered (`cache: hit`).
+    Cache,
+    /// Another request's upstream call answered (`cache: coalesced`).
+    Coalescing,
+}
+
 /// Why the ledger said no.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
@@ -144,29 +153,37 @@ pub trait Ledger: Send + Sync + 'static {
         budget: Option<Budget>,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>>;
 
-    /// Counts a cache hit that saved `credits_saved` and returns the tenant's
-    /// balance: all a hit asks of the ledger, in one call (under one lock
-    /// where the implementation has one). Hit counts are statistics: a
+    /// Counts a request answered without an upstream call of its own, by
+    /// `by`, that saved `credits_saved`, and returns the tenant's balance:
+    /// all such an answer asks of the ledger, in one call (under one lock
+    /// where the implementation has one). These counts are statistics: a
     /// durable ledger may keep them in memory for a second before writing.
+    fn saved<'a>(
+        &'a self,
+        tenant: &'a str,
+        budget: Option<Budget>,
+        by: Saving,
+        credits_saved: u64,
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>>;
+
+    /// [`Ledger::saved`] by a cache hit.
     fn hit<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
         credits_saved: u64,
-    ) -> BoxFuture<'a, Result<Balance, LedgerError>>;
+    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
+        self.saved(tenant, budget, Saving::Cache, credits_saved)
+    }
 
-    /// Counts a request answered from another request's upstream call
-    /// (coalesced) that saved `credits_saved`, and returns the tenant's
-    /// balance; like [`Ledger::hit`], statistics. The default counts
-    /// nothing (for ledgers that keep no statistics) and reads the balance.
+    /// [`Ledger::saved`] by coalescing (answered from another request's call).
     fn coalesced<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        let _ = credits_saved;
-        self.balance(tenant, budget)
+        self.saved(tenant, budget, Saving::Coalescing, credits_saved)
     }
 
     /// Usage of each `(tenant, budget)` in its current period.

@@ -5,6 +5,7 @@
 //! most that second of hit counts, never spend); `flush` writes them at
 //! graceful shutdown.
 
+use crate::ledger::Saving;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -28,19 +29,13 @@ const HIT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) type Expiry = Option<Timestamp>;
 
 impl Inner {
-    /// Counts a cache hit; it is written with the next second's batch.
-    pub(super) fn count_hit(&self, tenant: &str, budget: Option<Budget>, credits_saved: u64) {
-        let (period, expires_at) = self.current_period(budget);
-        lock(&self.pending_hits).count((tenant.to_string(), period), credits_saved, expires_at);
-        self.record(tenant, Bucket::saved_by_cache(credits_saved));
-    }
-
-    /// Counts a coalesced answer; written with the next second's batch.
-    pub(super) fn count_coalesced(&self, tenant: &str, budget: Option<Budget>, saved: u64) {
+    /// Counts a cache hit or coalesced answer; it is written with the next
+    /// second's batch.
+    pub(super) fn count_saved(&self, tenant: &str, budget: Option<Budget>, by: Saving, saved: u64) {
         let (period, expires_at) = self.current_period(budget);
         let key = (tenant.to_string(), period);
-        lock(&self.pending_hits).count_coalesced(key, saved, expires_at);
-        self.record(tenant, Bucket::saved_by_coalescing(saved));
+        lock(&self.pending_hits).count(key, by, saved, expires_at);
+        self.record(tenant, Bucket::saved(by, saved));
     }
 
     /// Adds the hit counts counted here to Redis. Counts stay pending until

@@ -62,6 +62,7 @@ mod spend;
 mod sweeper;
 mod views;
 
+use crate::ledger::Saving;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -293,23 +294,14 @@ impl Ledger for RedisLedger {
         self.inner.balance(tenant, budget)
     }
 
-    fn hit<'a>(
+    fn saved<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
+        by: Saving,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        self.inner.count_hit(tenant, budget, credits_saved);
-        self.inner.balance(tenant, budget)
-    }
-
-    fn coalesced<'a>(
-        &'a self,
-        tenant: &'a str,
-        budget: Option<Budget>,
-        credits_saved: u64,
-    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        self.inner.count_coalesced(tenant, budget, credits_saved);
+        self.inner.count_saved(tenant, budget, by, credits_saved);
         self.inner.balance(tenant, budget)
     }
 

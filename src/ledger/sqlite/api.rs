@@ -2,6 +2,7 @@
 //! mirror where it can, and everything durable through the writer thread.
 
 use super::*;
+use crate::ledger::Saving;
 
 impl Ledger for SqliteLedger {
     fn reserve<'a>(
@@ -58,39 +59,23 @@ impl Ledger for SqliteLedger {
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
     }
 
-    fn hit<'a>(
+    fn saved<'a>(
         &'a self,
         tenant: &'a str,
         budget: Option<Budget>,
+        by: Saving,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        // One key, one lock: the hit path's whole ledger cost. Hits are
+        // One key, one lock: the hit path's whole ledger cost. Savings are
         // statistics, not money: they wait in memory for the next batch (at
         // most HIT_FLUSH_INTERVAL) instead of costing an fsync each. A kill -9
-        // loses up to that last second of hit counts; spend is never lost
-        // this way.
+        // loses up to that last second of counts; spend is never lost this way.
         let key = (tenant.to_string(), self.current_period(budget));
         let minute = minute_of(self.clock.wall());
         let mut mirror = lock(&self.mirror);
         let account = mirror.accounts.get(&key).copied().unwrap_or_default();
-        mirror.pending_hits.count(key, credits_saved, ());
-        mirror.record(tenant, minute, Bucket::saved_by_cache(credits_saved));
-        futures_util::future::ready(Ok(account.balance(budget))).boxed()
-    }
-
-    fn coalesced<'a>(
-        &'a self,
-        tenant: &'a str,
-        budget: Option<Budget>,
-        credits_saved: u64,
-    ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        // Like a hit: counted in memory, written with the next batch.
-        let key = (tenant.to_string(), self.current_period(budget));
-        let minute = minute_of(self.clock.wall());
-        let mut mirror = lock(&self.mirror);
-        let account = mirror.accounts.get(&key).copied().unwrap_or_default();
-        mirror.pending_hits.count_coalesced(key, credits_saved, ());
-        mirror.record(tenant, minute, Bucket::saved_by_coalescing(credits_saved));
+        mirror.pending_hits.count(key, by, credits_saved, ());
+        mirror.record(tenant, minute, Bucket::saved(by, credits_saved));
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
     }
 

@@ -2,6 +2,7 @@
 //! book, applies queued commands in order and commits each batch in one
 //! transaction (one fsync) before answering.
 
+use crate::ledger::Saving;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -323,9 +324,11 @@ impl Writer {
         };
         let mut history = history;
         for (key, pending) in hits.iter() {
-            self.book.hit(key, pending.hits, pending.credits_saved);
+            let (cache, coalescing) = (Saving::Cache, Saving::Coalescing);
             self.book
-                .coalesced(key, pending.coalesced, pending.credits_saved_coalesced);
+                .saved(key, cache, pending.hits, pending.credits_saved);
+            let (answers, saved) = (pending.coalesced, pending.credits_saved_coalesced);
+            self.book.saved(key, coalescing, answers, saved);
         }
         self.closes_waiting_since = None;
         let now = self.clock.now();
