@@ -183,6 +183,61 @@ async fn a_browser_is_asked_for_the_admin_key() {
         )
         .await;
     assert_eq!(both.status, 403);
+    // Every copy of a header counts, in either order.
+    for pair in [
+        [w.admin_key.clone(), "wrong".to_string()],
+        ["wrong".to_string(), w.admin_key.clone()],
+    ] {
+        let twice = w
+            .admin_with(
+                Method::GET,
+                "/admin/usage",
+                &[
+                    ("x-admin-key", pair[0].clone()),
+                    ("x-admin-key", pair[1].clone()),
+                ],
+            )
+            .await;
+        assert_eq!(twice.status, 403, "{pair:?}");
+        let basic_twice = w
+            .admin_with(
+                Method::GET,
+                "/admin/",
+                &[
+                    ("authorization", basic_header("a", &pair[0])),
+                    ("authorization", basic_header("a", &pair[1])),
+                ],
+            )
+            .await;
+        assert_eq!(basic_twice.status, 401, "{pair:?}");
+    }
+    let bearer_too = w
+        .admin_with(
+            Method::GET,
+            "/admin/usage",
+            &[
+                ("authorization", basic_header("a", &w.admin_key)),
+                ("authorization", "Bearer something".to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(bearer_too.status, 403);
+    assert_eq!(json.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn without_an_admin_key_the_page_is_closed_not_a_password_prompt() {
+    let w = World::start(spec()).await;
+    // The same gateway with `admin.key_sha256` taken out.
+    let mut config = (**w.live.gateway().config()).clone();
+    if let Some(admin) = config.admin.as_mut() {
+        admin.key_sha256 = None;
+    }
+    w.live.apply(config).expect("valid");
+    let page = basic(&w, "admin", &w.admin_key).await;
+    assert_eq!(page.status, 403);
+    assert_eq!(page.header("www-authenticate"), None);
+    assert_eq!(page.code(), "INVALID_API_KEY");
 }
 
 async fn basic(w: &World, user: &str, password: &str) -> common::Reply {

@@ -264,6 +264,50 @@ fn a_corrupted_or_unwritable_ledger_is_a_clear_start_up_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+#[tokio::test]
+async fn usage_reads_no_secret_and_never_prints_a_redis_url() {
+    let sim = sim().await;
+    let s = setup(&sim, 50);
+    // A ledger file to read.
+    drop(
+        viewgate::ledger::SqliteLedger::open(
+            &s.dir.path().join("ledger.db"),
+            viewgate::clock::Clock::real(),
+        )
+        .unwrap(),
+    );
+    // An alerts webhook whose key is in no environment: `usage` needs no
+    // secret, so it must not ask for this one either.
+    let yaml = std::fs::read_to_string(&s.config).unwrap();
+    let with_webhook = format!(
+        "{yaml}alerts:\n  webhook_url: \"http://127.0.0.1:9/hook\"\n  webhook_secret_env: VIEWGATE_TEST_UNSET_WEBHOOK_KEY\n"
+    );
+    std::fs::write(&s.config, &with_webhook).unwrap();
+    let row = usage(&s.config);
+    assert_eq!(
+        (row["tenant"].as_str(), row["used"].as_u64()),
+        (Some("crm"), Some(0))
+    );
+
+    // On Redis, `usage` says to ask the gateway, without the URL's password.
+    let redis = with_webhook.replace(
+        "  backend: sqlite\n",
+        "  backend: redis\n  redis_url: \"redis://:a-redis-password-here@127.0.0.1:6399\"\n#",
+    );
+    std::fs::write(&s.config, redis).unwrap();
+    let out = Command::new(BIN)
+        .args(["usage", "--config", s.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("on Redis") && said.contains("/admin/usage"),
+        "{said}"
+    );
+    assert!(!said.contains("a-redis-password-here"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_works_while_serve_runs_and_prints_a_table() {
     let sim = sim().await;

@@ -206,24 +206,28 @@ impl Admin {
         result.unwrap_or_else(|e| e.to_response(None, now))
     }
 
-    fn authorize<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
-        let expected = self
-            .live
+    /// The admin key's hash; `None` when the admin API is closed.
+    fn admin_key(&self) -> Option<KeyHash> {
+        self.live
             .gateway()
             .config
             .admin
             .as_ref()
             .and_then(|a| a.key_sha256)
-            .ok_or(GatewayError::InvalidApiKey)?;
-        // Every credential presented must be the admin key: a wrong one
-        // beside a right one is refused, not overlooked.
+    }
+
+    fn authorize<B>(&self, request: &Request<B>) -> Result<(), GatewayError> {
+        let expected = self.admin_key().ok_or(GatewayError::InvalidApiKey)?;
+        // Every credential presented must be the admin key, in every copy of
+        // its header: a wrong one beside a right one is refused, not
+        // overlooked, whatever their order.
         let headers = request.headers();
         let mut presented = Vec::with_capacity(2);
-        if let Some(key) = headers.get("x-admin-key") {
+        for key in headers.get_all("x-admin-key") {
             presented.push(key.as_bytes().to_vec());
         }
-        if headers.contains_key(header::AUTHORIZATION) {
-            presented.push(basic_password(headers).ok_or(GatewayError::InvalidApiKey)?);
+        for value in headers.get_all(header::AUTHORIZATION) {
+            presented.push(basic_password(value).ok_or(GatewayError::InvalidApiKey)?);
         }
         let mut all_match = !presented.is_empty();
         for key in &presented {
@@ -240,6 +244,11 @@ impl Admin {
     /// The credits page; a request without a valid admin key gets 401 and
     /// a Basic challenge, so a browser asks for it.
     async fn credits_page<B>(&self, request: &Request<B>) -> Response<Body> {
+        if self.admin_key().is_none() {
+            // Closed: no password can open it, so a browser is not asked for one.
+            let now = self.live.gateway().clock.wall();
+            return GatewayError::InvalidApiKey.to_response(None, now);
+        }
         if self.authorize(request).is_err() {
             let mut response = Response::new(Body::new(Bytes::from_static(
                 b"The credits page needs the admin key as the password (any user name).\n",
@@ -295,10 +304,16 @@ impl Admin {
         match (request.method().clone(), path) {
             (Method::GET, "/admin/usage") => {
                 let rows = self.usage().await?;
-                Ok(json(
+                let mut response = json(
                     StatusCode::OK,
                     &serde_json::json!({"generated_at": rfc3339(self.live.gateway().clock.wall()), "tenants": rows}),
-                ))
+                );
+                // Figures of one moment, like the page: never from a cache.
+                response.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                Ok(response)
             }
             (Method::POST, "/admin/cache/purge") => {
                 let body = Limited::new(request.into_body(), 4096)
@@ -415,9 +430,9 @@ impl Admin {
 
 /// The password of an `Authorization: Basic` header (the user name is not
 /// looked at), if there is one.
-fn basic_password(headers: &http::HeaderMap) -> Option<Vec<u8>> {
+fn basic_password(value: &http::HeaderValue) -> Option<Vec<u8>> {
     use base64::Engine as _;
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = value.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;

@@ -97,26 +97,22 @@ fn tenant_section(html: &mut String, i: usize, row: &UsageRow) {
     );
     budget_bar(html, i, row);
     let figures: [(&str, &str, String); 10] = [
-        ("used", "Used", format!("{} credits", row.used)),
+        ("used", "Used", credits(row.used)),
         ("left", "Left", left(row)),
         ("budget", "Budget", budget(row)),
         (
             "spent-hour",
             "Spent last hour",
-            format!("{} credits", row.spent_last_hour),
+            credits(row.spent_last_hour),
         ),
-        (
-            "spent-day",
-            "Spent last 24 h",
-            format!("{} credits", row.spent_last_day),
-        ),
+        ("spent-day", "Spent last 24 h", credits(row.spent_last_day)),
         ("forecast", "Forecast", forecast_words(row)),
         (
             "saved-cache",
             "Saved by the cache",
             format!(
-                "{} credits ({})",
-                row.credits_saved_cache,
+                "{} ({})",
+                credits(row.credits_saved_cache),
                 plural(row.cache_hits, "hit", "hits")
             ),
         ),
@@ -124,8 +120,8 @@ fn tenant_section(html: &mut String, i: usize, row: &UsageRow) {
             "saved-coalesced",
             "Saved by coalescing",
             format!(
-                "{} credits ({})",
-                row.credits_saved_coalesced,
+                "{} ({})",
+                credits(row.credits_saved_coalesced),
                 plural(row.coalesced, "answer", "answers")
             ),
         ),
@@ -150,15 +146,19 @@ fn budget_bar(html: &mut String, i: usize, row: &UsageRow) {
     const WIDTH: f64 = 600.0;
     let words = match row.budget {
         Some(budget) => format!(
-            "{}: {} of {} credits used, {} reserved, {} left this {}",
+            "{}: {} of {} used, {} reserved, {} left {}",
             row.tenant,
             row.used,
-            budget,
+            credits(budget),
             row.reserved,
             row.remaining.unwrap_or(0),
-            row.period
+            this_period(&row.period)
         ),
-        None => format!("{}: {} credits used, no budget limit", row.tenant, row.used),
+        None => format!(
+            "{}: {} used, no budget limit",
+            row.tenant,
+            credits(row.used)
+        ),
     };
     let _ = write!(
         html,
@@ -184,8 +184,12 @@ fn budget_bar(html: &mut String, i: usize, row: &UsageRow) {
                 }
             );
         }
+        // A budget of 0: nothing can be spent, the whole bar is "used up".
+        Some(_) => {
+            html.push_str("<rect class=\"bar-over\" x=\"0\" y=\"0\" width=\"600\" height=\"24\"/>")
+        }
         // No limit: an empty bar; its title says so.
-        _ => {
+        None => {
             html.push_str("<rect class=\"bar-left\" x=\"0\" y=\"0\" width=\"600\" height=\"24\"/>")
         }
     }
@@ -258,19 +262,36 @@ fn hour_label(as_of: Timestamp, back: usize) -> String {
     format!("{}–{}", hm(start), hm(end))
 }
 
+/// `1 credit`, `2 credits`.
+fn credits(n: u64) -> String {
+    plural(n, "credit", "credits")
+}
+
+/// `this day`, `this month`, ..., and `in total` for a `total` budget.
+fn this_period(period: &str) -> String {
+    if period == "total" {
+        "in total".to_string()
+    } else {
+        format!("this {period}")
+    }
+}
+
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn left(row: &UsageRow) -> String {
     row.remaining
-        .map_or_else(|| "unlimited".to_string(), |n| format!("{n} credits"))
+        .map_or_else(|| "unlimited".to_string(), credits)
 }
 
 fn budget(row: &UsageRow) -> String {
     row.budget.map_or_else(
         || "unlimited".to_string(),
-        |b| format!("{b} credits per {}", row.period),
+        |b| match row.period.as_str() {
+            "total" => format!("{} in total", credits(b)),
+            period => format!("{} per {period}", credits(b)),
+        },
     )
 }
 
@@ -377,5 +398,28 @@ mod tests {
         // The first is the hour that ended 23 hours before that.
         assert!(html.contains("<tr><th scope=\"row\">10:01–11:01</th><td>0</td></tr>"));
         assert_eq!(html.matches("<tr><th scope=\"row\">").count(), 24 + 1);
+    }
+
+    #[test]
+    fn total_budgets_single_credits_and_a_zero_budget_read_right() {
+        let total = UsageRow {
+            period: "total".into(),
+            budget: Some(20),
+            used: 1,
+            remaining: Some(19),
+            ..row("ana")
+        };
+        let html = render(&[total], "2026-11-27T10:00:00Z");
+        assert!(html.contains("<dd data-figure=\"budget\">20 credits in total</dd>"));
+        assert!(html.contains("<dd data-figure=\"used\">1 credit</dd>"));
+        assert!(html.contains("ana: 1 of 20 credits used, 0 reserved, 19 left in total"));
+        let zero = UsageRow {
+            budget: Some(0),
+            used: 0,
+            remaining: Some(0),
+            ..row("zero")
+        };
+        let html = render(&[zero], "2026-11-27T10:00:00Z");
+        assert!(html.contains("<rect class=\"bar-over\" x=\"0\" y=\"0\" width=\"600\""));
     }
 }

@@ -19,12 +19,17 @@ use crate::ledger::read_usage;
 pub(super) fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load_without_secrets(path)
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-    let LedgerConfig::Sqlite { path: ledger } = &config.ledger else {
-        anyhow::bail!(
-            "`viewgate usage` reads the SQLite ledger; this config's ledger is {:?}. \
+    let ledger = match &config.ledger {
+        LedgerConfig::Sqlite { path } => path,
+        // Named, never printed: a Redis URL may carry a password.
+        other => anyhow::bail!(
+            "`viewgate usage` reads the SQLite ledger; this config's ledger is {}. \
              Ask the running gateway instead: GET /admin/usage on the admin listener",
-            config.ledger
-        );
+            match other {
+                LedgerConfig::Memory => "in the gateway's memory",
+                _ => "on Redis",
+            }
+        ),
     };
     let tenants: Vec<(String, Option<Budget>)> = config
         .tenants
@@ -46,11 +51,11 @@ pub(super) fn run(path: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// The forecast in one cell: when the budget runs out, or why it does not
-/// (`outlasts_period`, `no_spend`, `unlimited`).
+/// (`spent`: nothing left now; `outlasts_period`, `no_spend`, `unlimited`).
 fn forecast_cell(row: &UsageRow) -> String {
-    match &row.runs_out_at {
-        Some(at) => at.clone(),
-        None => row.forecast.clone(),
+    match (&row.runs_out_at, row.forecast.as_str()) {
+        (Some(at), "runs_out") => at.clone(),
+        _ => row.forecast.clone(),
     }
 }
 

@@ -52,6 +52,16 @@ fn webhook(
     secrets: Secrets<'_>,
 ) -> Option<WebhookConfig> {
     let parsed = match url.value.parse::<http::Uri>() {
+        // A user and password in the URL would never be sent (the body is
+        // signed with the webhook key instead): refused, not ignored.
+        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            p.at(
+                &url.referenced,
+                "alerts.webhook_url",
+                "must not carry a user or password: viewgate signs each alert with the webhook key instead",
+            );
+            None
+        }
         Ok(uri)
             if matches!(uri.scheme_str(), Some("http") | Some("https"))
                 && uri.authority().is_some() =>
@@ -124,8 +134,18 @@ pub(super) fn tenant_thresholds(
     p: &mut Problems,
 ) {
     for (i, (raw, tenant)) in raw.iter().zip(tenants.iter_mut()).enumerate() {
+        let key = format!("tenants[{i}].alert_thresholds");
         tenant.alert_thresholds = match &raw.alert_thresholds {
-            Some(list) => thresholds(list, &format!("tenants[{i}].alert_thresholds"), p),
+            Some(list) if !list.value.is_empty() && tenant.budget.is_none() => {
+                p.at(
+                    &list.referenced,
+                    &key,
+                    "alerts fire at percentages of a budget, and this tenant has none: \
+                     add a budget or remove alert_thresholds",
+                );
+                Vec::new()
+            }
+            Some(list) => thresholds(list, &key, p),
             None => default.to_vec(),
         };
     }
@@ -182,7 +202,7 @@ mod tests {
         assert_eq!(c.alerts.webhook, None);
         let c = load(
             "alerts:\n  thresholds: [90, 25]\n",
-            "    alert_thresholds: [100, 75]\n",
+            "    alert_thresholds: [100, 75]\n    budget: { credits: 10, period: day }\n",
         )
         .unwrap();
         assert_eq!(c.alerts.thresholds, vec![25, 90]);
@@ -195,7 +215,7 @@ mod tests {
     fn impossible_thresholds_are_refused_with_their_line() {
         let e = load(
             "alerts:\n  thresholds: [0, 50, 50, 101]\n",
-            "    alert_thresholds: [300]\n",
+            "    alert_thresholds: [300]\n    budget: { credits: 10, period: day }\n",
         )
         .unwrap_err();
         let shown = e.to_string();
@@ -208,9 +228,9 @@ mod tests {
             lines,
             vec![
                 (10, "tenants[0].alert_thresholds"),
-                (12, "alerts.thresholds"),
-                (12, "alerts.thresholds"),
-                (12, "alerts.thresholds"),
+                (13, "alerts.thresholds"),
+                (13, "alerts.thresholds"),
+                (13, "alerts.thresholds"),
             ],
             "{shown}"
         );
@@ -242,6 +262,10 @@ mod tests {
                 "must be an http:// or https:// URL",
             ),
             (
+                "alerts:\n  webhook_url: \"https://user:pass@hooks.example/\"\n  webhook_secret_env: TEST_HOOK_KEY\n",
+                "must not carry a user or password",
+            ),
+            (
                 "alerts:\n  webhook_url: \"http://hooks.example/\"\n  webhook_secret_env: TEST_SHORT_KEY\n",
                 "at least 16 characters",
             ),
@@ -264,5 +288,16 @@ mod tests {
             assert!(e.problems.iter().all(|p| p.line >= 10), "{shown}");
             assert!(!shown.contains("a-test-webhook-key"), "{shown}");
         }
+    }
+
+    #[test]
+    fn thresholds_of_a_tenant_without_a_budget_are_refused() {
+        let e = load("", "    alert_thresholds: [50]\n").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("tenants[0].alert_thresholds"), "{shown}");
+        assert!(shown.contains("this tenant has none"), "{shown}");
+        // The defaults (and an empty list) are fine without one: nothing fires.
+        assert!(load("", "").is_ok());
+        assert!(load("", "    alert_thresholds: []\n").is_ok());
     }
 }
