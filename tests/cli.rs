@@ -170,14 +170,20 @@ fn the_demo_answers_the_readme_curl_and_every_curl_line_it_prints() {
 
     // Every curl line the demo printed works as printed: sent here as the
     // request it describes (URL, headers, body), each answers 200.
-    let curls = curl_commands(&printed);
+    let mut curls = curl_commands(&printed);
     let paths: Vec<&str> = curls.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["/v2/profiles", "/v2/accounts", "/v2/profiles"],
-        "the demo prints a viewer page, the accounts list and a search:\n{}",
+        [
+            "/v2/profiles",
+            "/v2/accounts",
+            "/v2/profiles",
+            "/admin/usage"
+        ],
+        "the demo prints a viewer page, the accounts list, a search and the usage:\n{}",
         printed.join("\n")
     );
+    let usage = curls.pop().unwrap();
     for curl in &curls {
         assert!(
             curl.url.starts_with(&gateway),
@@ -220,6 +226,28 @@ fn the_demo_answers_the_readme_curl_and_every_curl_line_it_prints() {
     assert_eq!(first["data"], second["data"]);
     // One page and one search were charged: 100 - 2 left today.
     assert_eq!(second["metadata"]["credits_remaining"], 98);
+    // The usage line, on the admin listener the demo printed: crm's spend.
+    let admin = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("admin:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the demo prints its admin listener")
+        .to_string();
+    assert!(usage.url.starts_with(&admin), "{} vs {admin}", usage.url);
+    let (status, report) = usage.send();
+    assert_eq!(status, 200, "{report}");
+    let crm = report["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "crm")
+        .expect("crm in the usage")
+        .clone();
+    assert_eq!(
+        (crm["used"].as_u64(), crm["remaining"].as_u64()),
+        (Some(2), Some(98))
+    );
+    assert_eq!(crm["cache_hits"].as_u64(), Some(3));
 }
 
 /// One `curl` command line as the demo prints it.

@@ -6,12 +6,26 @@ use anyhow::Context as _;
 
 use crate::app::Gateway;
 use crate::clock::Clock;
-use crate::config::from_yaml_with_env;
+use crate::config::{AdminConfig, from_yaml_with_env};
 use crate::keys::{KeyHash, mint_tenant_key};
 use crate::sim::{SimConfig, SimKey, Simulator};
 
 /// The demo configuration, embedded.
 pub(super) const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
+
+/// Where the demo's admin listener goes when it is free.
+const DEMO_ADMIN_PORT: u16 = 9090;
+
+/// Binds `addr`, or a free loopback port when it is taken (said on stderr).
+async fn bind_or_any(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            eprintln!("viewgate demo: {addr}{what} is not free ({e}); using a free port instead");
+            Ok(tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?)
+        }
+    }
+}
 
 /// Accounts the simulator's key has connected, so `GET /v2/accounts` lists
 /// something (it owns every other account too, through `*`).
@@ -69,15 +83,23 @@ pub(super) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         keys.push((tenant.id.clone(), key));
     }
     config.server.listen = listen;
-
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("viewgate demo: {listen} is not free ({e}); using a free port instead");
-            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?
-        }
-    };
+    let listener = bind_or_any(listen, "").await?;
     let addr = listener.local_addr()?;
+    // The admin listener (credits page, usage, metrics) beside it: 9090, or
+    // a free port when that is taken or the gateway itself took a free one.
+    let admin_key = mint_tenant_key()?.replacen("vg_", "adm_", 1);
+    let admin_port = if listen.port() == 0 {
+        0
+    } else {
+        DEMO_ADMIN_PORT
+    };
+    let admin_listener =
+        bind_or_any(SocketAddr::from(([127, 0, 0, 1], admin_port)), " (admin)").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    config.admin = Some(AdminConfig {
+        listen: admin_addr,
+        key_sha256: Some(KeyHash::of(admin_key.as_bytes())),
+    });
     let gateway = Gateway::new(config, Clock::real())
         .await
         .map_err(anyhow::Error::msg)?;
@@ -85,6 +107,7 @@ pub(super) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("viewgate demo");
     println!("  simulator (the upstream): {}", sim.base_url());
     println!("  gateway:                  http://{addr}");
+    println!("  admin:                    http://{admin_addr}  key: {admin_key}");
     for (id, key) in &keys {
         println!("  tenant {id:<10} key: {key}");
     }
@@ -97,6 +120,13 @@ pub(super) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
     println!();
     println!(
+        "What each tenant spent and saved: the credits page at http://{admin_addr}/admin/ \
+         (in a browser: any user name, the admin key as password), or as JSON:"
+    );
+    println!();
+    println!("  curl -s http://{admin_addr}/admin/usage -H 'x-admin-key: {admin_key}'");
+    println!();
+    println!(
         "Simulator counters: curl -s {}/_sim/stats    Stop: ctrl-c",
         sim.base_url()
     );
@@ -105,6 +135,7 @@ pub(super) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     crate::cli::serve::run_gateway(
         crate::live::Live::new(gateway, None),
         listener,
+        Some(admin_listener),
         crate::cli::shutdown_signal(),
     )
     .await?;

@@ -38,6 +38,7 @@ pub(super) async fn run(path: PathBuf) -> anyhow::Result<()> {
     run_gateway(
         Live::with_tls(gateway, Some(path), tls),
         listener,
+        None,
         crate::cli::shutdown_signal(),
     )
     .await
@@ -50,6 +51,7 @@ pub(super) async fn run(path: PathBuf) -> anyhow::Result<()> {
 pub(super) async fn run_gateway(
     live: Arc<Live>,
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let gateway = live.gateway();
@@ -58,9 +60,13 @@ pub(super) async fn run_gateway(
     let admin = match &gateway.config.admin {
         Some(admin) => {
             let service = Admin::new(Arc::clone(&live), Arc::clone(&draining)).service();
-            let server = listener::spawn(admin.listen, listener::tower(service), options)
-                .await
-                .with_context(|| format!("cannot listen on {} (admin)", admin.listen))?;
+            let service = listener::tower(service);
+            // Bound already when the caller had to know its port (the demo).
+            let server = match admin_listener {
+                Some(bound) => listener::spawn_on(bound, service, options, None),
+                None => listener::spawn(admin.listen, service, options).await,
+            }
+            .with_context(|| format!("cannot listen on {} (admin)", admin.listen))?;
             Some(server)
         }
         None => None,

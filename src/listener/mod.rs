@@ -134,7 +134,16 @@ pub async fn spawn_with_tls(
     options: ServerOptions,
     tls: Option<Arc<ServerTls>>,
 ) -> std::io::Result<RunningServer> {
-    let listener = TcpListener::bind(addr).await?;
+    spawn_on(TcpListener::bind(addr).await?, service, options, tls)
+}
+
+/// As [`spawn_with_tls`], on a listener already bound.
+pub fn spawn_on(
+    listener: TcpListener,
+    service: impl Serve,
+    options: ServerOptions,
+    tls: Option<Arc<ServerTls>>,
+) -> std::io::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, service, options, tls, async {
