@@ -72,6 +72,9 @@ async fn params_that_readers_could_read_apart_are_refused_before_the_cache() {
     for body in [
         asked.replace("901}", "902}"),
         r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"rust","filters":{"title":"cto","title":"ceo"}}}"#.to_string(),
+        // Underflows to 0.0 (or a subnormal): the same double as another number.
+        r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"rust","min":1e-400}}"#.to_string(),
+        r#"{"account_id":"acc-1","action":"search_people","params":{"keywords":"rust","min":4e-324}}"#.to_string(),
     ] {
         let reply = call(&w, "ops", "/v2/profiles", &body).await;
         assert_eq!(reply.status, 400, "{body}: {}", reply.text());
@@ -309,6 +312,24 @@ async fn accounts_are_listed_filtered_to_the_tenant_and_paged() {
     // Held briefly: after that, listed afresh.
     w.clock.advance(Duration::from_secs(31));
     get(&w, "crm", "/v2/accounts").await;
+    assert_eq!(w.sim.calls_total(), 2);
+    // A quote promises no upstream call: a listing (which makes one) refuses it.
+    w.clock.advance(Duration::from_secs(31));
+    let quoted = w
+        .request(
+            Method::GET,
+            "/v2/accounts",
+            &[
+                ("x-api-key", w.key("crm").to_string()),
+                ("x-viewgate-quote", "1".to_string()),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (quoted.status.as_u16(), quoted.code()),
+        (400, "INVALID_PARAMS".into())
+    );
     assert_eq!(w.sim.calls_total(), 2);
 
     let one = get(&w, "crm", "/v2/accounts/acc-1").await;

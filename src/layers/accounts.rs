@@ -84,8 +84,16 @@ where
         let context = super::context(&request).cloned();
         let query = request.uri().query().map(str::to_string);
         let layer = self.layer.clone();
+        // A quote promises no upstream call; listing accounts makes one.
+        let quote = request.headers().contains_key("x-viewgate-quote");
         Either::Right(Box::pin(async move {
             let tenant = tenant.ok_or(GatewayError::InvalidApiKey)?;
+            if quote {
+                return Err(GatewayError::InvalidParams(
+                    "x-viewgate-quote is for POST calls: listing accounts is free, nothing to quote"
+                        .into(),
+                ));
+            }
             let request_id = context
                 .as_ref()
                 .map(|c| c.request_id.clone())

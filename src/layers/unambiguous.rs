@@ -98,8 +98,12 @@ fn exact_number(text: &str) -> Result<(), String> {
         .map(char::from)
         .collect();
     let significant = digits.trim_start_matches('0').trim_end_matches('0').len();
-    let finite = text.parse::<f64>().is_ok_and(f64::is_finite);
-    if significant <= EXACT_DIGITS && finite {
+    // Finite, and in the normal range: a subnormal keeps only a few digits,
+    // and a non-zero number that underflows to 0 keeps none.
+    let normal = text
+        .parse::<f64>()
+        .is_ok_and(|v| v.is_finite() && (v.is_normal() || (v == 0.0 && significant == 0)));
+    if significant <= EXACT_DIGITS && normal {
         Ok(())
     } else {
         Err(format!(
@@ -119,6 +123,7 @@ mod tests {
             r#"{"count": 25, "offset": 0, "keyword": "rust", "flags": [true, null, 1.5]}"#,
             r#"{"n": -9223372036854775808, "m": 18446744073709551615}"#,
             r#"{"x": 0.1, "y": 1e300, "z": 123456789012345e-3, "w": 0.000000000000000001}"#,
+            r#"{"zero": 0.0, "nz": -0, "e": 0e5, "small": 3e-308}"#,
             r#"{"a": {"b": {"c": [1, 2, {"d": 3}]}}, "b": {"c": 1}}"#,
             r#"{"a": [{"k": 1}, {"k": 2}]}"#,
         ] {
@@ -148,6 +153,10 @@ mod tests {
             r#"{"x": 0.1000000000000000001}"#,
             r#"{"x": [1, {"y": 1.2345678901234567}]}"#,
             r#"{"x": 1e400}"#,
+            r#"{"x": 4e-324}"#,
+            r#"{"x": 1.00001e-320}"#,
+            r#"{"x": 123456789012345e-330}"#,
+            r#"{"x": 1e-400}"#,
         ] {
             let err = check(bad).expect_err(bad);
             assert!(err.contains("precision"), "{bad}: {err}");
