@@ -149,24 +149,29 @@ impl Sender {
         }
     }
 
-    /// One look at the outbox: sends every entry due now.
+    /// One look at the outbox: sends the entries due now, at most
+    /// [`TAKE_AT_MOST`]. Each is taken (leased) just before it is sent, one
+    /// at a time: a lease taken for a whole batch would run out while the
+    /// batch's first entries were still being sent, and another replica
+    /// would send the last ones too.
     async fn deliver_due(&self) {
-        let now = self.clock.wall();
         // Long enough for the attempt and its bookkeeping; after it, an
         // entry whose sender died is due again for everyone.
         let lease = self.timeout + Duration::from_secs(30);
-        let entries = match self
-            .ledger
-            .outbox_take(now.as_millisecond(), lease, TAKE_AT_MOST)
-            .await
-        {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::debug!(%error, "the alert outbox cannot be read now");
-                return;
-            }
-        };
-        for entry in entries {
+        for _ in 0..TAKE_AT_MOST {
+            let now = self.clock.wall();
+            let entry = match self
+                .ledger
+                .outbox_take(now.as_millisecond(), lease, 1)
+                .await
+            {
+                Ok(mut entries) => entries.pop(),
+                Err(error) => {
+                    tracing::debug!(%error, "the alert outbox cannot be read now");
+                    return;
+                }
+            };
+            let Some(entry) = entry else { return };
             self.deliver(entry).await;
         }
     }
