@@ -221,7 +221,7 @@ mod tests {
 
     fn alert(pct: u8) -> Alert {
         Alert {
-            id: Alert::id_of("crm", "2026-11-27", pct),
+            id: Alert::id_of("crm", "2026-11-27", 100, pct),
             tenant: "crm".into(),
             threshold_pct: pct,
             used: 80,
