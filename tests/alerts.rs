@@ -262,6 +262,51 @@ async fn each_threshold_fires_once_per_period_as_spend_crosses_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_raised_mid_period_fires_the_thresholds_of_the_new_figure() {
+    let tenant = "alerts-raised";
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new(tenant, &["*"]).budget(20, "day")],
+        fake_clock: true,
+        ..WorldSpec::default()
+    })
+    .await;
+    let statuses = spend(&[&w], tenant, "a", 20, 4).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(alert_lines(tenant).len(), 4);
+
+    // Raised to 40 by a reload: 20 used is 50 % of it, fired without a charge.
+    let mut config = (**w.live.gateway().config()).clone();
+    let raised = config.tenants.iter_mut().find(|t| t.id == tenant).unwrap();
+    raised.budget = Some(viewgate::config::Budget {
+        credits: 40,
+        period: viewgate::config::Period::Day,
+    });
+    w.live.apply(config).unwrap();
+    wait_for("50 % of the new budget", || alert_lines(tenant).len() == 5).await;
+    let statuses = spend(&[&w], tenant, "b", 12, 4).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(w.sim.credits_total(), 32);
+    let lines = alert_lines(tenant);
+    assert_eq!(
+        fired_per_threshold(&lines),
+        HashMap::from([(50, 2), (80, 2), (95, 1), (100, 1)]),
+        "{lines:#?}"
+    );
+    let new: Vec<&str> = lines[4..]
+        .iter()
+        .map(|l| l["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        new,
+        [
+            format!("{tenant}:2026-11-27:40:50"),
+            format!("{tenant}:2026-11-27:40:80")
+        ]
+    );
+    assert!(lines[4..].iter().all(|l| l["budget"] == 40), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_left_spend_fires_its_thresholds_at_restart_and_later_spend_each_round() {
     let (orphans, later) = ("alerts-orphans", "alerts-later");
     let dir = tempfile::tempdir().unwrap();
