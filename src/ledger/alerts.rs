@@ -1,9 +1,10 @@
 //! Budget alerts as the ledger keeps them: which thresholds have fired in
 //! which period, and the outbox of webhook deliveries still owed.
 //!
-//! Firing is a claim: the first call for a (tenant, period key, threshold)
-//! wins, in the ledger's one atomic step that also queues the webhook, so
-//! replicas and restarts neither repeat nor lose an alert. The outbox holds
+//! Firing is a claim: the first call for a (tenant, period key, budget,
+//! threshold), that is for an alert id, wins, in the ledger's one atomic
+//! step that also queues the webhook, so replicas and restarts neither
+//! repeat nor lose an alert. The outbox holds
 //! each undelivered alert with the time of its next attempt; taking an entry
 //! moves that time forward by a lease, so two replicas never send one entry
 //! at once, and an entry whose sender died is taken again when the lease ends.
