@@ -127,10 +127,13 @@ impl Gateway {
             clock.clone(),
             &config.alerts,
         )?;
+        let tenants = Arc::new(Tenants::new(&config.tenants, &clock, None, redis.as_ref()));
+        // Balances are checked at start: spend a crash left behind fires its alerts.
+        alerts.watch(Arc::clone(&tenants));
         Ok(Self {
             logs: Arc::new(LogThrottle::new(clock.clone())),
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
-            tenants: Arc::new(Tenants::new(&config.tenants, &clock, None, redis.as_ref())),
+            tenants,
             cache,
             accounts: Arc::new(AccountDirectory::new(Arc::clone(&upstream), clock.clone())),
             upstream,
@@ -176,6 +179,7 @@ impl Gateway {
             self.clock.clone(),
             &self.config.alerts,
         ) {
+            alerts.watch(Arc::clone(&self.tenants));
             credits = credits.with_alerts(alerts);
         }
         self.credits = Arc::new(credits);
@@ -265,15 +269,16 @@ impl Gateway {
         } else {
             Arc::new(Semaphore::new(config.server.max_in_flight))
         };
+        let tenants = Arc::new(Tenants::new(
+            &config.tenants,
+            &self.clock,
+            Some(&self.tenants),
+            self.redis.as_ref(),
+        ));
         let gateway = Gateway {
             logs: Arc::clone(&self.logs),
             slots,
-            tenants: Arc::new(Tenants::new(
-                &config.tenants,
-                &self.clock,
-                Some(&self.tenants),
-                self.redis.as_ref(),
-            )),
+            tenants,
             redis: self.redis.clone(),
             cache: self.cache.retimed(&config.cache),
             accounts,

@@ -101,8 +101,14 @@ impl Live {
         let stack = next.build_stack();
         // Gateway first: a request that sees the new stack must find the new
         // gateway too (the admin API reads it).
+        let tenants = Arc::clone(&next.tenants);
+        let alerts = next.credits.alerts().cloned();
         self.gateway.store(Arc::new(next));
         self.stack.store(Arc::new(stack));
+        // A changed budget or threshold is looked at now, not at the next charge.
+        if let Some(alerts) = alerts {
+            alerts.watch(tenants);
+        }
         Ok(ignored)
     }
 

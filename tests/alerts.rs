@@ -262,6 +262,133 @@ async fn each_threshold_fires_once_per_period_as_spend_crosses_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_raised_mid_period_fires_the_thresholds_of_the_new_figure() {
+    let tenant = "alerts-raised";
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new(tenant, &["*"]).budget(20, "day")],
+        fake_clock: true,
+        ..WorldSpec::default()
+    })
+    .await;
+    let statuses = spend(&[&w], tenant, "a", 20, 4).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(alert_lines(tenant).len(), 4);
+
+    // Raised to 40 by a reload: 20 used is 50 % of it, fired without a charge.
+    let mut config = (**w.live.gateway().config()).clone();
+    let raised = config.tenants.iter_mut().find(|t| t.id == tenant).unwrap();
+    raised.budget = Some(viewgate::config::Budget {
+        credits: 40,
+        period: viewgate::config::Period::Day,
+    });
+    w.live.apply(config).unwrap();
+    wait_for("50 % of the new budget", || alert_lines(tenant).len() == 5).await;
+    let statuses = spend(&[&w], tenant, "b", 12, 4).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(w.sim.credits_total(), 32);
+    let lines = alert_lines(tenant);
+    assert_eq!(
+        fired_per_threshold(&lines),
+        HashMap::from([(50, 2), (80, 2), (95, 1), (100, 1)]),
+        "{lines:#?}"
+    );
+    let new: Vec<&str> = lines[4..]
+        .iter()
+        .map(|l| l["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        new,
+        [
+            format!("{tenant}:2026-11-27:40:50"),
+            format!("{tenant}:2026-11-27:40:80")
+        ]
+    );
+    assert!(lines[4..].iter().all(|l| l["budget"] == 40), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_left_spend_fires_its_thresholds_at_restart_and_later_spend_each_round() {
+    let (orphans, later) = ("alerts-orphans", "alerts-later");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Clock::fake(common::T0.parse().unwrap());
+    let budget = Some(viewgate::config::Budget {
+        credits: 100,
+        period: viewgate::config::Period::Day,
+    });
+    // A previous run: 57 charged (50 % fired), 43 still held when it died.
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let t: Arc<str> = Arc::from(orphans);
+    let held = ledger.reserve(&t, budget, 57, "r1").await.unwrap();
+    ledger.settle(held, 57, budget).await.unwrap();
+    let fifty = viewgate::ledger::Alert {
+        id: viewgate::ledger::Alert::id_of(orphans, "2026-11-27", 100, 50),
+        tenant: orphans.into(),
+        threshold_pct: 50,
+        used: 57,
+        budget: 100,
+        period: "day".into(),
+        period_key: "2026-11-27".into(),
+        fired_at: common::T0.into(),
+    };
+    assert!(ledger.alert_fire(&fifty, false).await.unwrap());
+    ledger.reserve(&t, budget, 43, "r2").await.unwrap();
+    ledger.crash();
+
+    // The restart counts the 43 as spent (used 100: every request would get
+    // 402, so no settle could cross a threshold): the start's check fires them.
+    let w = World::start(WorldSpec {
+        // `later` first: once `orphans` fired, the start's round is past it.
+        tenants: vec![
+            TenantSpec::new(later, &["*"]).budget(10, "day"),
+            TenantSpec::new(orphans, &["*"]).budget(100, "day"),
+        ],
+        fake_clock: true,
+        ledger_yaml: Some(format!(
+            "  backend: sqlite\n  path: \"{}\"\n",
+            path.display()
+        )),
+        ..WorldSpec::default()
+    })
+    .await;
+    assert_eq!(w.used(orphans).await, 100);
+    wait_for("the thresholds the orphans crossed", || {
+        alert_lines(orphans).len() >= 3
+    })
+    .await;
+    let lines = alert_lines(orphans);
+    assert_eq!(
+        fired_per_threshold(&lines),
+        HashMap::from([(80, 1), (95, 1), (100, 1)]),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["used"] == 100), "{lines:#?}");
+    assert_eq!(w.sim.credits_total(), 0, "no request was made");
+
+    // Spend no settle here reported (as another replica's would be): fired
+    // on the next round, 30 s later on the gateway's clock.
+    let t: Arc<str> = Arc::from(later);
+    let b = Some(viewgate::config::Budget {
+        credits: 10,
+        period: viewgate::config::Period::Day,
+    });
+    let held = w.gateway.ledger().reserve(&t, b, 9, "r3").await.unwrap();
+    w.gateway.ledger().settle(held, 9, b).await.unwrap();
+    assert!(alert_lines(later).is_empty(), "not before the next round");
+    w.clock.advance(Duration::from_secs(30));
+    wait_for("the next round", || alert_lines(later).len() >= 2).await;
+    assert_eq!(
+        fired_per_threshold(&alert_lines(later)),
+        HashMap::from([(50, 1), (80, 1)]),
+    );
+    assert_eq!(
+        fired_per_threshold(&alert_lines(orphans)).len(),
+        3,
+        "each once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_redis_fire_and_deliver_each_threshold_once() {
     let Some(redis) = RedisServer::start_new() else {
         return;
@@ -313,7 +440,7 @@ async fn two_replicas_on_one_redis_fire_and_deliver_each_threshold_once() {
     assert!(delivered.values().all(|&n| n == 1), "{delivered:?}");
     for pct in [50, 80, 95, 100] {
         assert!(
-            delivered.contains_key(&format!("{tenant}:total:{pct}")),
+            delivered.contains_key(&format!("{tenant}:total:20:{pct}")),
             "{delivered:?}"
         );
     }
@@ -334,7 +461,7 @@ async fn a_failing_webhook_is_retried_with_backoff_until_delivered_once() {
     let statuses = spend(&[&w], tenant, "w", 5, 5).await;
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     assert_eq!(w.sim.credits_total(), 5);
-    let id = format!("{tenant}:2026-11-27:50");
+    let id = format!("{tenant}:2026-11-27:10:50");
     let retrying = |n: usize| {
         let id = id.clone();
         move || {
@@ -430,7 +557,7 @@ async fn an_alert_owed_at_kill_9_is_delivered_exactly_once_after_restart() {
         .await
         .unwrap()
     };
-    let id = "crm:total:50";
+    let id = "crm:total:10:50";
     let has = |lines: &common::process::Lines, needle: &str| {
         lines
             .lock()
@@ -493,7 +620,7 @@ async fn on_redis_one_replica_fires_and_one_at_a_time_holds_an_outbox_entry() {
         .await
         .unwrap();
     let alert = viewgate::ledger::Alert {
-        id: viewgate::ledger::Alert::id_of("crm", "2026-11", 95),
+        id: viewgate::ledger::Alert::id_of("crm", "2026-11", 100, 95),
         tenant: "crm".into(),
         threshold_pct: 95,
         used: 96,

@@ -491,6 +491,65 @@ async fn reservations_of_a_crashed_replica_are_swept_into_spend() {
     );
 }
 
+#[tokio::test]
+async fn swept_reservations_join_the_spend_history_at_the_minute_they_were_made() {
+    let server = redis_or_skip!();
+    let clock = clock_at("2026-11-27T10:00:00Z");
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(100, Period::Day);
+    let tenants = [("crm".to_string(), b)];
+
+    let crashed = connect(&server, clock.clone()).await;
+    let settled = crashed.reserve(&t, b, 2, "req-1").await.unwrap();
+    crashed.settle(settled, 2, b).await.unwrap();
+    crashed.reserve(&t, b, 3, "req-2").await.unwrap();
+    crashed.reserve(&t, b, 4, "req-3").await.unwrap();
+    drop(crashed);
+    // Made 90 minutes ago (3 credits) and 30 hours ago, before the history
+    // kept (4 credits), on the server's clock.
+    let mut conn = raw(&server);
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg("vg:{t:crm}:open")
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        let key = format!("vg:{{t:crm}}:r:{id}");
+        let (amount, created): (u64, i64) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("amount")
+            .arg("created_ms")
+            .query(&mut conn)
+            .unwrap();
+        let back_ms = if amount == 3 {
+            90 * 60_000
+        } else {
+            30 * 3_600_000
+        };
+        let () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("created_ms")
+            .arg(created - back_ms)
+            .query(&mut conn)
+            .unwrap();
+    }
+
+    let survivor = connect(&server, clock.clone()).await;
+    assert_eq!(survivor.sweep_now(Duration::ZERO).await.unwrap(), 2);
+    let usage = survivor.usage(&tenants).await.unwrap();
+    assert_eq!((usage[0].balance.used, usage[0].orphaned), (9, 7));
+    let recent = &usage[0].recent;
+    // 3 at 08:30 on the ledger's clock; 4, too old to place, now with the settle.
+    assert_eq!((recent.spent_last_hour, recent.spent_last_day), (6, 9));
+    assert_eq!((recent.hourly[22], recent.hourly[23]), (3, 6));
+    // Another replica reads the same; sweeping again adds nothing.
+    assert_eq!(survivor.sweep_now(Duration::ZERO).await.unwrap(), 0);
+    let other = connect(&server, clock.clone()).await;
+    assert_eq!(other.usage(&tenants).await.unwrap()[0].recent, *recent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sweeping_at_once_count_each_reservation_once() {
     let server = redis_or_skip!();

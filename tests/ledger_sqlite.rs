@@ -120,6 +120,49 @@ async fn a_reservation_left_open_by_a_crash_counts_as_spent() {
 }
 
 #[tokio::test]
+async fn crash_left_spend_joins_the_spend_history_at_the_minute_it_was_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_path(&dir);
+    let clock = clock_at("2026-11-27T10:00:00Z");
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(1000, Period::Total);
+    let tenants = [("crm".to_string(), b)];
+
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let settled = ledger.reserve(&t, b, 2, "req-1").await.unwrap();
+    ledger.settle(settled, 2, b).await.unwrap();
+    ledger.reserve(&t, b, 5, "req-2").await.unwrap();
+    ledger.crash();
+
+    // Reopened 90 minutes later: the orphan was held at 10:00, two hours-of-
+    // the-chart back with the settle, outside the last hour.
+    clock.advance(Duration::from_secs(90 * 60));
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!((usage[0].balance.used, usage[0].orphaned), (7, 5));
+    let recent = &usage[0].recent;
+    assert_eq!((recent.spent_last_hour, recent.spent_last_day), (0, 7));
+    assert_eq!((recent.hourly[22], recent.hourly[23]), (7, 0));
+    // On disk too: a report from another process, and the next open, agree.
+    drop(ledger);
+    let report = read_usage(&path, &tenants, &clock).unwrap();
+    assert_eq!(report[0].recent, usage[0].recent);
+
+    // One held, then a crash and a restart two days later: its minute is no
+    // longer kept, so it counts at the minute of the restart.
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    ledger.reserve(&t, b, 3, "req-3").await.unwrap();
+    ledger.crash();
+    clock.advance(Duration::from_secs(48 * 3600));
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!((usage[0].balance.used, usage[0].orphaned), (10, 8));
+    let recent = &usage[0].recent;
+    assert_eq!((recent.spent_last_hour, recent.spent_last_day), (3, 3));
+    assert_eq!(recent.hourly[23], 3);
+}
+
+#[tokio::test]
 async fn dropping_the_ledger_with_calls_in_flight_leaves_them_as_orphans() {
     let dir = tempfile::tempdir().unwrap();
     let path = ledger_path(&dir);

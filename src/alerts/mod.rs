@@ -11,7 +11,19 @@
 //! on this replica or any other, before or after a restart — writes the log
 //! line and counts the metric, and the webhook delivery was queued in the
 //! ledger's outbox in the same atomic step. [`webhook`] drains that outbox.
+//!
+//! Spend that never passes through a settle here (reservations a crash left
+//! open, counted as spent when SQLite reopens its file or by the Redis
+//! sweeper; another replica's charges) is caught by [`balances`]: every
+//! budgeted tenant's balance is checked the same way when the gateway
+//! starts, after each reload, and every [`balances::CHECK_EVERY`] on the
+//! gateway's clock.
+//!
+//! An alert is one threshold of one budget figure in one period: its id
+//! carries the budget, so a budget changed mid-period fires the thresholds
+//! of the new figure (once each), whatever fired for the old one.
 
+mod balances;
 mod webhook;
 
 use std::collections::HashMap;
@@ -24,7 +36,7 @@ use crate::config::AlertsConfig;
 use crate::ledger::{Alert, Balance, Ledger, period_key};
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, Tenants};
 
 pub use webhook::{sign, verify};
 
@@ -37,6 +49,8 @@ const NOT_FIRED: &str = "alerts.not_fired";
 /// What a gateway knows has fired for one tenant.
 struct Known {
     period_key: String,
+    /// The budget it was worked out for: another figure has alerts of its own.
+    budget: u64,
     /// The thresholds it was worked out for: a reload that changes them
     /// (a new lower one, say) makes the next charge look again.
     thresholds: Arc<[u8]>,
@@ -55,8 +69,13 @@ pub struct Alerts {
     known: Mutex<HashMap<Arc<str>, Known>>,
     /// Wakes the delivery task when an alert is queued.
     wake: Arc<Notify>,
-    /// Stops the delivery task (also stopped when this is dropped).
+    /// Stops the delivery and balance tasks (also stopped when this is dropped).
     stop: watch::Sender<bool>,
+    /// The tenants whose balances the balance task checks (the latest
+    /// configuration's; none until the gateway says).
+    tenants: Mutex<Option<Arc<Tenants>>>,
+    /// Wakes the balance task for a check now (new tenants).
+    recheck: Arc<Notify>,
     logs: LogThrottle,
 }
 
@@ -70,9 +89,10 @@ impl std::fmt::Debug for Alerts {
 }
 
 impl Alerts {
-    /// Alerts recorded in `ledger`, and (with a webhook configured) the task
-    /// that delivers them, started on the current runtime. Fails only when
-    /// the webhook's HTTP client cannot be built.
+    /// Alerts recorded in `ledger`, the task that checks balances (see
+    /// [`Alerts::watch`]) and (with a webhook configured) the task that
+    /// delivers them, started on the current runtime. Fails only when the
+    /// webhook's HTTP client cannot be built.
     pub(crate) fn start(
         ledger: Arc<dyn Ledger>,
         metrics: Arc<Metrics>,
@@ -83,21 +103,39 @@ impl Alerts {
         let wake = Arc::new(Notify::new());
         if let Some(hook) = &config.webhook {
             let sender = webhook::Sender::new(hook, Arc::clone(&ledger), clock.clone())?;
-            tokio::spawn(sender.run(Arc::clone(&wake), stopped));
+            tokio::spawn(sender.run(Arc::clone(&wake), stopped.clone()));
         }
-        Ok(Arc::new(Alerts {
+        let recheck = Arc::new(Notify::new());
+        let alerts = Arc::new(Alerts {
             logs: LogThrottle::new(clock.clone()),
             ledger,
             metrics,
-            clock,
+            clock: clock.clone(),
             deliver: config.webhook.is_some(),
             known: Mutex::new(HashMap::new()),
             wake,
             stop,
-        }))
+            tenants: Mutex::new(None),
+            recheck: Arc::clone(&recheck),
+        });
+        tokio::spawn(balances::run(
+            Arc::downgrade(&alerts),
+            clock,
+            recheck,
+            stopped,
+        ));
+        Ok(alerts)
     }
 
-    /// Stops the delivery task (at shutdown); what is owed stays in the outbox.
+    /// Checks `tenants`' balances from now on: at once, then every
+    /// [`balances::CHECK_EVERY`]. The gateway calls it when it is built and
+    /// after each reload, with the tenants then in force.
+    pub(crate) fn watch(&self, tenants: Arc<Tenants>) {
+        *self.tenants.lock().unwrap_or_else(|e| e.into_inner()) = Some(tenants);
+        self.recheck.notify_one();
+    }
+
+    /// Stops the delivery and balance tasks (at shutdown); what is owed stays in the outbox.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
@@ -127,6 +165,7 @@ impl Alerts {
             match known.get(&tenant.id) {
                 Some(k)
                     if k.period_key == period_key
+                        && k.budget == budget.credits
                         && Arc::ptr_eq(&k.thresholds, &tenant.alert_thresholds) =>
                 {
                     k.highest
@@ -143,7 +182,7 @@ impl Alerts {
                 continue;
             }
             let alert = Alert {
-                id: Alert::id_of(&tenant.id, &period_key, pct),
+                id: Alert::id_of(&tenant.id, &period_key, budget.credits, pct),
                 tenant: tenant.id.to_string(),
                 threshold_pct: pct,
                 used: balance.used,
@@ -177,11 +216,13 @@ impl Alerts {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
             let fresh = || Known {
                 period_key: period_key.clone(),
+                budget: budget.credits,
                 thresholds: Arc::clone(&tenant.alert_thresholds),
                 highest: 0,
             };
             let slot = known.entry(Arc::clone(&tenant.id)).or_insert_with(fresh);
             if slot.period_key != period_key
+                || slot.budget != budget.credits
                 || !Arc::ptr_eq(&slot.thresholds, &tenant.alert_thresholds)
             {
                 *slot = fresh();
@@ -219,16 +260,37 @@ mod tests {
 
     use crate::ledger::MemoryLedger;
 
-    fn tenant(thresholds: &[u8], clock: &Clock) -> Tenant {
-        let config = TenantConfig {
+    fn config(credits: u64, thresholds: &[u8]) -> TenantConfig {
+        TenantConfig {
             budget: Some(Budget {
-                credits: 10,
+                credits,
                 period: Period::Day,
             }),
             alert_thresholds: thresholds.to_vec(),
             ..TenantConfig::test("crm")
-        };
-        Tenant::new(&config, clock, None, None)
+        }
+    }
+
+    fn tenant(thresholds: &[u8], clock: &Clock) -> Tenant {
+        Tenant::new(&config(10, thresholds), clock, None, None)
+    }
+
+    fn no_webhook() -> AlertsConfig {
+        AlertsConfig {
+            thresholds: vec![50, 100],
+            webhook: None,
+        }
+    }
+
+    /// Waits (bounded, in real time) until `metrics` counts `pct` fired `n` times.
+    async fn until_fired(metrics: &Metrics, pct: u8, n: u64) {
+        for _ in 0..500 {
+            if fired(metrics, pct) == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{pct} % fired {} times, not {n}", fired(metrics, pct));
     }
 
     fn used(used: u64) -> Balance {
@@ -252,10 +314,7 @@ mod tests {
     async fn replicas_on_one_ledger_fire_each_threshold_once_and_a_reload_looks_again() {
         let clock = Clock::fake("2026-11-27T15:00:00Z".parse().unwrap());
         let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new(clock.clone()));
-        let config = AlertsConfig {
-            thresholds: vec![50, 100],
-            webhook: None,
-        };
+        let config = no_webhook();
         let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
         let one =
             Alerts::start(Arc::clone(&ledger), Arc::clone(&m1), clock.clone(), &config).unwrap();
@@ -281,5 +340,79 @@ mod tests {
         clock.advance(std::time::Duration::from_secs(24 * 3600));
         two.check(&reloaded, used(3)).await;
         assert_eq!((fired(&m2, 30), fired(&m2, 50)), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_changed_budget_fires_the_thresholds_of_the_new_figure() {
+        let clock = Clock::fake("2026-11-27T15:00:00Z".parse().unwrap());
+        let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new(clock.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let alerts = Alerts::start(ledger, Arc::clone(&metrics), clock.clone(), &no_webhook());
+        let alerts = alerts.unwrap();
+        let thresholds = [50, 80, 95, 100];
+        let at = |credits: u64| Tenant::new(&config(credits, &thresholds), &clock, None, None);
+        let balance = |used: u64, limit: u64| Balance {
+            used,
+            reserved: 0,
+            limit: Some(limit),
+        };
+        alerts.check(&at(100), balance(100, 100)).await;
+        for pct in thresholds {
+            assert_eq!(fired(&metrics, pct), 1, "{pct} % of 100");
+        }
+        // Raised to 200 mid-period: 100 used is 50 % of the new figure.
+        let raised = at(200);
+        alerts.check(&raised, balance(100, 200)).await;
+        assert_eq!((fired(&metrics, 50), fired(&metrics, 80)), (2, 1));
+        alerts.check(&raised, balance(150, 200)).await;
+        assert_eq!(fired(&metrics, 80), 1, "75 % of 200");
+        alerts.check(&raised, balance(190, 200)).await;
+        let counts = thresholds.map(|pct| fired(&metrics, pct));
+        assert_eq!(counts, [2, 2, 2, 1]);
+        // Back to 100: its thresholds fired already this period.
+        alerts.check(&at(100), balance(190, 100)).await;
+        assert_eq!(thresholds.map(|pct| fired(&metrics, pct)), counts);
+        assert_eq!(
+            Alert::id_of("crm", "2026-11-27", 200, 95),
+            "crm:2026-11-27:200:95"
+        );
+    }
+
+    #[tokio::test]
+    async fn spend_no_settle_reported_fires_at_start_and_every_round() {
+        let clock = Clock::fake("2026-11-27T15:00:00Z".parse().unwrap());
+        let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new(clock.clone()));
+        let crm: Arc<str> = Arc::from("crm");
+        let b = config(10, &[50, 100]).budget;
+        // Charged behind the alerts' back (a crash's orphans, another replica).
+        let held = ledger.reserve(&crm, b, 6, "r1").await.unwrap();
+        ledger.settle(held, 6, b).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let alerts = Alerts::start(
+            Arc::clone(&ledger),
+            Arc::clone(&metrics),
+            clock.clone(),
+            &no_webhook(),
+        )
+        .unwrap();
+        let tenants = Arc::new(Tenants::new(&[config(10, &[50, 100])], &clock, None, None));
+        alerts.watch(Arc::clone(&tenants));
+        until_fired(&metrics, 50, 1).await;
+
+        let held = ledger.reserve(&crm, b, 4, "r2").await.unwrap();
+        ledger.settle(held, 4, b).await.unwrap();
+        // Not yet the next round on the gateway's clock.
+        assert_eq!(fired(&metrics, 100), 0);
+        clock.advance(balances::CHECK_EVERY);
+        until_fired(&metrics, 100, 1).await;
+        assert_eq!(fired(&metrics, 50), 1, "each once");
+
+        // Stopped at shutdown: spend after it fires nothing.
+        alerts.stop();
+        let other = Tenants::new(&[config(5, &[50])], &clock, None, None);
+        alerts.watch(Arc::new(other));
+        clock.advance(balances::CHECK_EVERY * 2);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!((fired(&metrics, 50), fired(&metrics, 100)), (1, 1));
     }
 }

@@ -1,9 +1,10 @@
 //! Budget alerts as the ledger keeps them: which thresholds have fired in
 //! which period, and the outbox of webhook deliveries still owed.
 //!
-//! Firing is a claim: the first call for a (tenant, period key, threshold)
-//! wins, in the ledger's one atomic step that also queues the webhook, so
-//! replicas and restarts neither repeat nor lose an alert. The outbox holds
+//! Firing is a claim: the first call for a (tenant, period key, budget,
+//! threshold), that is for an alert id, wins, in the ledger's one atomic
+//! step that also queues the webhook, so replicas and restarts neither
+//! repeat nor lose an alert. The outbox holds
 //! each undelivered alert with the time of its next attempt; taking an entry
 //! moves that time forward by a lease, so two replicas never send one entry
 //! at once, and an entry whose sender died is taken again when the lease ends.
@@ -16,7 +17,11 @@ use serde::{Deserialize, Serialize};
 /// One budget threshold crossed by one tenant in one period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
-    /// Unique per alert: `<tenant>:<period_key>:<threshold_pct>`.
+    /// Unique per alert: `<tenant>:<period_key>:<budget>:<threshold_pct>`.
+    /// The budget is part of it, so a budget changed mid-period fires its
+    /// thresholds again for the new figure. Ids of earlier versions had no
+    /// budget (`<tenant>:<period_key>:<threshold_pct>`, one `:` less), so
+    /// they never equal one of these.
     pub id: String,
     /// The tenant.
     pub tenant: String,
@@ -35,10 +40,11 @@ pub struct Alert {
 }
 
 impl Alert {
-    /// The id of `tenant`'s alert for `threshold_pct` in `period_key`.
-    /// Unambiguous: tenant ids and period keys contain no `:`.
-    pub fn id_of(tenant: &str, period_key: &str, threshold_pct: u8) -> String {
-        format!("{tenant}:{period_key}:{threshold_pct}")
+    /// The id of `tenant`'s alert for `threshold_pct` of a `budget`-credit
+    /// budget in `period_key`. Unambiguous: tenant ids and period keys
+    /// contain no `:`.
+    pub fn id_of(tenant: &str, period_key: &str, budget: u64, threshold_pct: u8) -> String {
+        format!("{tenant}:{period_key}:{budget}:{threshold_pct}")
     }
 }
 
@@ -121,7 +127,7 @@ mod tests {
 
     pub(crate) fn alert(pct: u8) -> Alert {
         Alert {
-            id: Alert::id_of("crm", "2026-11-27", pct),
+            id: Alert::id_of("crm", "2026-11-27", 100, pct),
             tenant: "crm".into(),
             threshold_pct: pct,
             used: 50,

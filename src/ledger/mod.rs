@@ -227,8 +227,8 @@ pub trait Ledger: Send + Sync + 'static {
         fingerprint: &'a Fingerprint,
     ) -> BoxFuture<'a, Result<(), LedgerError>>;
 
-    /// Fires `alert` unless its tenant, period key and threshold already
-    /// fired (on any replica, before any restart): `Ok(true)` only for the
+    /// Fires `alert` unless its id (tenant, period key, budget and
+    /// threshold) already fired (on any replica, before any restart): `Ok(true)` only for the
     /// one call that fired it. With `deliver`, the alert is queued in the
     /// outbox in the same atomic step, so it is sent once it has fired.
     fn alert_fire<'a>(

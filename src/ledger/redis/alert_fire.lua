@@ -1,4 +1,4 @@
--- Budget alert fire: claims a (tenant, period key, threshold) once across
+-- Budget alert fire: claims a (tenant, period key, budget, threshold) once across
 -- every replica and, with a webhook, queues the alert in the same step.
 --
 -- KEYS[1]  vg:{alerts}:fired:<alert id>   the claim (string: the claimer's token)

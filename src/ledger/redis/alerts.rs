@@ -2,8 +2,10 @@
 //!
 //! Keys carry the `{alerts}` hash tag, so each script touches one Cluster
 //! slot:
-//! - `vg:{alerts}:fired:<alert id>`: the claim of one threshold in one
-//!   period (the claimer's random token), expiring with the period's keys.
+//! - `vg:{alerts}:fired:<alert id>`: the claim of one threshold of one
+//!   budget in one period (the claimer's random token), expiring with the
+//!   period's keys. Ids of earlier versions lack the budget, so their keys
+//!   never collide with these.
 //! - `vg:{alerts}:outbox`: hash, alert id → alert JSON, for alerts owed to
 //!   the webhook.
 //! - `vg:{alerts}:due`: sorted set, alert id by next attempt (Unix ms on

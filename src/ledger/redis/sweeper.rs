@@ -3,14 +3,19 @@
 //! A replica that dies between reserve and settle leaves its reservations
 //! open in Redis. Any replica's sweeper (several at once is safe: each sweep
 //! is one atomic script per tenant) counts those older than `stale_after`
-//! as spent and `orphaned`: the upstream may have billed them.
+//! as spent and `orphaned`: the upstream may have billed them. The same
+//! script adds them to the spend history, at the minute each was made while
+//! that minute is kept (else the current one), so `spent_last_*` and the
+//! forecast count them like any charge.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::history::KEEP_MS;
 use super::keys::tenant_of;
 use super::{Inner, MAX_COUNT, RedisLedger};
 use crate::ledger::LedgerError;
+use crate::ledger::history::KEEP_MINUTES;
 use crate::redis::{Op, Retry};
 
 /// The most reservations one sweep call looks at.
@@ -64,7 +69,10 @@ impl Inner {
                     .key(&open)
                     .arg(prefix)
                     .arg(older_than_ms.min(MAX_COUNT))
-                    .arg(SWEEP_BATCH);
+                    .arg(SWEEP_BATCH)
+                    .arg(self.clock.wall().as_millisecond())
+                    .arg(KEEP_MINUTES * 60_000)
+                    .arg(KEEP_MS);
                 let reply = self
                     .run::<Vec<i64>>(Op::Script(&invocation), Retry::Once)
                     .await?;

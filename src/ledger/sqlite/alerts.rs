@@ -221,7 +221,7 @@ mod tests {
 
     fn alert(pct: u8) -> Alert {
         Alert {
-            id: Alert::id_of("crm", "2026-11-27", pct),
+            id: Alert::id_of("crm", "2026-11-27", 100, pct),
             tenant: "crm".into(),
             threshold_pct: pct,
             used: 80,
@@ -280,5 +280,50 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn rows_of_ids_without_the_budget_keep_working_beside_the_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let clock = Clock::fake("2026-11-27T15:00:00Z".parse().unwrap());
+        let now = clock.wall().as_millisecond();
+        drop(SqliteLedger::open(&path, clock.clone()).unwrap());
+        // What the previous version wrote at schema version 4: ids without
+        // the budget, one fired and still owed to the webhook.
+        let mut old = alert(50);
+        old.id = "crm:2026-11-27:50".into();
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO alerts_fired (id, tenant, period, threshold, fired_at)
+                 VALUES (?1, 'crm', '2026-11-27', 50, '2026-11-27T15:00:00Z')",
+                [&old.id],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO alert_outbox (id, alert, next_attempt_ms) VALUES (?1, ?2, ?3)",
+                rusqlite::params![old.id, serde_json::to_string(&old).unwrap(), now],
+            )
+            .unwrap();
+        }
+        let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+        // The new id names another alert: it fires, and is owed too.
+        assert!(ledger.alert_fire(&alert(50), true).await.unwrap());
+        assert!(!ledger.alert_fire(&alert(50), true).await.unwrap());
+        let lease = Duration::from_secs(30);
+        let mut owed: Vec<Alert> = (ledger.outbox_take(now, lease, 10).await.unwrap())
+            .into_iter()
+            .map(|e| e.alert)
+            .collect();
+        owed.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(owed, vec![alert(50), old.clone()]);
+        ledger.outbox_done(&old.id).await.unwrap();
+        drop(ledger);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 4, "no table changed: the layout is the same");
     }
 }

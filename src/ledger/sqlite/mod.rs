@@ -35,7 +35,9 @@
 //!
 //! Reservations are rows. A process killed between reserve and settle leaves
 //! them behind; the next [`SqliteLedger::open`] counts them as spent (the
-//! upstream may have billed them) and as `orphaned`, in one transaction.
+//! upstream may have billed them) and as `orphaned`, in one transaction that
+//! also adds them to the spend history, at the minute each was made (its
+//! `created_at`) while that minute is kept, else at the minute of the open.
 //!
 //! File layout (schema version 4, `PRAGMA user_version`; an older file is
 //! migrated in place by `open`, in one transaction):
@@ -271,11 +273,10 @@ impl SqliteLedger {
         schema::create_schema(&mut conn, path)?;
         let mut book =
             schema::load(&conn).map_err(|e| unavailable(path, format!("cannot read: {e}")))?;
-        schema::recover(&mut conn, &mut book, &clock)
-            .map_err(|e| unavailable(path, format!("cannot recover open reservations: {e}")))?;
-
-        let history = schema::load_history(&conn, clock.wall())
+        let mut history = schema::load_history(&conn, clock.wall())
             .map_err(|e| unavailable(path, format!("cannot read: {e}")))?;
+        schema::recover(&mut conn, &mut book, &mut history, &clock)
+            .map_err(|e| unavailable(path, format!("cannot recover open reservations: {e}")))?;
         let mirror = Arc::new(Mutex::new(Mirror {
             accounts: book.accounts().clone(),
             history,

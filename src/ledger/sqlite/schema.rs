@@ -1,6 +1,7 @@
 //! The ledger file: its layout, opening and migrating it, and counting
 //! what a crashed process left open.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -266,12 +267,18 @@ pub(super) fn load_history(conn: &Connection, now: jiff::Timestamp) -> rusqlite:
     Ok(history)
 }
 
-/// Counts reservations a previous process left open as spent, in one transaction.
+/// Counts reservations a previous process left open as spent, in one
+/// transaction, and adds them to the spend history: at the minute each was
+/// made (its `created_at`) while that minute is still kept, else at the
+/// minute of this recovery, so `spent_last_*` and the forecast include them.
 pub(super) fn recover(
     conn: &mut Connection,
     book: &mut Book,
+    history: &mut History,
     clock: &Clock,
 ) -> rusqlite::Result<()> {
+    let now = clock.wall();
+    let charges = orphan_minutes(conn, now)?;
     book.begin();
     let orphans = book.orphan_all();
     if orphans.is_empty() {
@@ -279,19 +286,26 @@ pub(super) fn recover(
         return Ok(());
     }
     let keys = KeyWrites::default();
-    let history = super::writer::HistoryWrite::default();
-    if let Err(e) = write_batch(
-        conn,
-        &book.changes(),
-        &keys,
-        &history,
-        None,
-        &rfc3339(clock.wall()),
-    ) {
+    // Absolute values, as the writer writes them: what is kept plus the orphans.
+    let write = super::writer::HistoryWrite {
+        buckets: charges
+            .iter()
+            .map(|((tenant, minute), credits)| {
+                let mut bucket = history.get(tenant, *minute);
+                bucket.add(Bucket::charged(*credits));
+                ((tenant.clone(), *minute), bucket)
+            })
+            .collect(),
+        prune_before: None,
+    };
+    if let Err(e) = write_batch(conn, &book.changes(), &keys, &write, None, &rfc3339(now)) {
         book.rollback();
         return Err(e);
     }
     book.commit();
+    for ((tenant, minute), credits) in charges {
+        history.add(&tenant, minute, Bucket::charged(credits));
+    }
     for ((tenant, period), credits) in orphans {
         tracing::warn!(
             tenant = %tenant,
@@ -301,4 +315,32 @@ pub(super) fn recover(
         );
     }
     Ok(())
+}
+
+/// The open reservations' credits by tenant and history minute: the minute
+/// of `created_at` when it is within [`KEEP_MINUTES`] before `now` (and not
+/// after it), else `now`'s minute (also for a `created_at` that does not parse).
+fn orphan_minutes(
+    conn: &Connection,
+    now: jiff::Timestamp,
+) -> rusqlite::Result<BTreeMap<(String, i64), u64>> {
+    let current = minute_of(now);
+    let mut minutes = BTreeMap::new();
+    let mut query = conn.prepare("SELECT tenant, amount, created_at FROM reservations")?;
+    let mut rows = query.query([])?;
+    while let Some(row) = rows.next()? {
+        let tenant: String = row.get(0)?;
+        let amount = count(row.get(1)?);
+        let created: String = row.get(2)?;
+        let minute = created
+            .parse::<jiff::Timestamp>()
+            .map(minute_of)
+            .ok()
+            .filter(|m| *m > current - KEEP_MINUTES && *m <= current)
+            .unwrap_or(current);
+        if amount > 0 {
+            *minutes.entry((tenant, minute)).or_insert(0u64) += amount;
+        }
+    }
+    Ok(minutes)
 }
