@@ -67,40 +67,6 @@ fn shadow_blocks(metrics: &str, tenant: &str, kind: &str) -> u64 {
         .sum()
 }
 
-/// `promtool check metrics` accepts the exposition (skipped with a note
-/// where promtool is not installed, never in CI).
-fn promtool_accepts(body: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "promtool must be installed in CI"
-        );
-        eprintln!("promtool not installed: skipping the exposition-format check");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn stale_mode_serves_an_expired_page_at_no_charge_and_refuse_mode_still_402s() {
     let w = World::start(WorldSpec {
@@ -192,8 +158,9 @@ async fn stale_mode_serves_an_expired_page_at_no_charge_and_refuse_mode_still_40
     );
 }
 
-#[tokio::test]
-async fn concurrent_requests_out_of_budget_all_get_the_stale_page() {
+/// A stale-mode tenant "lean" (3 credits a day) that spent its budget on
+/// acc-1's 25-viewer page, which has since expired (still held).
+async fn lean_with_an_expired_page() -> World {
     let w = World::start(WorldSpec {
         tenants: vec![
             TenantSpec::new("lean", &["acc-1"])
@@ -208,6 +175,12 @@ async fn concurrent_requests_out_of_budget_all_get_the_stale_page() {
         200
     );
     w.clock.advance(Duration::from_secs(301));
+    w
+}
+
+#[tokio::test]
+async fn concurrent_requests_out_of_budget_all_get_the_stale_page() {
+    let w = lean_with_an_expired_page().await;
     let page = viewers("acc-1", 0, 25);
     let replies = futures_util::future::join_all((0..8).map(|_| w.post(Some("lean"), &page))).await;
     for r in &replies {
@@ -329,7 +302,7 @@ async fn shadow_mode_refuses_nothing_and_records_what_enforcement_would_have() {
     assert!(
         metrics.contains("# HELP viewgate_shadow_blocks_total Requests of tenants in shadow mode")
     );
-    promtool_accepts(&metrics);
+    common::promtool_accepts(&metrics);
 }
 
 #[tokio::test]
@@ -504,20 +477,7 @@ async fn a_quote_prices_without_calling_or_charging() {
 
 #[tokio::test]
 async fn a_quote_in_stale_mode_says_the_answer_would_be_degraded() {
-    let w = World::start(WorldSpec {
-        tenants: vec![
-            TenantSpec::new("lean", &["acc-1"])
-                .budget(3, "day")
-                .yaml(STALE),
-        ],
-        ..WorldSpec::default()
-    })
-    .await;
-    assert_eq!(
-        w.post(Some("lean"), &viewers("acc-1", 0, 25)).await.status,
-        200
-    );
-    w.clock.advance(Duration::from_secs(301));
+    let w = lean_with_an_expired_page().await;
     let r = send(
         &w,
         "lean",

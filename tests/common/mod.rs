@@ -568,3 +568,37 @@ pub async fn mixed_burst(worlds: &[&World], tenant: &str, n: usize) -> Vec<u16> 
     });
     futures_util::future::join_all(calls).await
 }
+
+/// `promtool check metrics` accepts the exposition (skipped with a note
+/// where promtool is not installed, never in CI).
+pub fn promtool_accepts(body: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool must be installed in CI"
+        );
+        eprintln!("promtool not installed: skipping the exposition-format check");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
