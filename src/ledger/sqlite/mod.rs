@@ -148,8 +148,9 @@ struct Mirror {
     /// Spend and savings by minute over the last day, as recorded (the
     /// writer adds settles, `hit` and `coalesced` their savings).
     history: History,
-    /// Minutes of `history` changed since they were last written.
-    history_dirty: HashSet<(String, i64)>,
+    /// Minutes of `history` changed since they were last written, by
+    /// tenant (so a hit on an already-changed minute allocates nothing).
+    history_dirty: HashMap<String, HashSet<i64>>,
     /// Batches committed that changed an account or an idempotency key,
     /// for tests of group commit.
     commits: u64,
@@ -159,7 +160,15 @@ impl Mirror {
     /// Adds `event` to `tenant`'s bucket of `minute`, to be written.
     fn record(&mut self, tenant: &str, minute: i64, event: Bucket) {
         self.history.add(tenant, minute, event);
-        self.history_dirty.insert((tenant.to_string(), minute));
+        match self.history_dirty.get_mut(tenant) {
+            Some(minutes) => {
+                minutes.insert(minute);
+            }
+            None => {
+                self.history_dirty
+                    .insert(tenant.to_string(), HashSet::from([minute]));
+            }
+        }
     }
 }
 

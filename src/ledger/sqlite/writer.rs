@@ -309,9 +309,10 @@ impl Writer {
             let buckets = mirror
                 .history_dirty
                 .iter()
+                .flat_map(|(tenant, minutes)| minutes.iter().map(move |m| (tenant, *m)))
                 .map(|(tenant, minute)| {
-                    let bucket = mirror.history.get(tenant, *minute);
-                    ((tenant.clone(), *minute), bucket)
+                    let bucket = mirror.history.get(tenant, minute);
+                    ((tenant.clone(), minute), bucket)
                 })
                 .collect();
             (
@@ -467,8 +468,13 @@ impl Writer {
         mirror.pending_hits.all_written(hits);
         // A minute changed again since it was read stays to be written.
         for (key, written) in &history.buckets {
-            if mirror.history.get(&key.0, key.1) == *written {
-                mirror.history_dirty.remove(key);
+            if mirror.history.get(&key.0, key.1) == *written
+                && let Some(minutes) = mirror.history_dirty.get_mut(&key.0)
+            {
+                minutes.remove(&key.1);
+                if minutes.is_empty() {
+                    mirror.history_dirty.remove(&key.0);
+                }
             }
         }
         if history.prune_before.is_some() {
