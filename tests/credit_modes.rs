@@ -257,9 +257,16 @@ async fn shadow_mode_refuses_nothing_and_records_what_enforcement_would_have() {
     // What enforcement refused is what shadow mode logged and counted.
     let refused =
         |tenant: &str, status: u16| statuses[tenant].iter().filter(|s| **s == status).count();
+    // This test's requests only: the log is the test binary's, and another
+    // test has a tenant named "shadow" too.
     let lines: Vec<Value> = log_lines("would_block")
         .into_iter()
         .filter(|v| v["tenant"] == "shadow")
+        .filter(|v| {
+            v["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("shadow-"))
+        })
         .collect();
     let of_kind = |kind: &str| {
         lines
