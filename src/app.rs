@@ -216,6 +216,10 @@ impl Gateway {
             ignored.push("server.max_connections");
             server.max_connections = fixed.max_connections;
         }
+        if server.workers != fixed.workers {
+            ignored.push("server.workers");
+            server.workers = fixed.workers;
+        }
         if server.shutdown_grace != fixed.shutdown_grace {
             ignored.push("server.shutdown_grace_s");
             server.shutdown_grace = fixed.shutdown_grace;

@@ -473,6 +473,68 @@ async fn sighup_and_file_changes_reload_the_real_binary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_share_one_cache_and_one_fetch_per_page() {
+    let sim = Simulator::start(
+        SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    // Slow enough that two askers of a page usually overlap; the counts
+    // below hold whether they do (one joins the other's fetch) or not.
+    sim.set_fault(Fault::latency(50));
+    let dir = tempfile::tempdir().unwrap();
+    let key = "vg_ops-test-threads";
+    let path = binary_config(
+        dir.path(),
+        &sim.base_url(),
+        &tenant_yaml("crm", key),
+        "  workers: 3\n",
+    );
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ((addr, _), lines) = read_until(&mut child.0, listening);
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("\"workers\":3")),
+        "the start-up line names the serving threads"
+    );
+    let url = format!("http://{addr}");
+    // Twelve connections (each call its own), three asks of each of four pages.
+    let asks: Vec<_> = (0..12)
+        .map(|i| {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                try_post(&url, key, &body(&format!("acc-{}", i % 4)))
+            })
+        })
+        .collect();
+    for ask in asks {
+        let (status, reply) = ask.await.unwrap().expect("answered");
+        assert_eq!(status, 200, "{reply}");
+    }
+    assert_eq!(
+        sim.calls_total(),
+        4,
+        "one upstream call per page, whichever thread asked"
+    );
+    assert_eq!(sim.credits_total(), 4);
+    signal(&child.0, "TERM");
+    assert!(
+        wait_exit(&mut child.0, Duration::from_secs(20)).success(),
+        "exit 0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     let sim = Simulator::start(
         SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),

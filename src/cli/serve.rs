@@ -12,7 +12,7 @@ use crate::admin::Admin;
 use crate::app::Gateway;
 use crate::clock::Clock;
 use crate::config::{Config, LedgerConfig};
-use crate::listener::{self, ServerOptions, ServerTls};
+use crate::listener::{self, ServerOptions, ServerTls, Workers};
 use crate::live::Live;
 
 /// How often the config file (and the certificate's files) are checked for changes.
@@ -88,7 +88,21 @@ pub(super) async fn run_gateway(
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");
     };
-    listener::serve(listener, live.service(), options, live.tls(), shutdown).await;
+    let workers = gateway.config.server.workers.unwrap_or_else(Workers::auto);
+    let workers = Arc::new(Workers::start(workers).context("cannot start the serving threads")?);
+    listener::serve(
+        listener,
+        live.service(),
+        options,
+        live.tls(),
+        Some(Arc::clone(&workers)),
+        shutdown,
+    )
+    .await;
+    // Every connection has ended (or the grace is over): the threads can go.
+    tokio::task::spawn_blocking(move || drop(workers))
+        .await
+        .ok();
     for task in reloaders {
         task.abort();
     }
@@ -136,6 +150,7 @@ pub(super) fn announce(
         cache_ttl_s = config.cache.ttl.as_secs(),
         max_in_flight = config.server.max_in_flight,
         max_connections = config.server.max_connections,
+        workers = config.server.workers.unwrap_or_else(Workers::auto),
         idle_timeout_ms = config.server.idle_timeout.as_millis() as u64,
         // The failure policies in force, in one place.
         on_upstream_failure = format!(

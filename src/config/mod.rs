@@ -95,6 +95,8 @@ pub struct ServerConfig {
     /// Requests being answered at most; further ones get 503 at once.
     /// Each tenant also has its own share ([`TenantConfig::max_in_flight`]).
     pub max_in_flight: usize,
+    /// Serving threads (`server.workers`); `None`: one per vCPU.
+    pub workers: Option<usize>,
     /// `server.tls`: serve HTTPS with this certificate, else plain HTTP.
     pub tls: Option<TlsFiles>,
 }

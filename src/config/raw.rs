@@ -46,6 +46,7 @@ pub(super) struct RawServer {
     pub max_in_flight: Option<S<u64>>,
     pub idle_timeout_ms: Option<S<u64>>,
     pub body_timeout_ms: Option<S<u64>>,
+    pub workers: Option<S<u64>>,
     pub tls: Option<RawTls>,
 }
 

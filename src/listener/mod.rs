@@ -11,6 +11,7 @@
 
 mod connection;
 pub mod tls;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,6 +33,7 @@ use crate::config::ServerConfig;
 use crate::response::Body;
 
 pub use tls::ServerTls;
+pub use workers::Workers;
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -146,7 +148,7 @@ pub fn spawn_on(
 ) -> std::io::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, service, options, tls, async {
+    let task = tokio::spawn(serve(listener, service, options, tls, None, async {
         let _ = stopped.await;
     }));
     Ok(RunningServer {
@@ -176,12 +178,14 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves connections from `listener` (HTTPS when `tls` is given) until
-/// `shutdown` completes, then drains.
+/// `shutdown` completes, then drains. Each connection runs on one of
+/// `workers`' threads when given, else on the calling runtime.
 pub async fn serve(
     listener: TcpListener,
     service: impl Serve,
     options: ServerOptions,
     tls: Option<Arc<ServerTls>>,
+    workers: Option<Arc<Workers>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(http_builder());
@@ -208,18 +212,26 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let connection = connection::run(
-                    stream,
-                    tls.clone(),
-                    service.clone(),
-                    Arc::clone(&builder),
-                    options,
-                    stopping.clone(),
-                );
-                tokio::spawn(async move {
-                    connection.await;
-                    drop(slot);
-                });
+                let (tls, service, builder, stopping) =
+                    (tls.clone(), service.clone(), Arc::clone(&builder), stopping.clone());
+                let serve = move |stream| {
+                    let connection =
+                        connection::run(stream, tls, service, builder, options, stopping);
+                    async move {
+                        connection.await;
+                        drop(slot);
+                    }
+                };
+                match &workers {
+                    Some(workers) => {
+                        if let Err(e) = workers.hand(stream, serve) {
+                            tracing::warn!(error = %e, "cannot hand a connection to a serving thread");
+                        }
+                    }
+                    None => {
+                        tokio::spawn(serve(stream));
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

@@ -115,7 +115,7 @@ impl Upstream {
         // (Requests on a pooled connection the upstream had closed are
         // re-sent by the client itself only when nothing was written.)
         // Until then every failure is the connection's, whatever the account.
-        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+        let response = match tokio::time::timeout(timeout, self.client().request(request)).await {
             Err(_) => {
                 return (
                     unknown(true, "no answer within upstream.timeout_ms"),

@@ -32,6 +32,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thread_local::ThreadLocal;
 
 pub(crate) use key_breakers::{BreakerSettings, Health, Scope};
 pub(crate) use keys::{KeyPool, UpstreamKey};
@@ -95,10 +96,19 @@ pub(crate) struct UpstreamReply {
     pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
-/// The pooled client and everything needed to reach the upstream.
+/// The pooled client of one thread.
+type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The pooled clients and everything needed to reach the upstream.
 #[derive(Debug)]
 pub(crate) struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// How every thread's client connects (TLS settings included).
+    connector: HttpsConnector<HttpConnector>,
+    /// One client, so one connection pool, per thread that calls: a pooled
+    /// connection's task runs on the thread that opened it, so sharing a
+    /// pool across serving threads would send each call to another
+    /// thread and back (see `listener::Workers`).
+    clients: ThreadLocal<PooledClient>,
     /// `scheme://authority[/prefix]` without a trailing slash.
     base: String,
     keys: KeyPool,
@@ -132,12 +142,6 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
         let uri = &config.base_url;
         let prefix = uri.path().trim_end_matches('/');
         let base = format!(
@@ -147,7 +151,8 @@ impl Upstream {
             prefix
         );
         Ok(Self {
-            client,
+            connector,
+            clients: ThreadLocal::new(),
             base,
             keys: KeyPool::new(
                 &config.keys,
@@ -168,6 +173,18 @@ impl Upstream {
             logs: LogThrottle::new(clock.clone()),
             clock,
             metrics,
+        })
+    }
+
+    /// This thread's client.
+    fn client(&self) -> &PooledClient {
+        self.clients.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .build(self.connector.clone())
         })
     }
 

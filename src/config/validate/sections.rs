@@ -67,6 +67,16 @@ pub(super) fn server(raw: &RawServer, p: &mut Problems) -> ServerConfig {
             "server.idle_timeout_ms",
             75_000,
         ),
+        workers: raw.workers.as_ref().map(|v| {
+            if v.value == 0 || v.value > 1024 {
+                p.at(
+                    &v.referenced,
+                    "server.workers",
+                    "must be between 1 and 1024",
+                );
+            }
+            v.value as usize
+        }),
         tls: raw.tls.as_ref().map(|t| tls(t, p)),
     }
 }

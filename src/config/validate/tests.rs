@@ -481,6 +481,11 @@ fn impossible_isolation_settings_are_refused_with_their_line() {
         &shown,
         &["t.yaml:2:20: server.body_timeout_ms: must be between 1 and 3600000"],
     );
+    let shown = refused(&format!("server:\n  workers: 0\n{}", with("")));
+    assert_shows(
+        &shown,
+        &["t.yaml:2:12: server.workers: must be between 1 and 1024"],
+    );
     let shown = refused(&with("").replace(
         "  keys:\n",
         "  breaker: { accounts: 0, window_s: 0 }\n  keys:\n",
