@@ -389,9 +389,10 @@ class Bench:
         port = free_port()
         cfg = self.viewgate_config(name, port, tenants, **kw)
         err = self.path(name, "stderr.log")
+        # The access log goes to a file, as an operator's would (nginx's too).
         p = spawn([self.vg_bin, "serve", "--config", cfg], cpus=cpus,
                   env={"LINKUP_API_KEY": self.sim_key, "TOKIO_WORKER_THREADS": str(workers)},
-                  stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+                  stdout=open(self.path(name, "access.log"), "w"), stderr=open(err, "w"))
         wait_port(port, p, f"viewgate {name}", timeout=60, errfile=err)
         return Server(name, "viewgate", placement, p, port)
 
@@ -409,7 +410,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log /dev/null;          # on (combined format), discarded like viewgate's stdout
+    access_log {d}/access.log;     # combined format, to a file like viewgate's stdout
     sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
@@ -663,7 +664,8 @@ http {{
             hit_runs_upstream_calls += self.sim_calls()
             # Item 2: the miss path, unique pages, simulator latency 0.
             if "miss" in phases:
-                for conns, contestants in ((1, (vg_miss, vg_miss_mem, self.sim)), (64, (vg_miss, self.sim))):
+                for conns, contestants in ((1, (vg_miss, vg_miss_mem, self.sim)),
+                                           (64, (vg_miss, vg_miss_mem, self.sim))):
                     for s in contestants:
                         direct = s is self.sim
                         label = ("simulator direct" if direct else
@@ -787,7 +789,8 @@ NOTES = """\
   body `{"account_id":"acc-1","action":"get_viewers","params":{"count":10,"offset":0}}` (a
   count=10 page, about 3 KB). Lua scripts: `bench/lua/`. Latencies are wrk's (µs).
 - **Placements**: *shared*: wrk on vCPU 0, the server unpinned (both vCPUs; viewgate and the
-  ceiling run 2 tokio workers, nginx `worker_processes 2`). *confined*: the server started under
+  ceiling run 2 tokio workers, nginx `worker_processes 2`; viewgate's serving threads are one
+  per vCPU it may run on). *confined*: the server started under
   `taskset -c 1` with 1 worker (`TOKIO_WORKER_THREADS=1`, which tokio's
   `Builder::new_multi_thread()` honours: see the thread counts below; nginx
   `worker_processes 1`), wrk on vCPU 0, so every request crosses vCPUs. *same*: the server
@@ -800,8 +803,9 @@ NOTES = """\
   `CONFIG_IRQ_TIME_ACCOUNTING`; the script checks) a softirq tick is charged to whichever
   process it interrupted, so the figures include the kernel's network work roughly as it falls.
 - **Logging on**: viewgate runs with `log: {level: info}` (one JSON access line per request)
-  and stdout to `/dev/null`; nginx has `access_log /dev/null` (combined format, one write per
-  request); the ceiling logs nothing. Only the "log off" row runs viewgate at `warn`.
+  and stdout to a file in the work directory; nginx has `access_log` to a file there too
+  (combined format, one write per request); the ceiling logs nothing. Only the "log off" row
+  runs viewgate at `warn`.
 - **viewgate**: `viewgate serve` with a generated config: one tenant whose key comes from
   `viewgate keygen`, no rate limit, no budget, SQLite ledger in the work directory,
   `cache.ttl_s: 3600` (pages stay fresh for the whole run), simulator as the upstream.
@@ -939,7 +943,7 @@ def build_report(b, mf):
             w("")
 
     # ---- targets
-    w("## Targets (issue 6, all with the access log on)")
+    w("## Targets (issue 16, all with the access log on, SQLite ledger unless stated)")
     w("")
     w("| target | measured | limit | result |")
     w("|---|---|---|---|")
@@ -952,28 +956,38 @@ def build_report(b, mf):
           f"{' (from disturbed runs)' if noisy else ''} |")
 
     for cell in ("shared/64", "confined/64"):
-        a, bb, c = hit.get((cell, "viewgate")), hit.get((cell, "nginx")), hit.get((cell, "ceiling"))
-        if not (a and bb and c):
+        a, bb = hit.get((cell, "viewgate")), hit.get((cell, "nginx"))
+        if not (a and bb):
             continue
         pl = cell.split("/")[0]
-        target(f"hit CPU/req ≤ nginx ({pl}, 64 conns)", f"{a['cpu_us_per_req']:.1f} µs vs {bb['cpu_us_per_req']:.1f} µs "
-               f"({ratio(a['cpu_us_per_req'], bb['cpu_us_per_req']):.2f}×)", "≤ 1.00×",
-               a["cpu_us_per_req"] <= bb["cpu_us_per_req"], a, bb)
-        target(f"hit CPU/req ≤ 1.2× ceiling ({pl}, 64 conns)", f"{a['cpu_us_per_req']:.1f} µs vs {c['cpu_us_per_req']:.1f} µs "
-               f"({ratio(a['cpu_us_per_req'], c['cpu_us_per_req']):.2f}×)", "≤ 1.20×",
-               a["cpu_us_per_req"] <= 1.2 * c["cpu_us_per_req"], a, c)
-        target(f"hit req/s ≥ nginx ({pl}, 64 conns)", f"{fmt_int(a['rps'])} vs {fmt_int(bb['rps'])} "
-               f"({ratio(a['rps'], bb['rps']):.2f}×)", "≥ 1.00×", a["rps"] >= bb["rps"], a, bb)
-        target(f"hit p99 ≤ nginx ({pl}, 64 conns)", f"{a['p99_us']:.0f} µs vs {bb['p99_us']:.0f} µs "
-               f"({ratio(a['p99_us'], bb['p99_us']):.2f}×)", "≤ 1.00×", a["p99_us"] <= bb["p99_us"], a, bb)
-    a, bb = hit.get(("same/1", "viewgate")), hit.get(("same/1", "nginx"))
-    if a and bb:
-        target("hit p50 ≤ nginx (1 conn, same vCPU)", f"{a['p50_us']:.0f} µs vs {bb['p50_us']:.0f} µs",
-               "≤ 1.00×", a["p50_us"] <= bb["p50_us"], a, bb)
-    mv, md = cellstats("miss", "shared/1", label="viewgate (sqlite ledger)"), cellstats("miss", "shared/1", label="simulator direct")
+        target(f"hit req/s ≥ 1.1× nginx ({pl}, 64 conns)", f"{fmt_int(a['rps'])} vs {fmt_int(bb['rps'])} "
+               f"({ratio(a['rps'], bb['rps']):.2f}×)", "≥ 1.10×", a["rps"] >= 1.1 * bb["rps"], a, bb)
+        target(f"hit CPU/req ≤ 0.85× nginx ({pl}, 64 conns)",
+               f"{a['cpu_us_per_req']:.1f} µs vs {bb['cpu_us_per_req']:.1f} µs "
+               f"({ratio(a['cpu_us_per_req'], bb['cpu_us_per_req']):.2f}×)", "≤ 0.85×",
+               a["cpu_us_per_req"] <= 0.85 * bb["cpu_us_per_req"], a, bb)
+        target(f"hit p99 ≤ 1.2× nginx ({pl}, 64 conns)", f"{a['p99_us']:.0f} µs vs {bb['p99_us']:.0f} µs "
+               f"({ratio(a['p99_us'], bb['p99_us']):.2f}×)", "≤ 1.20×", a["p99_us"] <= 1.2 * bb["p99_us"], a, bb)
+    xa, xb = cellstats("mix", "shared/64", "viewgate"), cellstats("mix", "shared/64", "nginx")
+    if xa and xb:
+        target("90/10 mix req/s ≥ nginx (shared, 64 conns)", f"{fmt_int(xa['rps'])} vs {fmt_int(xb['rps'])} "
+               f"({ratio(xa['rps'], xb['rps']):.2f}×)", "≥ 1.00×", xa["rps"] >= xb["rps"], xa, xb)
+    md = cellstats("miss", "shared/1", label="simulator direct")
+    for cell in ("shared/1", "shared/64"):
+        mm = cellstats("miss", cell, label="viewgate (memory ledger)")
+        if mm:
+            target(f"miss: viewgate's own CPU ≤ 60 µs (memory ledger, {cell.split('/')[1]} conn)",
+                   f"{mm['cpu_us_per_req']:.1f} µs (simulator: {fmt(mm['also'][0])} µs)", "≤ 60 µs",
+                   mm["cpu_us_per_req"] <= 60, mm)
+    mv = cellstats("miss", "shared/1", label="viewgate (sqlite ledger)")
     if mv and md:
         over = mv["p50_us"] - md["p50_us"]
-        target("miss-path overhead p50", f"{over:.0f} µs ({mv['p50_us']:.0f} − {md['p50_us']:.0f})", "≤ 200 µs", over <= 200, mv, md)
+        target("miss: SQLite viewgate adds ≤ 250 µs p50 (1 conn)",
+               f"{over:.0f} µs ({mv['p50_us']:.0f} − {md['p50_us']:.0f})", "≤ 250 µs", over <= 250, mv, md)
+    m64 = cellstats("miss", "shared/64", label="viewgate (sqlite ledger)")
+    if m64:
+        target("miss: SQLite misses/s at 64 conns", f"{fmt_int(m64['rps'])}/s", "≥ 20,000/s",
+               m64["rps"] >= 20_000, m64)
     rss = b.rss
     if rss:
         limit_kib = rss["max_bytes"] // 1024 + 64 * 1024
@@ -986,6 +1000,9 @@ def build_report(b, mf):
         target("flat req/s, 10 → 10,000 tenants", f"worst {worst[0]:.2f}× of 10 tenants (at {worst[1]:,})",
                "≥ 0.90×", worst[0] >= 0.90,
                *[cellstats("tenants", "shared/64", label=str(n)) for n in b.tenant_counts])
+    if "upstream_calls_during_hit_runs" in b.facts:
+        target("no upstream call during hit runs", str(b.facts["upstream_calls_during_hit_runs"]), "0",
+               b.facts["upstream_calls_during_hit_runs"] == 0)
     w("")
     fails = [n for n, ok in targets if not ok]
     w(f"{len(targets) - len(fails)} of {len(targets)} targets met." + (
@@ -1000,7 +1017,7 @@ def build_report(b, mf):
     w("")
     w("Medians as above (undisturbed runs preferred; `!`: every run was disturbed).")
     w("")
-    if mv:
+    if mv or md:
         w("### Miss path (unique pages, simulator latency 0)")
         w("")
         w("| conns | path | req/s | p50 µs | p99 µs | viewgate CPU µs/req | simulator CPU µs/req | d |")
@@ -1084,7 +1101,8 @@ def build_report(b, mf):
     th = b.facts["threads"]
     w("Observed: " + "; ".join(
         f"{name}: {sum(v for k, v in t.items())} threads, "
-        f"{sum(v for k, v in t.items() if k.startswith('tokio-rt') or k.startswith('tokio-runtime'))} tokio workers"
+        f"{sum(v for k, v in t.items() if k.startswith('tokio-rt') or k.startswith('tokio-runtime'))} tokio workers, "
+        f"{sum(v for k, v in t.items() if k.startswith('viewgate-w'))} serving threads"
         for name, t in th.items())
       + f"; nginx workers: {b.facts['nginx_workers']}. A viewgate hit body is {b.facts['hit_body_bytes']} bytes. "
         f"Upstream calls during all hit-path, log and tenant runs: {b.facts['upstream_calls_during_hit_runs']}.")
