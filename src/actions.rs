@@ -9,7 +9,7 @@
 //! call it cannot price, and a budget that does not bound every call bounds
 //! nothing.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 

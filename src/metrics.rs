@@ -11,7 +11,7 @@
 //! metadata) saturate at `u64::MAX` instead of wrapping: a wrapped counter
 //! reads as a reset to Prometheus, and `rate()` turns it into a huge burst.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -193,7 +193,7 @@ impl Metrics {
             handle,
             in_flight,
             request_duration,
-            tenants: RwLock::new(HashMap::new()),
+            tenants: RwLock::new(HashMap::default()),
         }
     }
 
@@ -233,7 +233,7 @@ impl Metrics {
             saved: SaturatingCounter::new(self.counter("viewgate_credits_saved_total", label())),
             rate_limited: self.counter("viewgate_rate_limited_total", label()),
             budget_rejected: self.counter("viewgate_budget_rejected_total", label()),
-            requests: RwLock::new(HashMap::new()),
+            requests: RwLock::new(HashMap::default()),
         });
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
         Arc::clone(tenants.entry(tenant.into()).or_insert(handles))

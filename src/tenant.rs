@@ -9,7 +9,7 @@
 //! not the other way round. It also owns its share of the gateway's
 //! request slots ([`TenantSlots`]), so one tenant cannot hold them all.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -178,8 +178,8 @@ impl Tenants {
         previous: Option<&Tenants>,
         redis: Option<&Arc<RedisGcra>>,
     ) -> Self {
-        let mut by_hash = HashMap::new();
-        let mut by_id = HashMap::new();
+        let mut by_hash = HashMap::default();
+        let mut by_id = HashMap::default();
         let mut in_order = Vec::new();
         for config in configs {
             let old = previous.and_then(|p| p.by_id(&config.id));

@@ -75,7 +75,8 @@ struct Shared {
     credits: Arc<Credits>,
     logs: Arc<LogThrottle>,
     clock: Clock,
-    cached_actions: HashSet<String>,
+    /// Looked up on every request: a fast hasher (the set is the operator's).
+    cached_actions: foldhash::HashSet<String>,
 }
 
 impl CacheService {
@@ -96,7 +97,7 @@ impl CacheService {
                 credits,
                 logs,
                 clock,
-                cached_actions,
+                cached_actions: cached_actions.into_iter().collect(),
             }),
         }
     }

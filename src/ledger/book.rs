@@ -8,7 +8,7 @@
 //! memory either. The journal of a batch is also the list of what to write.
 
 use crate::ledger::Saving;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::history::Recent;
@@ -144,8 +144,8 @@ impl Book {
     /// An empty book whose first reservation gets `first_id`.
     pub(crate) fn new(first_id: u64) -> Self {
         Self {
-            accounts: HashMap::new(),
-            holds: HashMap::new(),
+            accounts: HashMap::default(),
+            holds: HashMap::default(),
             next_id: first_id.max(1),
             journal: None,
         }
@@ -255,7 +255,7 @@ impl Book {
     pub(crate) fn orphan_all(&mut self) -> Vec<(AccountKey, u64)> {
         let mut ids: Vec<u64> = self.holds.keys().copied().collect();
         ids.sort_unstable();
-        let mut converted: HashMap<AccountKey, u64> = HashMap::new();
+        let mut converted: HashMap<AccountKey, u64> = HashMap::default();
         for id in ids {
             let Some(hold) = self.holds.get(&id) else {
                 continue;

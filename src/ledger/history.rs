@@ -12,7 +12,8 @@
 //! any, else the spend of the last day per second.
 
 use crate::ledger::Saving;
-use std::collections::{BTreeMap, HashMap};
+use foldhash::HashMap;
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 

@@ -9,7 +9,7 @@
 //! instead of losing them; `usage` adds what still waits to what is stored.
 
 use crate::ledger::Saving;
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::book::{Account, AccountKey};
 
@@ -39,7 +39,7 @@ impl<Note> Default for PendingHits<Note> {
     // Not derived: that would ask `Note: Default`, which no caller needs.
     fn default() -> Self {
         Self {
-            by_account: HashMap::new(),
+            by_account: HashMap::default(),
         }
     }
 }

@@ -142,7 +142,7 @@ pub struct SqliteLedger {
 #[derive(Debug, Default)]
 struct Mirror {
     /// Accounts as last committed, plus the answered closes not yet written.
-    accounts: HashMap<AccountKey, Account>,
+    accounts: foldhash::HashMap<AccountKey, Account>,
     /// Cache hits counted but not yet committed.
     pending_hits: PendingHits,
     /// Spend and savings by minute over the last day, as recorded (the
