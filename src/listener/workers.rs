@@ -103,13 +103,13 @@ impl Workers {
             .expect("at least one serving thread");
         // The socket leaves this runtime's reactor and joins the thread's.
         let stream = stream.into_std()?;
-        let open = Arc::clone(&thread.open);
-        open.fetch_add(1, Ordering::Relaxed);
+        // Counted until the connection's task ends, however it ends (a
+        // panic in it unwinds through the guard too).
+        let open = Open::count(&thread.open);
         let job: Job = Box::new(move || {
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(e) => {
-                    open.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "cannot take an accepted connection");
                     return;
                 }
@@ -117,7 +117,7 @@ impl Workers {
             let connection = serve(stream);
             tokio::spawn(async move {
                 connection.await;
-                open.fetch_sub(1, Ordering::Relaxed);
+                drop(open);
             });
         });
         let sent = thread.jobs.as_ref().map(|jobs| jobs.send(job));
@@ -126,6 +126,22 @@ impl Workers {
             // The thread died (it cannot, short of a panic in the runtime).
             _ => Err(io::Error::other("the serving thread has stopped")),
         }
+    }
+}
+
+/// One open connection of a thread, counted while this lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(open))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -180,6 +196,22 @@ mod tests {
             ["viewgate-w0", "viewgate-w0", "viewgate-w1", "viewgate-w1"]
         );
         drop(clients);
+        // Each thread's count goes back to zero as its connections end.
+        let counted = || {
+            workers
+                .threads
+                .iter()
+                .map(|t| t.open.load(Ordering::Relaxed))
+                .sum::<usize>()
+        };
+        // Up to 20 s of 5 ms waits.
+        for _ in 0..4_000 {
+            if counted() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(counted(), 0, "connections still counted after they ended");
         // Dropping joins the threads once their connections have ended.
         tokio::task::spawn_blocking(move || drop(workers))
             .await
