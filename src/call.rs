@@ -53,6 +53,17 @@ pub enum CallParams {
 }
 
 impl ApiCall {
+    /// The refusal when the client's `x-max-credits` is below the price
+    /// bound (the call could cost more than the client allows).
+    pub fn above_cap(&self) -> Option<crate::error::GatewayError> {
+        self.max_credits.filter(|cap| self.bound > *cap).map(|cap| {
+            crate::error::GatewayError::PriceAboveCap {
+                bound: self.bound,
+                cap,
+            }
+        })
+    }
+
     /// The path below the upstream's base URL.
     pub fn path(&self) -> String {
         format!("/v2/{}", self.category)

@@ -134,13 +134,8 @@ impl<U: Forward> MissPath<U> {
         call: &ApiCall,
         context: &RequestContext,
     ) -> Result<Charged, GatewayError> {
-        if let Some(cap) = call.max_credits
-            && call.bound > cap
-        {
-            return Err(GatewayError::PriceAboveCap {
-                bound: call.bound,
-                cap,
-            });
+        if let Some(capped) = call.above_cap() {
+            return Err(capped);
         }
         // Before reserving: a call the tenant may not make, or for an account
         // no upstream key owns, costs no ledger write. (The policy stage

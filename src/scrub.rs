@@ -87,23 +87,23 @@ impl Scrubber {
     /// A scrubber of `secrets` (their case does not matter).
     pub(crate) fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut scrubber = Scrubber::default();
+        let mut filter = vec![0u64; FILTER_BITS / 64];
         for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
             if secret.len() < MIN_RUN {
                 scrubber.short.push(secret.to_ascii_lowercase());
             } else {
                 scrubber.windows.extend(secret.windows(MIN_RUN).map(pack));
-            }
-        }
-        if !scrubber.windows.is_empty() {
-            let mut filter = vec![0u64; FILTER_BITS / 64];
-            for &packed in &scrubber.windows {
-                // The window's two halves (its other blocks are halves of
-                // the windows beside it).
-                for gram in [packed & 0xffff_ffff, packed >> 32] {
-                    let at = slot(gram);
+                // Every run of GRAM bytes of the secret, not only the halves
+                // of its windows: in a key shorter than 12 bytes some runs
+                // are neither, and a window of the text may hold only such
+                // a run at a multiple of GRAM.
+                for gram in secret.windows(GRAM) {
+                    let at = slot(pack_gram(gram));
                     filter[at / 64] |= 1 << (at % 64);
                 }
             }
+        }
+        if !scrubber.windows.is_empty() {
             scrubber.filter = filter.into_boxed_slice();
         }
         scrubber
@@ -171,6 +171,72 @@ impl Scrubber {
             }
         }
         Cow::Owned(out)
+    }
+
+    /// `data`, a JSON value from the upstream, with no run of a secret in it
+    /// as a client reads it: in its strings once their escapes are decoded
+    /// (`\u006c\u006b…` or `\/` spell a key as surely as the key itself),
+    /// and in its bytes as they stand. Untouched (borrowed, byte for byte)
+    /// when it holds none. A string or object key that holds one is
+    /// scrubbed and the value written again (valid JSON, the same value but
+    /// for the runs); a run outside any string (a key of digits in a number)
+    /// is cut out of the bytes, as [`Self::bytes`] does.
+    pub(crate) fn json<'t>(&self, data: &'t [u8]) -> Cow<'t, [u8]> {
+        let raw = self.mark(data).is_some();
+        if !raw && !data.contains(&b'\\') {
+            return Cow::Borrowed(data);
+        }
+        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return self.bytes(data);
+        };
+        if !self.scrub_value(&mut value) {
+            // The strings are clean: any run is outside them.
+            return if raw {
+                self.bytes(data)
+            } else {
+                Cow::Borrowed(data)
+            };
+        }
+        let written = serde_json::to_vec(&value).unwrap_or_else(|_| b"null".to_vec());
+        match self.bytes(&written) {
+            Cow::Borrowed(_) => Cow::Owned(written),
+            Cow::Owned(cut) => Cow::Owned(cut),
+        }
+    }
+
+    /// Scrubs every string and object key in `value`; whether any changed.
+    fn scrub_value(&self, value: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => match self.bytes(s.as_bytes()) {
+                Cow::Borrowed(_) => false,
+                // Marked bytes are ASCII (secrets are header values).
+                Cow::Owned(clean) => {
+                    *s = String::from_utf8_lossy(&clean).into_owned();
+                    true
+                }
+            },
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| self.scrub_value(item) | changed),
+            Value::Object(map) => {
+                let mut changed = false;
+                if map.keys().any(|k| self.leaks(k.as_bytes())) {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        let k = match self.bytes(k.as_bytes()) {
+                            Cow::Borrowed(_) => k,
+                            Cow::Owned(clean) => String::from_utf8_lossy(&clean).into_owned(),
+                        };
+                        map.insert(k, v);
+                    }
+                    changed = true;
+                }
+                map.values_mut()
+                    .fold(changed, |changed, v| self.scrub_value(v) | changed)
+            }
+            _ => false,
+        }
     }
 
     /// `text` with every run of [`MIN_RUN`]+ characters of a secret replaced
@@ -314,6 +380,37 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Keys of every length from 8 (the short ones have 4-byte runs that
+        /// are no half of any of their windows), at every offset and in any
+        /// letter case: the block filter finds what testing every window finds.
+        #[test]
+        fn short_keys_are_found_at_every_offset(
+            key in proptest::collection::vec(proptest::sample::select(b"abcXYZ019_-/".to_vec()), 8..14),
+            from in 0usize..6,
+            len in 8usize..14,
+            pad in 0usize..9,
+            upper in proptest::bool::ANY,
+        ) {
+            let s = Scrubber::new([key.as_slice()]);
+            let from = from.min(key.len() - MIN_RUN);
+            let len = len.min(key.len() - from);
+            let mut piece = key[from..from + len].to_vec();
+            if upper {
+                piece.make_ascii_uppercase();
+            }
+            let mut text = vec![b'#'; pad];
+            text.extend_from_slice(&piece);
+            text.extend_from_slice(b"%%%");
+            proptest::prop_assert!(s.leaks(&text), "{:?} in {:?}", piece, text);
+            let mut every = vec![false; text.len()];
+            for (i, w) in text.windows(MIN_RUN).enumerate() {
+                if s.windows.contains(&pack(w)) {
+                    every[i..i + MIN_RUN].iter_mut().for_each(|b| *b = true);
+                }
+            }
+            proptest::prop_assert_eq!(s.mark(&text).unwrap(), every);
+        }
+
         /// The block filter finds exactly what testing every window finds.
         #[test]
         fn the_filter_misses_no_window(
@@ -337,6 +434,49 @@ mod tests {
             let found = s.mark(&text).unwrap_or_else(|| vec![false; text.len()]);
             proptest::prop_assert_eq!(found, every);
         }
+    }
+
+    #[test]
+    fn keys_spelled_with_json_escapes_are_found_in_decoded_strings() {
+        let s = scrubber();
+        let escaped: String = KEY
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let page = format!(r#"{{"viewers":[{{"note":"key: {escaped}"}}],"total":3}}"#);
+        let clean = s.json(page.as_bytes());
+        let value: serde_json::Value = serde_json::from_slice(&clean).unwrap();
+        assert_eq!(value["viewers"][0]["note"], "key: ***");
+        assert_eq!(value["total"], 3);
+        // One character in three escaped: the same.
+        let some: String = KEY
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 3 == 0 {
+                    format!("\\u{:04x}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        let page = format!(r#"{{"{some}":"x"}}"#);
+        let value: serde_json::Value = serde_json::from_slice(&s.json(page.as_bytes())).unwrap();
+        assert_eq!(value, serde_json::json!({"***": "x"}));
+        // `\/` (PHP's way) in a key with slashes: valid JSON comes out.
+        let slashed = Scrubber::new([b"lk_Abc/DefGhiJklMno/PqrStu".as_slice()]);
+        let page = br#"{"note":"lk_Abc\/DefGhiJklMno\/PqrStu","n":1}"#;
+        let value: serde_json::Value = serde_json::from_slice(&slashed.json(page)).unwrap();
+        assert_eq!(value, serde_json::json!({"note": "***", "n": 1}));
+        // Escapes with no secret behind them: the page as it came.
+        let page = br#"{"name":"Ren\u00e9e \"R\" O\/K"}"#;
+        assert!(matches!(s.json(page), Cow::Borrowed(_)));
+        // A run outside any string is cut from the bytes.
+        let digits = Scrubber::new([b"1234567890".as_slice()]);
+        assert_eq!(
+            &*digits.json(br#"{"n":1234567890}"#),
+            br#"{"n":***}"#.as_slice()
+        );
     }
 
     #[test]

@@ -363,3 +363,83 @@ async fn a_failing_ledger_is_logged_once_then_summed_up() {
         .count();
     assert_eq!(access, 101);
 }
+
+/// Red team: a tenant that cannot pay for a page (its budget spent, or its
+/// own `x-max-credits` below the price) asks for it again and again while
+/// another tenant asks. The payer is served (never the other's 402 or a
+/// 503 for lost races), the others get their own 402 or the payer's page for
+/// nothing, and only the payer's fetches reach the upstream.
+#[tokio::test]
+async fn a_tenant_that_cannot_pay_never_fails_another_tenants_request_for_the_page() {
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("broke", &["acc-1"]).budget(1, "day"),
+            TenantSpec::new("capped", &["acc-1"]),
+            TenantSpec::new("payer", &["acc-1"]),
+        ],
+        ..WorldSpec::default()
+    })
+    .await;
+    // Slow enough that the askers overlap; the assertions hold either way.
+    w.sim.set_fault(Fault::latency(20));
+    for round in 0..3u32 {
+        // 25 viewers (acc-1 has 87): 3 credits, more than "broke" has and
+        // "capped" allows.
+        let page = viewers("acc-1", round * 25, 25);
+        let key = |t: &str| ("x-api-key", w.key(t).to_string());
+        let json = ("content-type", "application/json".to_string());
+        let broke_headers = [key("broke"), json.clone()];
+        let capped_headers = [
+            key("capped"),
+            json.clone(),
+            ("x-max-credits", "0".to_string()),
+        ];
+        let payer_headers = [key("payer"), json];
+        let ask = |headers| w.request(Method::POST, "/v2/profiles", headers, &page);
+        // The others ask without pause (eight loops each, 20 asks a loop)
+        // while the payer's three requests go in among them.
+        let others = |headers| {
+            futures_util::future::join_all((0..8).map(move |_| async move {
+                let mut replies = Vec::new();
+                for _ in 0..20 {
+                    replies.push(ask(headers).await);
+                }
+                replies
+            }))
+        };
+        let payer = async {
+            tokio::task::yield_now().await;
+            futures_util::future::join_all((0..3).map(|_| ask(&payer_headers))).await
+        };
+        let (capped, broke, payer) =
+            tokio::join!(others(&capped_headers), others(&broke_headers), payer);
+        let (capped, broke): (Vec<_>, Vec<_>) = (
+            capped.into_iter().flatten().collect(),
+            broke.into_iter().flatten().collect(),
+        );
+        for r in &payer {
+            assert_eq!(r.status, 200, "payer, round {round}: {}", r.text());
+        }
+        // Their own refusal, or the payer's page for nothing (a follower's
+        // coalesced answer, or a hit once it is stored): never a 503.
+        for r in broke.iter().chain(&capped) {
+            match r.status.as_u16() {
+                402 => assert_eq!(r.json()["error"]["code"], "INSUFFICIENT_CREDITS"),
+                200 => {
+                    assert_eq!(r.meta()["credits_consumed"], 0);
+                    let how = r.meta()["cache"].as_str().unwrap_or("").to_string();
+                    assert!(how == "coalesced" || how == "hit", "{how}");
+                }
+                other => panic!("round {round}: {other} {}", r.text()),
+            }
+        }
+    }
+    // One fetch per round at best; a payer that lost every join to a
+    // refused leader fetched for itself (at most its three requests).
+    let calls = w.sim.calls_total();
+    assert!((3..=9).contains(&calls), "{calls} upstream calls");
+    assert_eq!(w.sim.credits_total(), 3 * calls);
+    assert_eq!(w.used("payer").await, 3 * calls);
+    assert_eq!(w.used("broke").await, 0);
+    assert_eq!(w.used("capped").await, 0);
+}

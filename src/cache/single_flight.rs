@@ -74,6 +74,17 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         })
     }
 
+    /// A leader of a fetch nobody can join (not in the table): for a
+    /// request that must fetch for itself.
+    pub fn alone(&self) -> Leader<K, V> {
+        let (sender, _) = watch::channel(None);
+        Leader {
+            key: None,
+            sender,
+            inflight: Arc::clone(&self.inflight),
+        }
+    }
+
     /// Keys being fetched right now.
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)

@@ -193,10 +193,19 @@ impl Shared {
                     .await;
             }
             let failure = match self.cache.flights.join(&key) {
-                Role::Leader(leader) => match self.lead(leader, &key, asked, refresh).await {
-                    Ok(response) => return Ok(response),
-                    Err(e) => e,
-                },
+                Role::Leader(leader) => {
+                    if let Some(capped) = asked.call.above_cap() {
+                        // Never lead a fetch it will not pay for: its
+                        // followers would inherit a refusal that was this
+                        // client's choice (dropping the leader frees the key).
+                        drop(leader);
+                        return Err(capped);
+                    }
+                    match self.lead(leader, &key, asked, refresh).await {
+                        Ok(response) => return Ok(response),
+                        Err(e) => e,
+                    }
+                }
                 Role::Follower(follower) => {
                     match self.follow(follower, asked, stale.as_ref()).await {
                         Joined::Answered(answer) => return answer,
@@ -207,9 +216,18 @@ impl Shared {
             };
             return self.fall_back(asked, stale, failure).await;
         }
-        Err(GatewayError::ServiceUnavailable {
-            detail: "the page could not be fetched after repeated single-flight joins".into(),
-        })
+        // Every leader it joined was refused for its own budget (a tenant
+        // out of credits asking for the same page, again and again): fetch
+        // for itself, in a flight nobody else joins, so another tenant's
+        // empty budget never becomes this one's failure.
+        if let Some(capped) = asked.call.above_cap() {
+            return Err(capped);
+        }
+        let leader = self.cache.flights.alone();
+        match self.lead(leader, &key, asked, refresh).await {
+            Ok(response) => Ok(response),
+            Err(failure) => self.fall_back(asked, stale, failure).await,
+        }
     }
 
     /// As the flight's leader: fetch, store, publish, answer `miss`.
@@ -265,7 +283,10 @@ impl Shared {
             }
             // The leader's budget was not ours: try again, perhaps as leader;
             // in stale mode, out of budget ourselves, degrade.
-            Some(Err(GatewayError::InsufficientCredits { .. })) | None => {
+            Some(Err(
+                GatewayError::InsufficientCredits { .. } | GatewayError::PriceAboveCap { .. },
+            ))
+            | None => {
                 if let Some(page) = stale
                     && degraded::follower_stands_in(
                         &self.credits,

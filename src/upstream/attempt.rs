@@ -183,7 +183,7 @@ impl Upstream {
             let mut data = body.slice_ref(data.get().as_bytes());
             // A page is shown to tenants and cached for others: it must not
             // carry a key either, whatever the upstream put in it.
-            if let Cow::Owned(clean) = self.scrubber.bytes(&data) {
+            if let Cow::Owned(clean) = self.scrubber.json(&data) {
                 tracing::warn!(
                     upstream_key = %key.name,
                     "the upstream's answer held a fragment of a key; scrubbed"
