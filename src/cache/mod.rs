@@ -107,6 +107,9 @@ pub struct PageCache {
     pages: moka::future::Cache<CacheKey, Arc<CachedPage>, foldhash::fast::RandomState>,
     /// Fetches in flight, by key: identical misses wait on one upstream call.
     pub flights: SingleFlight<CacheKey, Flight>,
+    /// Fetches of requests whose leaders in `flights` were refused for their
+    /// own budgets, again and again; only a request that can pay leads one.
+    pub rescues: SingleFlight<CacheKey, Flight>,
     clock: Clock,
     ttl: Duration,
     stale_if_error: Duration,
@@ -135,6 +138,7 @@ impl PageCache {
         Self {
             pages,
             flights: SingleFlight::default(),
+            rescues: SingleFlight::default(),
             clock,
             ttl: config.ttl,
             stale_if_error: config.stale_if_error,

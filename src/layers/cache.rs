@@ -217,17 +217,47 @@ impl Shared {
             return self.fall_back(asked, stale, failure).await;
         }
         // Every leader it joined was refused for its own budget (a tenant
-        // out of credits asking for the same page, again and again): fetch
-        // for itself, in a flight nobody else joins, so another tenant's
-        // empty budget never becomes this one's failure.
+        // out of credits asking for the same page, again and again). If its
+        // own budget cannot cover the call either, that is its answer;
+        // else it fetches with the others in its place, in a flight only a
+        // request that can pay leads, so another tenant's empty budget is
+        // never this one's failure, and the page is still fetched once.
         if let Some(capped) = asked.call.above_cap() {
             return Err(capped);
         }
-        let leader = self.cache.flights.alone();
-        match self.lead(leader, &key, asked, refresh).await {
-            Ok(response) => Ok(response),
-            Err(failure) => self.fall_back(asked, stale, failure).await,
+        let bound = asked.call.bound;
+        if asked.tenant.enforce
+            && let Some(remaining) = self.credits.balance(&asked.tenant).await.remaining()
+            && remaining < bound
+        {
+            let failure = GatewayError::InsufficientCredits {
+                needed: bound,
+                remaining,
+            };
+            return self.fall_back(asked, stale, failure).await;
         }
+        let failure = match self.cache.rescues.join(&key) {
+            Role::Leader(leader) => match self.lead(leader, &key, asked, refresh).await {
+                Ok(response) => return Ok(response),
+                Err(e) => e,
+            },
+            Role::Follower(follower) => {
+                match self.follow(follower, asked, stale.as_ref()).await {
+                    Joined::Answered(answer) => return answer,
+                    // Its leader's budget went between check and reserve:
+                    // fetch alone rather than wait on a third table.
+                    Joined::Again => {
+                        let alone = self.cache.flights.alone();
+                        match self.lead(alone, &key, asked, refresh).await {
+                            Ok(response) => return Ok(response),
+                            Err(e) => e,
+                        }
+                    }
+                    Joined::Failed(e) => e,
+                }
+            }
+        };
+        self.fall_back(asked, stale, failure).await
     }
 
     /// As the flight's leader: fetch, store, publish, answer `miss`.
