@@ -55,6 +55,25 @@ async fn begin(ledger: &dyn Ledger, tenant: &str, key: &str, fp: &Fingerprint) -
 }
 
 /// Polls `check` every 20 ms for up to 5 s, for what happens in the background.
+/// Opens the ledger at `path` again, after this test closed it. Another test
+/// of this binary may be starting `redis-server` right then: the forked
+/// child shares every open file description until it executes, the closed
+/// ledger's lock (`flock`) with them, so under load that lock can outlive
+/// the ledger by the moment the child takes to execute. Retried while it
+/// lasts (bounded); any other error fails at once.
+async fn reopen(path: &std::path::Path, clock: Clock) -> SqliteLedger {
+    for _ in 0..500 {
+        match SqliteLedger::open(path, clock.clone()) {
+            Ok(ledger) => return ledger,
+            Err(e) if e.to_string().contains("is in use") => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen the ledger: {e}"),
+        }
+    }
+    panic!("the ledger's lock was never given back");
+}
+
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -204,7 +223,7 @@ async fn sqlite_answers_survive_a_crash_and_claims_read_orphaned_after_it() {
     assert_eq!(begin(&ledger, "crm", "claimed", &FIRST).await, Started);
     ledger.crash();
 
-    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let ledger = reopen(&path, clock.clone()).await;
     assert_eq!(
         begin(&ledger, "crm", "answered", &FIRST).await,
         Replay(stored)
@@ -233,7 +252,7 @@ async fn sqlite_answers_survive_a_crash_and_claims_read_orphaned_after_it() {
     drop(ledger);
 
     // And a clean restart keeps answers too; TTLs run on across restarts.
-    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let ledger = reopen(&path, clock.clone()).await;
     assert_eq!(
         begin(&ledger, "crm", "claimed", &FIRST).await,
         Replay(unknown)
@@ -261,7 +280,7 @@ async fn sqlite_an_abandon_is_written_without_a_flush() {
     })
     .await;
     ledger.crash();
-    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let ledger = reopen(&path, Clock::real()).await;
     assert_eq!(
         begin(&ledger, "crm", "k", &OTHER).await,
         IdempotencyBegin::Started
