@@ -617,8 +617,8 @@ mod tests {
         }
     }
 
-    /// `line` as the JSON object the formatter writes for it.
-    fn written(line: &AccessLine<'_>) -> serde_json::Map<String, serde_json::Value> {
+    /// What the formatter writes for `line`'s event.
+    fn by_event(line: &AccessLine<'_>) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -626,7 +626,12 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || line.write());
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// `line` as the JSON object the formatter writes for it.
+    fn written(line: &AccessLine<'_>) -> serde_json::Map<String, serde_json::Value> {
+        let text = by_event(line);
         assert_eq!(text.lines().count(), 1, "{text}");
         match serde_json::from_str(&text).unwrap() {
             serde_json::Value::Object(fields) => fields,
@@ -771,14 +776,7 @@ mod tests {
             },
         ];
         for line in &lines {
-            let captured = Captured::default();
-            let writer = captured.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .event_format(JsonLines)
-                .with_writer(move || writer.clone())
-                .finish();
-            tracing::subscriber::with_default(subscriber, || line.write());
-            let by_event = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            let by_event = by_event(line);
             let mut direct = String::new();
             render_direct(line.status >= 500, |out| line.fields(out), &mut direct);
             // From the level on (the timestamp is 20 characters either way).

@@ -154,23 +154,10 @@ impl Scrubber {
 
     /// `bytes` with each run of marked bytes replaced by `***`.
     pub(crate) fn bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
-        let Some(marked) = self.mark(bytes) else {
-            return Cow::Borrowed(bytes);
-        };
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if marked[i] {
-                out.extend_from_slice(b"***");
-                while i < bytes.len() && marked[i] {
-                    i += 1;
-                }
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
+        match self.mark(bytes) {
+            Some(marked) => Cow::Owned(starred(bytes, &marked)),
+            None => Cow::Borrowed(bytes),
         }
-        Cow::Owned(out)
     }
 
     /// `data`, a JSON value from the upstream, with no run of a secret in it
@@ -182,20 +169,20 @@ impl Scrubber {
     /// for the runs); a run outside any string (a key of digits in a number)
     /// is cut out of the bytes, as [`Self::bytes`] does.
     pub(crate) fn json<'t>(&self, data: &'t [u8]) -> Cow<'t, [u8]> {
-        let raw = self.mark(data).is_some();
-        if !raw && !data.contains(&b'\\') {
+        let raw = self.mark(data);
+        let as_they_stand = || match &raw {
+            Some(marked) => Cow::Owned(starred(data, marked)),
+            None => Cow::Borrowed(data),
+        };
+        if raw.is_none() && !data.contains(&b'\\') {
             return Cow::Borrowed(data);
         }
         let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(data) else {
-            return self.bytes(data);
+            return as_they_stand();
         };
         if !self.scrub_value(&mut value) {
             // The strings are clean: any run is outside them.
-            return if raw {
-                self.bytes(data)
-            } else {
-                Cow::Borrowed(data)
-            };
+            return as_they_stand();
         }
         let written = serde_json::to_vec(&value).unwrap_or_else(|_| b"null".to_vec());
         match self.bytes(&written) {
@@ -266,6 +253,24 @@ impl Scrubber {
             FALLBACK_CODE.to_string()
         }
     }
+}
+
+/// `bytes` with each run of `marked` bytes replaced by `***`.
+fn starred(bytes: &[u8], marked: &[bool]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if marked[i] {
+            out.extend_from_slice(b"***");
+            while i < bytes.len() && marked[i] {
+                i += 1;
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.

@@ -13,13 +13,12 @@ mod redis_server;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{Running, listening, post, read_until, signal, wait_exit, write_private};
+use common::process::{post, signal, wait_exit, write_private};
 use common::{TenantSpec, World, WorldSpec, logs, viewers};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -524,7 +523,6 @@ async fn a_failing_webhook_is_retried_with_backoff_until_delivered_once() {
     );
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
 const TENANT_KEY: &str = "vg_alerts-test-tenant";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,14 +552,7 @@ async fn an_alert_owed_at_kill_9_is_delivered_exactly_once_after_restart() {
     )
     .unwrap();
     let serve = || {
-        let mut child = Running(
-            Command::new(BIN)
-                .args(["serve", "--config", config.to_str().unwrap()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let ((addr, _), lines) = read_until(&mut child.0, listening);
+        let (child, addr, lines) = common::process::serve(&config);
         (child, format!("http://{addr}"), lines)
     };
     let spend = |url: String, from: usize, n: usize| async move {

@@ -50,14 +50,7 @@ fn setup_with(sim: &SimHandle, budget: u64, tenant_yaml: &str) -> Setup {
 }
 
 fn serve(config: &Path) -> (Running, String) {
-    let mut child = Running(
-        Command::new(BIN)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let ((addr, _), _) = read_until(&mut child.0, listening);
+    let (child, addr, _) = common::process::serve(config);
     (child, format!("http://{addr}"))
 }
 

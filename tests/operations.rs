@@ -6,21 +6,18 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{Running, listening, read_until, signal, try_post, wait_exit, write_private};
+use common::process::{serve, signal, try_post, wait_exit, write_private};
 use common::{TenantSpec, World, WorldSpec, viewers};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncReadExt;
 use viewgate::keys::KeyHash;
 use viewgate::sim::{Fault, SimConfig, SimKey, Simulator};
-
-const BIN: &str = env!("CARGO_BIN_EXE_viewgate");
 
 /// Appends a tenant with key `key` to the world's YAML.
 fn with_tenant(yaml: &str, id: &str, key: &str, extra: &str) -> String {
@@ -394,6 +391,17 @@ fn binary_config(
     path
 }
 
+/// The simulator the real binary's tests call, knowing the key that
+/// [`binary_config`] gives the gateway.
+async fn upstream() -> viewgate::sim::SimHandle {
+    Simulator::start(
+        SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 fn tenant_yaml(id: &str, key: &str) -> String {
     format!(
         "  - id: {id}\n    key_sha256: \"{}\"\n    accounts: [\"*\"]\n",
@@ -407,12 +415,7 @@ fn body(account: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_file_changes_reload_the_real_binary() {
-    let sim = Simulator::start(
-        SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let old_key = "vg_ops-test-first";
     let path = binary_config(
@@ -421,14 +424,7 @@ async fn sighup_and_file_changes_reload_the_real_binary() {
         &tenant_yaml("first", old_key),
         "",
     );
-    let mut child = Running(
-        Command::new(BIN)
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let ((addr, _), _) = read_until(&mut child.0, listening);
+    let (mut child, addr, _) = serve(&path);
     let url = format!("http://{addr}");
     let post = |key: &'static str, account: &'static str| {
         let url = url.clone();
@@ -474,12 +470,7 @@ async fn sighup_and_file_changes_reload_the_real_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_threads_share_one_cache_and_one_fetch_per_page() {
-    let sim = Simulator::start(
-        SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = upstream().await;
     // Slow enough that two askers of a page usually overlap; the counts
     // below hold whether they do (one joins the other's fetch) or not.
     sim.set_fault(Fault::latency(50));
@@ -491,14 +482,7 @@ async fn serving_threads_share_one_cache_and_one_fetch_per_page() {
         &tenant_yaml("crm", key),
         "  workers: 3\n",
     );
-    let mut child = Running(
-        Command::new(BIN)
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let ((addr, _), lines) = read_until(&mut child.0, listening);
+    let (mut child, addr, lines) = serve(&path);
     assert!(
         lines
             .lock()
@@ -536,12 +520,7 @@ async fn serving_threads_share_one_cache_and_one_fetch_per_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
-    let sim = Simulator::start(
-        SimConfig::default().with_key(SimKey::new("primary", "ops-test-upstream", ["*"])),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = upstream().await;
     sim.set_fault(Fault::latency(1_000));
     let dir = tempfile::tempdir().unwrap();
     let key = "vg_ops-test-drain";
@@ -550,14 +529,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     let text =
         std::fs::read_to_string(&path).unwrap() + "log:\n  level: \"info,viewgate::access=warn\"\n";
     std::fs::write(&path, text).unwrap();
-    let mut child = Running(
-        Command::new(BIN)
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let ((addr, _), lines) = read_until(&mut child.0, listening);
+    let (mut child, addr, lines) = serve(&path);
     let url = format!("http://{addr}");
     let in_flight = tokio::task::spawn_blocking(move || try_post(&url, key, &body("acc-1")));
     // SIGTERM once the call has reached the (slow) upstream.

@@ -14,12 +14,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{Running, listening, read_until, signal, write_private};
+use common::process::{signal, write_private};
 use common::{TenantSpec, World, WorldSpec, viewers};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
@@ -645,15 +645,7 @@ async fn sighup_and_file_changes_swap_the_certificate_of_a_real_binary() {
         ),
     )
     .unwrap();
-    let bin = env!("CARGO_BIN_EXE_viewgate");
-    let mut child = Running(
-        Command::new(bin)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let ((addr, _), lines) = read_until(&mut child.0, listening);
+    let (mut child, addr, lines) = common::process::serve(&config);
     let addr: SocketAddr = addr.parse().unwrap();
     let ca = dir.path().join("ca.pem");
     let mut first = Https::connect(addr, &ca, &[b"h2", b"http/1.1"]).await;
@@ -713,7 +705,7 @@ async fn sighup_and_file_changes_swap_the_certificate_of_a_real_binary() {
     assert_no_key_material(dir.path(), &all);
 
     // `viewgate check` refuses the same files, naming the key and its line.
-    let check = Command::new(bin)
+    let check = Command::new(env!("CARGO_BIN_EXE_viewgate"))
         .args(["check", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();

@@ -192,30 +192,24 @@ impl Shared {
                     .answer(asked, page, Answer::free(CacheStatus::Stale))
                     .await;
             }
-            let failure = match self.cache.flights.join(&key) {
-                Role::Leader(leader) => {
-                    if let Some(capped) = asked.call.above_cap() {
-                        // Never lead a fetch it will not pay for: its
-                        // followers would inherit a refusal that was this
-                        // client's choice (dropping the leader frees the key).
-                        drop(leader);
-                        return Err(capped);
-                    }
-                    match self.lead(leader, &key, asked, refresh).await {
-                        Ok(response) => return Ok(response),
-                        Err(e) => e,
-                    }
-                }
-                Role::Follower(follower) => {
-                    match self.follow(follower, asked, stale.as_ref()).await {
-                        Joined::Answered(answer) => return answer,
-                        Joined::Again => continue,
-                        Joined::Failed(e) => e,
-                    }
-                }
-            };
-            return self.fall_back(asked, stale, failure).await;
+            let role = self.cache.flights.join(&key);
+            match self.fly(role, &key, asked, refresh, stale.as_ref()).await {
+                Joined::Answered(answer) => return answer,
+                Joined::Again => continue,
+                Joined::Failed(failure) => return self.fall_back(asked, stale, failure).await,
+            }
         }
+        self.rescue(asked, key, refresh, stale).await
+    }
+
+    /// After [`MAX_JOINS`] leaders were refused for their own budgets.
+    async fn rescue(
+        self: &Arc<Self>,
+        asked: &Asked,
+        key: CacheKey,
+        refresh: bool,
+        stale: Option<Arc<CachedPage>>,
+    ) -> StageResult {
         // Every leader it joined was refused for its own budget (a tenant
         // out of credits asking for the same page, again and again). If its
         // own budget cannot cover the call either, that is its answer;
@@ -236,28 +230,53 @@ impl Shared {
             };
             return self.fall_back(asked, stale, failure).await;
         }
-        let failure = match self.cache.rescues.join(&key) {
-            Role::Leader(leader) => match self.lead(leader, &key, asked, refresh).await {
-                Ok(response) => return Ok(response),
-                Err(e) => e,
-            },
-            Role::Follower(follower) => {
-                match self.follow(follower, asked, stale.as_ref()).await {
-                    Joined::Answered(answer) => return answer,
-                    // Its leader's budget went between check and reserve:
-                    // fetch alone rather than wait on a third table.
-                    Joined::Again => {
-                        let alone = self.cache.flights.alone();
-                        match self.lead(alone, &key, asked, refresh).await {
-                            Ok(response) => return Ok(response),
-                            Err(e) => e,
-                        }
-                    }
-                    Joined::Failed(e) => e,
-                }
+        let role = self.cache.rescues.join(&key);
+        let joined = match self.fly(role, &key, asked, refresh, stale.as_ref()).await {
+            // Its leader's budget went between check and reserve: fetch
+            // alone rather than wait on a third table.
+            Joined::Again => {
+                let alone = Role::Leader(self.cache.flights.alone());
+                self.fly(alone, &key, asked, refresh, stale.as_ref()).await
             }
+            joined => joined,
+        };
+        let failure = match joined {
+            Joined::Answered(answer) => return answer,
+            Joined::Failed(failure) => failure,
+            // A leader's flight ends answered or failed.
+            Joined::Again => GatewayError::ServiceUnavailable {
+                detail: "the page could not be fetched".into(),
+            },
         };
         self.fall_back(asked, stale, failure).await
+    }
+
+    /// Takes `role` in a flight for `key`: as leader, fetch (unless the
+    /// client's `x-max-credits` is below the price: it never leads a fetch
+    /// it will not pay for, or its followers would inherit a refusal that
+    /// was its client's choice; dropping the leader frees the key); as
+    /// follower, wait for the leader's page.
+    async fn fly(
+        self: &Arc<Self>,
+        role: Role<CacheKey, Flight>,
+        key: &CacheKey,
+        asked: &Asked,
+        refresh: bool,
+        stale: Option<&Arc<CachedPage>>,
+    ) -> Joined {
+        match role {
+            Role::Leader(leader) => {
+                if let Some(capped) = asked.call.above_cap() {
+                    drop(leader);
+                    return Joined::Answered(Err(capped));
+                }
+                match self.lead(leader, key, asked, refresh).await {
+                    Ok(response) => Joined::Answered(Ok(response)),
+                    Err(failure) => Joined::Failed(failure),
+                }
+            }
+            Role::Follower(follower) => self.follow(follower, asked, stale).await,
+        }
     }
 
     /// As the flight's leader: fetch, store, publish, answer `miss`.

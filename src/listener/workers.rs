@@ -79,16 +79,6 @@ impl Workers {
         Ok(Self { threads })
     }
 
-    /// How many serving threads there are.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    /// Always false: there is at least one thread.
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
     /// Moves `stream` to the thread with the fewest open connections and
     /// runs there what `serve` makes of it, as a task of that thread.
     pub(super) fn hand<F, Fut>(&self, stream: TcpStream, serve: F) -> io::Result<()>

@@ -4,6 +4,21 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+/// `viewgate serve --config CONFIG` (the real binary), once it says where it
+/// listens: the process, that address (`host:port`), and its stdout lines
+/// so far and to come.
+pub fn serve(config: &std::path::Path) -> (Running, String, Lines) {
+    let mut child = Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_viewgate"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ((addr, _), lines) = read_until(&mut child.0, listening);
+    (child, addr, lines)
+}
+
 /// Kills the child when the test ends, pass or fail.
 pub struct Running(pub Child);
 
