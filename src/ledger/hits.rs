@@ -110,10 +110,17 @@ impl<Note: Copy> PendingHits<Note> {
         }
     }
 
-    /// [`PendingHits::written`] for every account of `written`.
-    pub(crate) fn all_written(&mut self, written: &PendingHits<Note>) {
-        for (key, hits) in written.iter() {
-            self.written(key, hits);
+    /// Adds `other`'s counts back (a write of them failed); a note already
+    /// waiting for an account is kept.
+    pub(crate) fn merge(&mut self, other: &PendingHits<Note>) {
+        for (key, hits) in other.iter() {
+            let waiting = self.waiting(key.clone(), hits.note);
+            waiting.hits = waiting.hits.saturating_add(hits.hits);
+            waiting.credits_saved = waiting.credits_saved.saturating_add(hits.credits_saved);
+            waiting.coalesced = waiting.coalesced.saturating_add(hits.coalesced);
+            waiting.credits_saved_coalesced = waiting
+                .credits_saved_coalesced
+                .saturating_add(hits.credits_saved_coalesced);
         }
     }
 }
@@ -138,7 +145,9 @@ mod tests {
 
         let read = pending.clone();
         pending.count(key("crm"), Saving::Cache, 4, 0);
-        pending.all_written(&read);
+        for (key, hits) in read.iter() {
+            pending.written(key, hits);
+        }
         let mut account = Account::default();
         pending.add_to(&key("crm"), &mut account);
         assert_eq!((account.cache_hits, account.credits_saved), (1, 4));
@@ -155,5 +164,23 @@ mod tests {
         let left = *left;
         pending.written(&key("crm"), &left);
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_merges_back_and_keeps_the_first_note() {
+        let mut taken = PendingHits::default();
+        taken.count(key("crm"), Saving::Cache, 2, 7);
+        taken.count(key("ops"), Saving::Coalescing, 3, 1);
+        let mut pending = PendingHits::default();
+        pending.count(key("crm"), Saving::Cache, 4, 9);
+        pending.merge(&taken);
+        let mut crm = Account::default();
+        pending.add_to(&key("crm"), &mut crm);
+        assert_eq!((crm.cache_hits, crm.credits_saved), (2, 6));
+        let (_, waiting) = pending.iter().find(|(k, _)| **k == key("crm")).unwrap();
+        assert_eq!(waiting.note, 9, "the note of the hit already waiting stays");
+        let mut ops = Account::default();
+        pending.add_to(&key("ops"), &mut ops);
+        assert_eq!((ops.coalesced, ops.credits_saved_coalesced), (1, 3));
     }
 }

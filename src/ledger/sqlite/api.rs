@@ -92,6 +92,7 @@ impl Ledger for SqliteLedger {
                 let key = (tenant.clone(), period_key);
                 let mut account = mirror.accounts.get(&key).copied().unwrap_or_default();
                 mirror.pending_hits.add_to(&key, &mut account);
+                mirror.flushing_hits.add_to(&key, &mut account);
                 let recent = mirror.history.recent(tenant, now);
                 account.usage(tenant, *budget, key.1, recent)
             })

@@ -145,6 +145,9 @@ struct Mirror {
     accounts: foldhash::HashMap<AccountKey, Account>,
     /// Cache hits counted but not yet committed.
     pending_hits: PendingHits,
+    /// Cache hits the writer is committing (taken from `pending_hits`);
+    /// counted by readers until the accounts hold them.
+    flushing_hits: Arc<PendingHits>,
     /// Spend and savings by minute over the last day, as recorded (the
     /// writer adds settles, `hit` and `coalesced` their savings).
     history: History,
@@ -315,6 +318,7 @@ impl SqliteLedger {
             keys: keys::KeyWrites::default(),
             owner_id,
             next_purge: clock.now(),
+            pruned_minute: None,
             _owner: owner,
         };
         let writer = std::thread::Builder::new()

@@ -334,3 +334,37 @@ async fn spend_history_and_coalesced_counts_reach_the_file_and_survive_a_restart
         .unwrap();
     assert_eq!(minutes, 1, "older minutes are deleted");
 }
+
+#[tokio::test]
+async fn hits_taken_by_a_failed_write_wait_again_and_are_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let tenants = [("crm".to_string(), None)];
+    ledger.hit("crm", None, 3).await.unwrap();
+    ledger.break_writes(true);
+    // The writer takes the waiting hits and their minute for the batch; the
+    // commit fails, so both go back, and readers never miss them.
+    ledger.flush().await.unwrap_err();
+    ledger.hit("crm", None, 4).await.unwrap();
+    ledger.flush().await.unwrap_err();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!((usage[0].cache_hits, usage[0].credits_saved), (2, 7));
+    assert_eq!(usage[0].recent.saved_cache_last_day, 7);
+
+    ledger.break_writes(false);
+    ledger.flush().await.unwrap();
+    let usage = ledger.usage(&tenants).await.unwrap();
+    assert_eq!(
+        (usage[0].cache_hits, usage[0].credits_saved),
+        (2, 7),
+        "written once"
+    );
+    drop(ledger);
+    let stored = read_usage(&path, &tenants, &Clock::real()).unwrap();
+    assert_eq!((stored[0].cache_hits, stored[0].credits_saved), (2, 7));
+    assert_eq!(
+        stored[0].recent.saved_cache_last_day, 7,
+        "the minute was written"
+    );
+}

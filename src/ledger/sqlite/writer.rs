@@ -3,6 +3,7 @@
 //! transaction (one fsync) before answering.
 
 use crate::ledger::Saving;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,6 @@ use super::{Command, Mirror, Reply, integer, lock, millis, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::book::{Account, AccountKey, Book, Changes};
 use crate::ledger::history::{Bucket, KEEP_MINUTES, minute_of};
-use crate::ledger::hits::PendingHits;
 use crate::ledger::{Balance, IdempotencyBegin, LedgerError, Reservation};
 use crate::log_throttle::LogThrottle;
 
@@ -57,6 +57,8 @@ pub(super) struct Writer {
     pub(super) owner_id: i64,
     /// When expired keys are next deleted.
     pub(super) next_purge: Instant,
+    /// The minute the history was last pruned in (memory and file).
+    pub(super) pruned_minute: Option<i64>,
     /// The file's lock, held until the thread ends. Last, so it is dropped
     /// after `conn` is closed (see `owner`).
     pub(super) _owner: Ownership,
@@ -303,27 +305,20 @@ impl Writer {
             // Only answered closes: they ride with the next durable batch.
             return next;
         }
-        // A copy, not a take: until the commit, `usage` still sees them as pending.
-        let (hits, history) = {
-            let mirror = lock(&self.mirror);
-            let buckets = mirror
-                .history_dirty
-                .iter()
-                .flat_map(|(tenant, minutes)| minutes.iter().map(move |m| (tenant, *m)))
-                .map(|(tenant, minute)| {
-                    let bucket = mirror.history.get(tenant, minute);
-                    ((tenant.clone(), minute), bucket)
-                })
-                .collect();
-            (
-                mirror.pending_hits.clone(),
-                HistoryWrite {
-                    buckets,
-                    prune_before: None,
-                },
-            )
+        // The mirror's lock is held for O(1) here, whatever the tenant count:
+        // pending hits move to `flushing_hits` (still counted by `usage`
+        // until the commit), and the changed minutes are taken, their
+        // buckets read a chunk per lock.
+        let (hits, dirty) = {
+            let mut mirror = lock(&self.mirror);
+            let hits = Arc::new(std::mem::take(&mut mirror.pending_hits));
+            mirror.flushing_hits = Arc::clone(&hits);
+            (hits, std::mem::take(&mut mirror.history_dirty))
         };
-        let mut history = history;
+        let mut history = HistoryWrite {
+            buckets: self.read_buckets(&dirty),
+            prune_before: None,
+        };
         for (key, pending) in hits.iter() {
             let (cache, coalescing) = (Saving::Cache, Saving::Coalescing);
             self.book
@@ -335,7 +330,11 @@ impl Writer {
         let now = self.clock.now();
         let wall = self.clock.wall();
         let purge_before = (now >= self.next_purge).then(|| wall.as_millisecond());
-        history.prune_before = purge_before.map(|_| minute_of(wall) - KEEP_MINUTES);
+        // Minutes age out a minute at a time: prune once per minute.
+        let minute = minute_of(wall);
+        if purge_before.is_some() && self.pruned_minute != Some(minute) {
+            history.prune_before = Some(minute - KEEP_MINUTES);
+        }
         let keys_changed = !self.keys.is_empty();
         let written = {
             let changes = self.book.changes();
@@ -372,7 +371,10 @@ impl Writer {
                         now
                     };
                 }
-                self.publish(touched, &hits, &history, keys_changed);
+                if history.prune_before.is_some() {
+                    self.pruned_minute = Some(minute);
+                }
+                self.publish(touched, &history, keys_changed);
                 for answer in answers {
                     answer.send(None);
                 }
@@ -382,6 +384,16 @@ impl Writer {
                 self.book.rollback();
                 self.keys.rollback();
                 let mut mirror = lock(&self.mirror);
+                // Not written: the hits wait again, the minutes stay to be written.
+                mirror.flushing_hits = Arc::default();
+                mirror.pending_hits.merge(&hits);
+                for (tenant, minutes) in dirty {
+                    mirror
+                        .history_dirty
+                        .entry(tenant)
+                        .or_default()
+                        .extend(minutes);
+                }
                 for (tenant, minute, charge) in &charged_in_batch {
                     mirror.history.take_back(tenant, *minute, *charge);
                 }
@@ -455,7 +467,6 @@ impl Writer {
     fn publish(
         &mut self,
         touched: Vec<(AccountKey, Account)>,
-        hits: &PendingHits,
         history: &HistoryWrite,
         keys_changed: bool,
     ) {
@@ -464,23 +475,43 @@ impl Writer {
         if !touched.is_empty() || keys_changed {
             mirror.commits += 1;
         }
-        mirror.accounts.extend(touched);
-        mirror.pending_hits.all_written(hits);
-        // A minute changed again since it was read stays to be written.
-        for (key, written) in &history.buckets {
-            if mirror.history.get(&key.0, key.1) == *written
-                && let Some(minutes) = mirror.history_dirty.get_mut(&key.0)
-            {
-                minutes.remove(&key.1);
-                if minutes.is_empty() {
-                    mirror.history_dirty.remove(&key.0);
-                }
+        // In place, so no key is moved or freed under the lock; the accounts
+        // now hold the hits written, so `flushing_hits` goes in the same hold.
+        let mut new = Vec::new();
+        for (key, account) in touched {
+            match mirror.accounts.get_mut(&key) {
+                Some(slot) => *slot = account,
+                None => new.push((key, account)),
             }
         }
+        mirror.accounts.extend(new);
+        let written = std::mem::take(&mut mirror.flushing_hits);
         if history.prune_before.is_some() {
             let now = self.clock.wall();
             mirror.history.prune(now);
         }
+        drop(mirror);
+        drop(written);
+    }
+
+    /// The buckets of the minutes in `dirty`, as recorded now (a minute
+    /// changed again since it was taken is marked dirty again, and written
+    /// with a later batch). Read a chunk per lock, so hits wait at most for
+    /// a chunk.
+    fn read_buckets(&self, dirty: &HashMap<String, HashSet<i64>>) -> Vec<((String, i64), Bucket)> {
+        const CHUNK: usize = 256;
+        let pairs: Vec<(&String, i64)> = dirty
+            .iter()
+            .flat_map(|(tenant, minutes)| minutes.iter().map(move |m| (tenant, *m)))
+            .collect();
+        let mut buckets = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(CHUNK) {
+            let mirror = lock(&self.mirror);
+            for &(tenant, minute) in chunk {
+                buckets.push(((tenant.clone(), minute), mirror.history.get(tenant, minute)));
+            }
+        }
+        buckets
     }
 }
 
