@@ -239,29 +239,45 @@ impl Metrics {
         Arc::clone(tenants.entry(tenant.into()).or_insert(handles))
     }
 
-    /// A request was answered; `error` is its code and who caused it.
-    pub(crate) fn request_done(
-        &self,
-        tenant: Option<&str>,
-        status: u16,
-        cache: Option<CacheStatus>,
-        error: Option<(&str, &'static str)>,
-        took: Duration,
-    ) {
-        let tenant = tenant.unwrap_or("-");
-        let handles = self.tenant(tenant);
-        handles.requests(self, status, cache).increment(1);
-        self.request_duration.record(took.as_secs_f64());
+    /// Runs `f` on `tenant`'s handles: one map lookup under a shared lock,
+    /// no reference count touched (the request path's way in).
+    fn with_tenant<R>(&self, tenant: &str, f: impl FnOnce(&TenantHandles) -> R) -> R {
+        {
+            let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(handles) = tenants.get(tenant) {
+                return f(handles);
+            }
+        }
+        f(&self.tenant(tenant))
+    }
+
+    /// A request was answered; `error` is its code and who caused it,
+    /// `credits` what it was charged and what the cache saved it.
+    pub(crate) fn request_done(&self, done: Done<'_>) {
+        let tenant = done.tenant.unwrap_or("-");
+        self.request_duration.record(done.took.as_secs_f64());
+        let error = self.with_tenant(tenant, |handles| {
+            handles.count_request(self, done.status, done.cache);
+            let (charged, saved) = done.credits;
+            if charged > 0 {
+                handles.charged.add(charged);
+            }
+            if saved > 0 {
+                handles.saved.add(saved);
+            }
+            let (code, source) = done.error?;
+            // By code and cause, not status: an upstream 429 or the key's pace is
+            // not the tenant's rate limit, nor the upstream's 402 its budget.
+            match (source, code) {
+                ("policy", "RATE_LIMITED") => handles.rate_limited.increment(1),
+                ("policy", "INSUFFICIENT_CREDITS") => handles.budget_rejected.increment(1),
+                _ => {}
+            }
+            Some((code, source))
+        });
         let Some((code, source)) = error else {
             return;
         };
-        // By code and cause, not status: an upstream 429 or the key's pace is
-        // not the tenant's rate limit, nor the upstream's 402 its budget.
-        match (source, code) {
-            ("policy", "RATE_LIMITED") => handles.rate_limited.increment(1),
-            ("policy", "INSUFFICIENT_CREDITS") => handles.budget_rejected.increment(1),
-            _ => {}
-        }
         self.counter(
             "viewgate_errors_total",
             vec![
@@ -276,14 +292,7 @@ impl Metrics {
     /// Credits charged to a tenant (the upstream's own figure: any u64).
     pub(crate) fn charged(&self, tenant: &str, credits: u64) {
         if credits > 0 {
-            self.tenant(tenant).charged.add(credits);
-        }
-    }
-
-    /// Credits a cache hit saved a tenant.
-    pub(crate) fn saved(&self, tenant: &str, credits: u64) {
-        if credits > 0 {
-            self.tenant(tenant).saved.add(credits);
+            self.with_tenant(tenant, |handles| handles.charged.add(credits));
         }
     }
 
@@ -460,14 +469,17 @@ struct TenantHandles {
 }
 
 impl TenantHandles {
-    fn requests(&self, metrics: &Metrics, status: u16, cache: Option<CacheStatus>) -> Counter {
-        if let Some(c) = self
+    /// Counts one answer in `viewgate_requests_total`, registering the
+    /// (status, cache) series on its first use.
+    fn count_request(&self, metrics: &Metrics, status: u16, cache: Option<CacheStatus>) {
+        if let Some(counter) = self
             .requests
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(status, cache))
         {
-            return c.clone();
+            counter.increment(1);
+            return;
         }
         let counter = metrics.counter(
             "viewgate_requests_total",
@@ -478,8 +490,21 @@ impl TenantHandles {
             ],
         );
         let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
-        map.entry((status, cache)).or_insert(counter).clone()
+        map.entry((status, cache)).or_insert(counter).increment(1);
     }
+}
+
+/// One answered request, as the metrics count it.
+pub(crate) struct Done<'a> {
+    /// The tenant, when the key was known.
+    pub(crate) tenant: Option<&'a str>,
+    pub(crate) status: u16,
+    pub(crate) cache: Option<CacheStatus>,
+    /// The error code and who caused it.
+    pub(crate) error: Option<(&'a str, &'static str)>,
+    pub(crate) took: Duration,
+    /// Credits charged, and credits the cache saved.
+    pub(crate) credits: (u64, u64),
 }
 
 /// Decrements the in-flight gauge when dropped (answered or abandoned).
@@ -500,36 +525,40 @@ mod tests {
         let m = Metrics::new();
         {
             let _guard = m.request_started();
-            m.request_done(
-                Some("crm"),
-                200,
-                Some(CacheStatus::Hit),
-                None,
-                Duration::from_micros(300),
-            );
+            m.request_done(Done {
+                tenant: Some("crm"),
+                status: 200,
+                cache: Some(CacheStatus::Hit),
+                error: None,
+                took: Duration::from_micros(300),
+                credits: (0, 0),
+            });
         }
-        m.request_done(
-            None,
-            403,
-            None,
-            Some(("INVALID_API_KEY", "client")),
-            Duration::from_micros(100),
-        );
+        m.request_done(Done {
+            tenant: None,
+            status: 403,
+            cache: None,
+            error: Some(("INVALID_API_KEY", "client")),
+            took: Duration::from_micros(100),
+            credits: (0, 0),
+        });
         // An upstream 429 is not the tenant's rate limit.
-        m.request_done(
-            Some("crm"),
-            429,
-            None,
-            Some(("RATE_LIMITED", "upstream")),
-            Duration::from_micros(100),
-        );
-        m.request_done(
-            Some("crm"),
-            429,
-            None,
-            Some(("RATE_LIMITED", "policy")),
-            Duration::from_micros(100),
-        );
+        m.request_done(Done {
+            tenant: Some("crm"),
+            status: 429,
+            cache: None,
+            error: Some(("RATE_LIMITED", "upstream")),
+            took: Duration::from_micros(100),
+            credits: (0, 0),
+        });
+        m.request_done(Done {
+            tenant: Some("crm"),
+            status: 429,
+            cache: None,
+            error: Some(("RATE_LIMITED", "policy")),
+            took: Duration::from_micros(100),
+            credits: (0, 0),
+        });
         m.charged("crm", 3);
         m.upstream("primary", "ok", Duration::from_millis(12));
         m.set_credits("crm", 100, 97);
@@ -570,10 +599,24 @@ mod tests {
         let charged = r#"viewgate_credits_charged_total{tenant="crm"}"#;
         let saved = r#"viewgate_credits_saved_total{tenant="crm"}"#;
         m.charged("crm", u64::MAX - 5);
-        m.saved("crm", u64::MAX - 5);
+        m.request_done(Done {
+            tenant: Some("crm"),
+            status: 200,
+            cache: Some(CacheStatus::Hit),
+            error: None,
+            took: Duration::ZERO,
+            credits: (0, u64::MAX - 5),
+        });
         let before = value(&m.render(), charged);
         m.charged("crm", 10);
-        m.saved("crm", 10);
+        m.request_done(Done {
+            tenant: Some("crm"),
+            status: 200,
+            cache: Some(CacheStatus::Hit),
+            error: None,
+            took: Duration::ZERO,
+            credits: (0, 10),
+        });
         let text = m.render();
         assert!(text.contains(&format!("{charged} {}", u64::MAX)), "{text}");
         assert!(text.contains(&format!("{saved} {}", u64::MAX)), "{text}");

@@ -23,7 +23,7 @@ use tower::{Layer, Service};
 
 use crate::context::RequestContext;
 use crate::logging::AccessLine;
-use crate::metrics::{InFlight, Metrics};
+use crate::metrics::{Done, InFlight, Metrics};
 use crate::response::Body;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -222,19 +222,19 @@ where
 
 fn record(metrics: &Metrics, context: &RequestContext, status: u16) {
     let f = context.fields();
-    metrics.request_done(
-        f.tenant.as_deref(),
+    // Credits of a request without a tenant go nowhere (there are none).
+    let credits = match f.tenant {
+        Some(_) => (f.credits_charged, f.credits_saved),
+        None => (0, 0),
+    };
+    metrics.request_done(Done {
+        tenant: f.tenant.as_deref(),
         status,
-        f.cache,
-        f.error_code.as_deref().zip(f.error_source),
-        context.started.elapsed(),
-    );
-    if let Some(tenant) = f.tenant.as_deref() {
-        metrics.charged(tenant, f.credits_charged);
-        if f.credits_saved > 0 {
-            metrics.saved(tenant, f.credits_saved);
-        }
-    }
+        cache: f.cache,
+        error: f.error_code.as_deref().zip(f.error_source),
+        took: context.started.elapsed(),
+        credits,
+    });
 }
 
 fn log_access(context: &RequestContext, status: u16) {
