@@ -80,31 +80,68 @@ pub fn from_yaml_with_env(
 }
 
 fn parse_and_validate(text: &str, file: &str, secrets: Secrets<'_>) -> Result<Config, ConfigError> {
-    let raw: RawConfig = match serde_saphyr::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            // The parser's own message can quote the offending text; keep only its first line.
-            let message = e.to_string();
-            let first = message.lines().next().unwrap_or("invalid YAML");
-            // Drop the parser's own "error: line N column M:" prefix: we print the place ourselves.
-            let message = match first.strip_prefix("error: line ") {
-                Some(rest) => rest.split_once(": ").map_or(rest, |(_, m)| m).to_string(),
-                None => first.to_string(),
-            };
-            return Err(ConfigError {
-                file: file.to_string(),
-                problems: vec![Problem {
-                    line,
-                    column,
-                    key: String::new(),
-                    message,
-                }],
-            });
-        }
+    // The path to the value the parser refused (`server.workers`) names the
+    // key; the parser's location gives its line.
+    let mut key = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+            key = key_path(e.path());
+            e.into_inner()
+        })
+    });
+    let error = match parsed {
+        Ok(raw) => return validated(&raw, file, secrets),
+        Err(error) => error,
     };
+    let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
+    // The parser's own message can quote the offending text; keep only its first line.
+    let message = error.to_string();
+    let first = message.lines().next().unwrap_or("invalid YAML");
+    // Drop the parser's own "error: line N column M:" prefix: we print the place ourselves.
+    let message = match first.strip_prefix("error: line ") {
+        Some(rest) => rest.split_once(": ").map_or(rest, |(_, m)| m).to_string(),
+        None => first.to_string(),
+    };
+    Err(ConfigError {
+        file: file.to_string(),
+        problems: vec![Problem {
+            line,
+            column,
+            key,
+            message,
+        }],
+    })
+}
+
+/// A parse error's path as the README writes keys (`tenants[2].budget`);
+/// empty at the top level, `?` for a map key it could not read. The parts
+/// serde-saphyr adds for a value's location (`value`, `referenced`,
+/// `defined`: no configuration key has those names) are left out.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if matches!(name.as_str(), "value" | "referenced" | "defined") {
+                    continue;
+                }
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            // A key the path could not read (a spanned map key).
+            Segment::Unknown => key.push_str(if key.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    key
+}
+
+fn validated(raw: &RawConfig, file: &str, secrets: Secrets<'_>) -> Result<Config, ConfigError> {
     let mut p = Problems(Vec::new());
-    let config = validate(&raw, &mut p, secrets);
+    let config = validate(raw, &mut p, secrets);
     if p.0.is_empty() {
         Ok(config)
     } else {

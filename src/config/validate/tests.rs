@@ -299,7 +299,21 @@ fn every_mistake_in_actions_is_reported_with_its_line() {
     // An unknown key is refused by the parser, with its line.
     assert_shows(
         &refused(&with("actions:\n  get: { prize: 1 }\n")),
-        &["t.yaml:11:10: unknown field `prize`"],
+        &["t.yaml:11:10: actions.?.prize: unknown field `prize`"],
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_named_by_its_key() {
+    // The parser refuses these before validation: its message alone
+    // ("invalid u64") would not say which key.
+    assert_shows(
+        &refused(&with("log:\n  level: info\n  bogus: [1]\n")),
+        &["log.bogus: unknown field `bogus`"],
+    );
+    assert_shows(
+        &refused(&with("cache:\n  ttl_s: soon\n")),
+        &["t.yaml:11:10: cache.ttl_s: invalid"],
     );
 }
 
@@ -533,7 +547,10 @@ fn unknown_credit_modes_are_refused_with_their_line() {
         "accounts: [\"*\"]\n    enforce: sometimes\n",
     ));
     // As for every boolean key: the line and column, from the YAML reader.
-    assert_shows(&shown, &["t.yaml:10:14: invalid boolean"]);
+    assert_shows(
+        &shown,
+        &["t.yaml:10:14: tenants[0].enforce: invalid boolean"],
+    );
 }
 
 #[test]
