@@ -539,3 +539,31 @@ async fn a_one_megabyte_account_id_within_the_body_limit_is_a_cheap_400() {
     assert_eq!(w.sim.calls_total(), 0);
     let _ = log_lines();
 }
+
+#[tokio::test]
+async fn deeply_nested_params_are_a_400_not_a_crash() {
+    // Each level of params is walked by a parser of its own (see
+    // `unambiguous`): unbounded, 100,000 levels overflowed the thread's stack
+    // and aborted the whole process (found by the red team at 10,000).
+    let w = World::start(WorldSpec {
+        max_body_bytes: 512 * 1024,
+        ..world("")
+    })
+    .await;
+    let depth = 100_000;
+    let body = format!(
+        r#"{{"account_id":"acc-1","action":"search_people","params":{{"x":{}{}}}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let reply = w.post(Some("crm"), &body).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.code(), "INVALID_PARAMS");
+    assert!(reply.text().contains("nest deeper"), "{}", reply.text());
+    // Still serving, and nothing was sent upstream for the refused call.
+    assert_eq!(w.sim.calls_total(), 0);
+    let page = w.post(Some("crm"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(w.sim.calls_total(), 1);
+    let _ = log_lines();
+}

@@ -15,17 +15,38 @@ use serde_json::value::RawValue;
 /// Significant digits a decimal may have and still name one double only.
 const EXACT_DIGITS: usize = 15;
 
-/// Checks `text` (one JSON value): no object repeats a key and every number
-/// is one a double holds exactly. `Err` says what is wrong.
+/// How deep params may nest. Each level is walked with a parser of its own
+/// (so serde_json's own depth limit never applies) and reread by every level
+/// above it: the bound keeps both the stack and the work per request small.
+/// No V2 action's params come near it.
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// Checks `text` (one JSON value): no object repeats a key, every number is
+/// one a double holds exactly, and nothing nests deeper than [`MAX_DEPTH`].
+/// `Err` says what is wrong.
 pub(crate) fn check(text: &str) -> Result<(), String> {
+    check_at(text, 1)
+}
+
+/// [`check`] of a value `depth` levels down.
+fn check_at(text: &str, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "params nest deeper than {MAX_DEPTH} levels of objects and arrays"
+        ));
+    }
     let mut de = serde_json::Deserializer::from_str(text);
-    de.deserialize_any(Walk).map_err(|e| e.to_string())?;
+    de.deserialize_any(Walk { depth })
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())
 }
 
-/// Visits a value; each member of an object or array is taken as raw text
-/// and walked in turn, so numbers are judged by how they were written.
-struct Walk;
+/// Visits a value `depth` levels down; each member of an object or array is
+/// taken as raw text and walked in turn, so numbers are judged by how they
+/// were written.
+struct Walk {
+    depth: usize,
+}
 
 impl<'de> Visitor<'de> for Walk {
     type Value = ();
@@ -56,7 +77,7 @@ impl<'de> Visitor<'de> for Walk {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(raw) = seq.next_element::<&RawValue>()? {
-            member(raw).map_err(de::Error::custom)?;
+            member(raw, self.depth).map_err(de::Error::custom)?;
         }
         Ok(())
     }
@@ -68,18 +89,19 @@ impl<'de> Visitor<'de> for Walk {
             if !seen.insert(key.clone()) {
                 return Err(de::Error::custom(format!("params repeat the key {key:?}")));
             }
-            member(raw).map_err(de::Error::custom)?;
+            member(raw, self.depth).map_err(de::Error::custom)?;
         }
         Ok(())
     }
 }
 
-/// One member: a number is checked by its text, anything else walked.
-fn member(raw: &RawValue) -> Result<(), String> {
+/// One member of a value `depth` levels down: a number is checked by its
+/// text, an object or array walked one level further.
+fn member(raw: &RawValue, depth: usize) -> Result<(), String> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'-' | b'0'..=b'9') => exact_number(text),
-        Some(b'{' | b'[') => check(text),
+        Some(b'{' | b'[') => check_at(text, depth + 1),
         _ => Ok(()),
     }
 }
@@ -114,7 +136,25 @@ fn exact_number(text: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{MAX_DEPTH, check};
+
+    #[test]
+    fn nesting_is_bounded_without_exhausting_the_stack() {
+        let nested = |depth: usize| {
+            // `depth` levels in all: the object and depth - 1 arrays.
+            format!(
+                r#"{{"x":{}{}}}"#,
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            )
+        };
+        assert_eq!(check(&nested(MAX_DEPTH)), Ok(()));
+        let err = check(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.contains("nest deeper"), "{err}");
+        // Deep enough to overflow a serving thread's stack when unbounded.
+        let err = check(&nested(100_000)).unwrap_err();
+        assert!(err.contains("nest deeper"), "{err}");
+    }
 
     #[test]
     fn plain_params_pass() {
