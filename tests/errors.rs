@@ -754,3 +754,53 @@ async fn every_request_writes_one_access_line_with_the_documented_fields() {
     assert_eq!(line["error_code"], serde_json::Value::Null);
     assert!(line["upstream_ms"].is_u64());
 }
+
+#[tokio::test]
+async fn a_refused_call_is_answered_and_logged_as_the_action_it_named() {
+    // On /v2/profiles an error whose body was never read says get_viewers;
+    // one whose body named another action says that action, in the answer's
+    // metadata and in its access line alike.
+    let w = World::start(world(WorldSpec::default())).await;
+    let cases = [
+        (
+            "named-action-1",
+            r#"{"account_id":"acc-1","action":"search_people","params":{"x":1.2345678901234567}}"#,
+            "search_people",
+        ),
+        (
+            "named-action-2",
+            r#"{"account_id":"acc-1","action":"invite","params":{}}"#,
+            "invite",
+        ),
+        (
+            "named-action-3",
+            r#"{"account_id":"acc-1","action":7}"#,
+            "get_viewers",
+        ),
+    ];
+    for (id, body, action) in cases {
+        let headers = vec![
+            ("x-api-key", w.key("crm").to_string()),
+            ("content-type", "application/json".to_string()),
+            ("x-request-id", id.to_string()),
+        ];
+        let reply = w
+            .request(Method::POST, "/v2/profiles", &headers, body)
+            .await;
+        assert_eq!(reply.status, 400, "{id}: {}", reply.text());
+        assert_eq!(reply.meta()["action"], action, "{id}: {}", reply.text());
+        let logs = common::logs();
+        let line: serde_json::Value = logs
+            .lines()
+            .find(|l| l.contains(id))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap_or_else(|| panic!("no access line for {id}"));
+        let logged = if action == "get_viewers" {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::from(action)
+        };
+        assert_eq!(line["action"], logged, "{id}: {line}");
+    }
+    assert_eq!(w.sim.calls_total(), 0);
+}

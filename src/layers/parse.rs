@@ -146,16 +146,23 @@ where
                 .extensions
                 .get::<Category>()
                 .map_or("profiles", |c| c.0.as_str());
-            let mut call = if CONNECT_ENDPOINTS.contains(&category) {
-                parse_connect(category, &bytes, &actions)?
-            } else {
-                parse_call_with(category, &bytes, &actions)?
-            };
-            call.max_credits = max_credits(&parts.headers)?;
-            if let Some(context) = parts
+            let context = parts
                 .extensions
-                .get::<Arc<crate::context::RequestContext>>()
-            {
+                .get::<Arc<crate::context::RequestContext>>();
+            let parsed = if CONNECT_ENDPOINTS.contains(&category) {
+                parse_connect(category, &bytes, &actions)
+            } else {
+                parse_call_with(category, &bytes, &actions).inspect_err(|_| {
+                    // A call refused after naming its action is answered
+                    // and logged as that action, not the endpoint's default.
+                    if let (Some(context), Some(action)) = (context, named_action(&bytes)) {
+                        context.fields().action = Some(action);
+                    }
+                })
+            };
+            let mut call = parsed?;
+            call.max_credits = max_credits(&parts.headers)?;
+            if let Some(context) = context {
                 let mut fields = context.fields();
                 fields.action = Some(call.action.clone());
                 // No body field of an account connection is logged.
@@ -266,6 +273,23 @@ pub fn parse_call(category: &str, body: &[u8]) -> Result<ApiCall, GatewayError> 
     parse_call_with(category, body, builtin_actions())
 }
 
+/// A lower-case action name such as `get_viewers`, at most 64 bytes.
+fn well_formed_action(action: &str) -> bool {
+    !action.is_empty()
+        && action.len() <= 64
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The action a body names, when it is a JSON object naming a well-formed
+/// one (whatever else is wrong with it).
+fn named_action(body: &[u8]) -> Option<String> {
+    let wire: Wire<'_> = serde_json::from_slice(body).ok()?;
+    let action: String = serde_json::from_str(wire.action?.get()).ok()?;
+    well_formed_action(&action).then_some(action)
+}
+
 /// Validates a body sent to `/v2/{category}` and prices it by `actions`.
 pub fn parse_call_with(
     category: &str,
@@ -291,12 +315,7 @@ pub fn parse_call_with(
         .action
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .ok_or_else(|| invalid("action is required and must be a string"))?;
-    let action_ok = !action.is_empty()
-        && action.len() <= 64
-        && action
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !action_ok {
+    if !well_formed_action(&action) {
         return Err(invalid(
             "action must be a lower-case action name such as get_viewers",
         ));
