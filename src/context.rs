@@ -60,6 +60,9 @@ pub(crate) struct RequestContext {
     fields: Mutex<LogFields>,
     /// Whether a call for this request has gone to the upstream.
     upstream_started: AtomicBool,
+    /// Whether its answer must close the connection (its body was refused
+    /// unread and could not be discarded: see `layers::discard`).
+    close: AtomicBool,
 }
 
 impl RequestContext {
@@ -70,7 +73,18 @@ impl RequestContext {
             started,
             fields: Mutex::new(LogFields::default()),
             upstream_started: AtomicBool::new(false),
+            close: AtomicBool::new(false),
         })
+    }
+
+    /// Asks for the answer to close the connection.
+    pub(crate) fn close_connection(&self) {
+        self.close.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the answer must close the connection.
+    pub(crate) fn closes_connection(&self) -> bool {
+        self.close.load(Ordering::Relaxed)
     }
 
     /// The fields, to read or update.

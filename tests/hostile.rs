@@ -567,3 +567,88 @@ async fn deeply_nested_params_are_a_400_not_a_crash() {
     assert_eq!(w.sim.calls_total(), 1);
     let _ = log_lines();
 }
+
+// ---- refusals before the body is read ------------------------------------------------
+
+/// Reads one HTTP/1.1 response (head and content-length body) off `stream`;
+/// `None` if the connection closed first.
+async fn one_response(stream: &mut TcpStream) -> Option<(String, String)> {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).to_string();
+                return Some((head, body));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no whole response within 10 s: {buf:?}");
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no whole response within 10 s: {buf:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_before_the_body_keeps_the_connection_or_says_it_closes() {
+    // Found by the red team: a 403 sent before the body arrived closed the
+    // keep-alive connection without `connection: close`, so a pooled
+    // client's next request failed.
+    let w = World::start(world("")).await;
+    let body = viewers("acc-1", 0, 10);
+    let head = |key: &str| {
+        format!(
+            "POST /v2/profiles HTTP/1.1\r\nhost: gw\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    let good = format!("{}{body}", head(w.key("crm")));
+
+    // The body comes in a second write, right behind the headers: it is
+    // read and discarded, and the connection serves the next request.
+    let mut stream = TcpStream::connect(w.server.addr()).await.unwrap();
+    stream
+        .write_all(head("vg_not_a_key").as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let (refused, _) = one_response(&mut stream).await.expect("a 403");
+    assert!(refused.starts_with("http/1.1 403"), "{refused}");
+    assert!(!refused.contains("connection: close"), "{refused}");
+    stream.write_all(good.as_bytes()).await.unwrap();
+    let (served, page) = one_response(&mut stream)
+        .await
+        .expect("the same connection serves on");
+    assert!(served.starts_with("http/1.1 200"), "{served} {page}");
+
+    // A client that waits for the answer before sending its body: the
+    // refusal waits for the body a while, then answers and says it closes.
+    let mut stream = TcpStream::connect(w.server.addr()).await.unwrap();
+    stream
+        .write_all(head("vg_not_a_key").as_bytes())
+        .await
+        .unwrap();
+    let (refused, _) = one_response(&mut stream).await.expect("a 403");
+    assert!(refused.starts_with("http/1.1 403"), "{refused}");
+    assert!(refused.contains("connection: close"), "{refused}");
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.write_all(good.as_bytes()).await;
+    assert!(
+        one_response(&mut stream).await.is_none(),
+        "closed, as it said"
+    );
+    assert_eq!(
+        w.sim.calls_total(),
+        1,
+        "only the served page called upstream"
+    );
+}

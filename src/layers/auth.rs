@@ -12,11 +12,14 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderName, Request};
+use http_body::Body as HttpBody;
 use tower::{Layer, Service};
 
 use super::StageResult;
+use super::discard::refuse;
 use crate::error::GatewayError;
 use crate::tenant::{Tenant, Tenants};
 
@@ -55,10 +58,13 @@ pub(crate) struct Auth<S> {
 impl<S, B> Service<Request<B>> for Auth<S>
 where
     S: Service<Request<B>, Response = http::Response<crate::response::Body>, Error = GatewayError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = GatewayError;
-    type Future = Either<Ready<StageResult>, S::Future>;
+    // A refusal reads the rest of the body first (see `discard`).
+    type Future = Either<BoxFuture<'static, StageResult>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -73,7 +79,7 @@ where
             .filter(|_| copies == 1)
             .and_then(|key| self.tenants.authenticate(key.as_bytes()));
         let Some(tenant) = tenant else {
-            return Either::Left(ready(Err(GatewayError::InvalidApiKey)));
+            return Either::Left(refuse(request, GatewayError::InvalidApiKey));
         };
         if let Some(context) = super::context(&request) {
             context.fields().tenant = Some(Arc::clone(&tenant.id));

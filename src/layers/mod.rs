@@ -4,6 +4,7 @@ pub(crate) mod accounts;
 pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod cache;
+mod discard;
 pub(crate) mod idempotency;
 pub mod parse;
 pub(crate) mod policy;

@@ -11,10 +11,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either};
 use http::Request;
+use http_body::Body as HttpBody;
 use tower::{Layer, Service};
 
+use super::discard::refuse;
 use super::{StageResult, context};
 use crate::clock::Clock;
 use crate::error::GatewayError;
@@ -89,11 +92,13 @@ where
         + Send
         + 'static,
     S::Future: Send,
-    B: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = GatewayError;
-    type Future = Either<Ready<StageResult>, Either<S::Future, GlobalCheck>>;
+    // A refusal reads the rest of the body first (see `discard`).
+    type Future = Either<BoxFuture<'static, StageResult>, Either<S::Future, GlobalCheck>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -107,7 +112,7 @@ where
         match limiter.check_local(&self.clock) {
             Some(decision) => match limited(decision, &tenant, &request, &self.metrics) {
                 Ok(()) => Either::Right(Either::Left(self.inner.call(request))),
-                Err(e) => Either::Left(ready(Err(e))),
+                Err(e) => Either::Left(refuse(request, e)),
             },
             None => {
                 // The clone that was polled ready goes with this request.
@@ -116,7 +121,11 @@ where
                 let clock = self.clock.clone();
                 let metrics = Arc::clone(&self.metrics);
                 Either::Right(Either::Right(Box::pin(async move {
-                    limited(limiter.check(&clock).await, &tenant, &request, &metrics)?;
+                    if let Err(e) =
+                        limited(limiter.check(&clock).await, &tenant, &request, &metrics)
+                    {
+                        return refuse(request, e).await;
+                    }
                     inner.call(request).await
                 })))
             }

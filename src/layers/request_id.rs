@@ -212,6 +212,14 @@ where
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), this.context.request_id.clone());
+        if this.context.closes_connection() {
+            // A refused body that could not be read to its end: the
+            // connection closes after this answer, and says so.
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         let status = response.status().as_u16();
         *this.logged = true;
         log_access(this.context, status);

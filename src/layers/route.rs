@@ -5,12 +5,15 @@
 
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either};
 use http::{Method, Request};
+use http_body::Body as HttpBody;
 use tower::{Layer, Service};
 
 use super::StageResult;
 use super::accounts::AccountsRoute;
+use super::discard::refuse;
 use crate::error::GatewayError;
 
 /// The category of `/v2/{category}`, for later stages.
@@ -58,10 +61,13 @@ pub(crate) fn category(path: &str) -> Option<&str> {
 impl<S, B> Service<Request<B>> for Route<S>
 where
     S: Service<Request<B>, Response = http::Response<crate::response::Body>, Error = GatewayError>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = GatewayError;
-    type Future = Either<Ready<StageResult>, S::Future>;
+    // A refusal reads the rest of the body first (see `discard`).
+    type Future = Either<BoxFuture<'static, StageResult>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -70,17 +76,23 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if let Some(route) = accounts_route(request.uri().path()) {
             if request.method() != Method::GET {
-                return Either::Left(ready(Err(GatewayError::MethodNotAllowed { allow: "GET" })));
+                return Either::Left(refuse(
+                    request,
+                    GatewayError::MethodNotAllowed { allow: "GET" },
+                ));
             }
             request.extensions_mut().insert(route);
             return Either::Right(self.inner.call(request));
         }
         let Some(category) = category(request.uri().path()) else {
-            return Either::Left(ready(Err(GatewayError::NotFound)));
+            return Either::Left(refuse(request, GatewayError::NotFound));
         };
         // Webhooks are the operator's: refused once the caller is known (any method).
         if request.method() != Method::POST && category != "webhooks" {
-            return Either::Left(ready(Err(GatewayError::MethodNotAllowed { allow: "POST" })));
+            return Either::Left(refuse(
+                request,
+                GatewayError::MethodNotAllowed { allow: "POST" },
+            ));
         }
         let category = Category(category.to_string());
         request.extensions_mut().insert(category);
