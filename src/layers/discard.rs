@@ -39,8 +39,14 @@ where
     Box::pin(async move {
         let http1 = request.version() <= Version::HTTP_11;
         let (parts, body) = request.into_parts();
+        // A client that asked to be told before it sends the body is not
+        // asked for it (no 100 Continue): the answer closes instead.
+        let expects = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         if http1
-            && !discard(body).await
+            && (expects || !discard(body).await)
             && let Some(context) = parts.extensions.get::<Arc<RequestContext>>()
         {
             context.close_connection();
