@@ -804,3 +804,43 @@ async fn a_refused_call_is_answered_and_logged_as_the_action_it_named() {
     }
     assert_eq!(w.sim.calls_total(), 0);
 }
+
+#[tokio::test]
+async fn connect_endpoints_name_their_action_in_every_refusal() {
+    // /v2/login and /v2/checkpoint are their own action: a refusal before
+    // the body is read (bad key) or of a body that is not JSON says so too.
+    let w = World::start(world(WorldSpec::default())).await;
+    let cases = [
+        (
+            "connect-action-1",
+            "/v2/login",
+            "vg_not_a_key".to_string(),
+            "{}",
+        ),
+        (
+            "connect-action-2",
+            "/v2/checkpoint",
+            w.key("crm").to_string(),
+            "notjson",
+        ),
+    ];
+    for (id, path, key, body) in cases {
+        let headers = vec![
+            ("x-api-key", key),
+            ("content-type", "application/json".to_string()),
+            ("x-request-id", id.to_string()),
+        ];
+        let reply = w.request(Method::POST, path, &headers, body).await;
+        assert!(reply.status.as_u16() >= 400, "{id}: {}", reply.text());
+        let action = path.trim_start_matches("/v2/");
+        assert_eq!(reply.meta()["action"], action, "{id}: {}", reply.text());
+        let logs = common::logs();
+        let line: serde_json::Value = logs
+            .lines()
+            .find(|l| l.contains(id))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap_or_else(|| panic!("no access line for {id}"));
+        assert_eq!(line["action"], action, "{id}: {line}");
+    }
+    assert_eq!(w.sim.calls_total(), 0);
+}

@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 use super::StageResult;
 use super::accounts::AccountsRoute;
 use super::discard::refuse;
+use super::parse::CONNECT_ENDPOINTS;
 use crate::error::GatewayError;
 
 /// The category of `/v2/{category}`, for later stages.
@@ -87,6 +88,13 @@ where
         let Some(category) = category(request.uri().path()) else {
             return Either::Left(refuse(request, GatewayError::NotFound));
         };
+        // An endpoint that is its own action names it from here on, in
+        // every answer and access line, refusals before the body included.
+        if CONNECT_ENDPOINTS.contains(&category)
+            && let Some(context) = super::context(&request)
+        {
+            context.fields().action = Some(category.to_string());
+        }
         // Webhooks are the operator's: refused once the caller is known (any method).
         if request.method() != Method::POST && category != "webhooks" {
             return Either::Left(refuse(
