@@ -755,6 +755,15 @@ async fn every_request_writes_one_access_line_with_the_documented_fields() {
     assert!(line["upstream_ms"].is_u64());
 }
 
+/// The access line of the request whose id is `id`.
+fn access_line(id: &str) -> serde_json::Value {
+    common::logs()
+        .lines()
+        .find(|l| l.contains(id))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("no access line for {id}"))
+}
+
 #[tokio::test]
 async fn a_refused_call_is_answered_and_logged_as_the_action_it_named() {
     // On /v2/profiles an error whose body was never read says get_viewers;
@@ -789,12 +798,7 @@ async fn a_refused_call_is_answered_and_logged_as_the_action_it_named() {
             .await;
         assert_eq!(reply.status, 400, "{id}: {}", reply.text());
         assert_eq!(reply.meta()["action"], action, "{id}: {}", reply.text());
-        let logs = common::logs();
-        let line: serde_json::Value = logs
-            .lines()
-            .find(|l| l.contains(id))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .unwrap_or_else(|| panic!("no access line for {id}"));
+        let line = access_line(id);
         let logged = if action == "get_viewers" {
             serde_json::Value::Null
         } else {
@@ -834,12 +838,7 @@ async fn connect_endpoints_name_their_action_in_every_refusal() {
         assert!(reply.status.as_u16() >= 400, "{id}: {}", reply.text());
         let action = path.trim_start_matches("/v2/");
         assert_eq!(reply.meta()["action"], action, "{id}: {}", reply.text());
-        let logs = common::logs();
-        let line: serde_json::Value = logs
-            .lines()
-            .find(|l| l.contains(id))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .unwrap_or_else(|| panic!("no access line for {id}"));
+        let line = access_line(id);
         assert_eq!(line["action"], action, "{id}: {line}");
     }
     assert_eq!(w.sim.calls_total(), 0);
