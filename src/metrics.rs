@@ -520,45 +520,47 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
+    /// One answered request that took 100 µs and cost nothing.
+    fn done<'a>(
+        tenant: Option<&'a str>,
+        status: u16,
+        cache: Option<CacheStatus>,
+        error: Option<(&'a str, &'static str)>,
+    ) -> Done<'a> {
+        Done {
+            tenant,
+            status,
+            cache,
+            error,
+            took: Duration::from_micros(100),
+            credits: (0, 0),
+        }
+    }
+
     #[test]
     fn renders_prometheus_text_with_labels_and_buckets() {
         let m = Metrics::new();
         {
             let _guard = m.request_started();
             m.request_done(Done {
-                tenant: Some("crm"),
-                status: 200,
-                cache: Some(CacheStatus::Hit),
-                error: None,
                 took: Duration::from_micros(300),
-                credits: (0, 0),
+                ..done(Some("crm"), 200, Some(CacheStatus::Hit), None)
             });
         }
-        m.request_done(Done {
-            tenant: None,
-            status: 403,
-            cache: None,
-            error: Some(("INVALID_API_KEY", "client")),
-            took: Duration::from_micros(100),
-            credits: (0, 0),
-        });
+        m.request_done(done(None, 403, None, Some(("INVALID_API_KEY", "client"))));
         // An upstream 429 is not the tenant's rate limit.
-        m.request_done(Done {
-            tenant: Some("crm"),
-            status: 429,
-            cache: None,
-            error: Some(("RATE_LIMITED", "upstream")),
-            took: Duration::from_micros(100),
-            credits: (0, 0),
-        });
-        m.request_done(Done {
-            tenant: Some("crm"),
-            status: 429,
-            cache: None,
-            error: Some(("RATE_LIMITED", "policy")),
-            took: Duration::from_micros(100),
-            credits: (0, 0),
-        });
+        m.request_done(done(
+            Some("crm"),
+            429,
+            None,
+            Some(("RATE_LIMITED", "upstream")),
+        ));
+        m.request_done(done(
+            Some("crm"),
+            429,
+            None,
+            Some(("RATE_LIMITED", "policy")),
+        ));
         m.charged("crm", 3);
         m.upstream("primary", "ok", Duration::from_millis(12));
         m.set_credits("crm", 100, 97);
@@ -600,22 +602,16 @@ mod tests {
         let saved = r#"viewgate_credits_saved_total{tenant="crm"}"#;
         m.charged("crm", u64::MAX - 5);
         m.request_done(Done {
-            tenant: Some("crm"),
-            status: 200,
-            cache: Some(CacheStatus::Hit),
-            error: None,
             took: Duration::ZERO,
             credits: (0, u64::MAX - 5),
+            ..done(Some("crm"), 200, Some(CacheStatus::Hit), None)
         });
         let before = value(&m.render(), charged);
         m.charged("crm", 10);
         m.request_done(Done {
-            tenant: Some("crm"),
-            status: 200,
-            cache: Some(CacheStatus::Hit),
-            error: None,
             took: Duration::ZERO,
             credits: (0, 10),
+            ..done(Some("crm"), 200, Some(CacheStatus::Hit), None)
         });
         let text = m.render();
         assert!(text.contains(&format!("{charged} {}", u64::MAX)), "{text}");

@@ -37,7 +37,6 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     Box::pin(async move {
-        let http1 = request.version() <= Version::HTTP_11;
         let (parts, body) = request.into_parts();
         // A client that asked to be told before it sends the body is not
         // asked for it (no 100 Continue): the answer closes instead.
@@ -45,14 +44,21 @@ where
             .headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if http1
-            && (expects || !discard(body).await)
-            && let Some(context) = parts.extensions.get::<Arc<RequestContext>>()
-        {
-            context.close_connection();
+        if parts.version <= Version::HTTP_11 && (expects || !discard(body).await) {
+            close_after_answer(&parts);
         }
         Err(error)
     })
+}
+
+/// Asks that the answer to this HTTP/1.x request close the connection and
+/// say so (part of its body is left unread).
+pub(crate) fn close_after_answer(parts: &http::request::Parts) {
+    if parts.version <= Version::HTTP_11
+        && let Some(context) = parts.extensions.get::<Arc<RequestContext>>()
+    {
+        context.close_connection();
+    }
 }
 
 /// Whether the whole body was read within the limits.

@@ -21,7 +21,7 @@ use http::{Request, header};
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::discard::refuse;
+use super::discard::{close_after_answer, refuse};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tower::{Layer, Service};
@@ -114,43 +114,27 @@ where
                 );
                 return refuse(request, refused).await;
             }
-            // An answer given with part of the body unread closes the
-            // connection and says so (see `discard`).
-            let close = |request: &Request<B>| {
-                if request.version() <= http::Version::HTTP_11
-                    && let Some(context) = super::context(request)
-                {
-                    context.close_connection();
-                }
-            };
             let declared = request
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
+            let (parts, body) = request.into_parts();
+            // An answer given with part of the body unread closes the
+            // connection and says so (see `discard`).
             if declared.is_some_and(|n| n > limit as u64) {
-                close(&request);
+                close_after_answer(&parts);
                 return Err(GatewayError::PayloadTooLarge { limit });
             }
             // One content type: with two, which one the body is in is a guess.
-            let mut types = request.headers().get_all(header::CONTENT_TYPE).iter();
+            let mut types = parts.headers.get_all(header::CONTENT_TYPE).iter();
             if !is_json(types.next()) || types.next().is_some() {
+                let request = Request::from_parts(parts, body);
                 return refuse(request, GatewayError::UnsupportedMediaType).await;
             }
-            let http1 = request.version() <= http::Version::HTTP_11;
-            let (parts, body) = request.into_parts();
-            let close = || {
-                if let Some(context) = parts
-                    .extensions
-                    .get::<Arc<crate::context::RequestContext>>()
-                    .filter(|_| http1)
-                {
-                    context.close_connection();
-                }
-            };
             let read = tokio::time::timeout(body_timeout, Limited::new(body, limit).collect());
             let Ok(read) = read.await else {
-                close();
+                close_after_answer(&parts);
                 return Err(GatewayError::RequestTimeout {
                     after_ms: body_timeout.as_millis() as u64,
                 });
@@ -158,11 +142,11 @@ where
             let bytes = match read {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                    close();
+                    close_after_answer(&parts);
                     return Err(GatewayError::PayloadTooLarge { limit });
                 }
                 Err(_) => {
-                    close();
+                    close_after_answer(&parts);
                     return Err(GatewayError::InvalidParams(
                         "could not read the request body".into(),
                     ));
