@@ -1,5 +1,6 @@
 //! A tenant's call, parsed and validated: what the inner stages work on.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -76,18 +77,16 @@ impl ApiCall {
             return None;
         }
         let (offset, count, params) = match self.params {
-            CallParams::Viewers { offset, count } => (offset, count, Box::from("")),
-            CallParams::Other(_) | CallParams::Connect(_) => {
-                (0, 0, self.canonical_params().into_boxed_str())
-            }
+            CallParams::Viewers { offset, count } => (offset, count, String::new()),
+            CallParams::Other(_) | CallParams::Connect(_) => (0, 0, self.canonical_params()),
         };
-        Some(CacheKey {
-            action: self.action.as_str().into(),
-            account_id: self.account_id.as_str().into(),
+        Some(CacheKey::new(
+            &self.action,
+            &self.account_id,
             offset,
             count,
-            params,
-        })
+            &params,
+        ))
     }
 
     /// Whether it connects an account (`/v2/login`, `/v2/checkpoint`).
@@ -119,9 +118,8 @@ impl ApiCall {
         out.extend_from_slice(b",\"params\":");
         match &self.params {
             CallParams::Viewers { offset, count } => {
-                out.extend_from_slice(
-                    format!("{{\"count\":{count},\"offset\":{offset}}}").as_bytes(),
-                );
+                // Into the buffer directly: writing to a Vec cannot fail.
+                let _ = write!(out, "{{\"count\":{count},\"offset\":{offset}}}");
             }
             CallParams::Other(Some(raw)) => out.extend_from_slice(raw.get().as_bytes()),
             CallParams::Other(None) | CallParams::Connect(_) => out.extend_from_slice(b"{}"),

@@ -38,6 +38,17 @@ pub(crate) struct Metrics {
     in_flight: Gauge,
     request_duration: Histogram,
     tenants: RwLock<HashMap<Box<str>, Arc<TenantHandles>>>,
+    /// Handles per upstream key: its duration histogram and a counter per
+    /// outcome seen, so an upstream call finds its series without building
+    /// labels or searching the registry (keys are the configured ones).
+    upstream: RwLock<HashMap<Box<str>, UpstreamHandles>>,
+}
+
+/// One upstream key's series.
+#[derive(Default)]
+struct UpstreamHandles {
+    duration: Option<Histogram>,
+    outcomes: Vec<(&'static str, Counter)>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +205,7 @@ impl Metrics {
             in_flight,
             request_duration,
             tenants: RwLock::new(HashMap::default()),
+            upstream: RwLock::new(HashMap::default()),
         }
     }
 
@@ -340,24 +352,55 @@ impl Metrics {
 
     /// One upstream attempt.
     pub(crate) fn upstream(&self, key: &str, outcome: &'static str, took: Duration) {
-        let key = key.to_string();
-        self.counter(
-            "viewgate_upstream_requests_total",
-            vec![
-                Label::new("key", key.clone()),
-                Label::new("outcome", outcome),
-            ],
-        )
-        .increment(1);
-        self.recorder
-            .register_histogram(
+        self.with_upstream(key, outcome, |counter, duration| {
+            counter.increment(1);
+            duration.record(took.as_secs_f64());
+        });
+    }
+
+    /// Runs `f` on `key`'s counter for `outcome` and its duration histogram,
+    /// registering them the first time.
+    fn with_upstream(
+        &self,
+        key: &str,
+        outcome: &'static str,
+        f: impl FnOnce(&Counter, &Histogram),
+    ) {
+        {
+            let handles = self.upstream.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = handles.get(key)
+                && let Some(duration) = &h.duration
+                && let Some((_, counter)) = h.outcomes.iter().find(|(o, _)| *o == outcome)
+            {
+                return f(counter, duration);
+            }
+        }
+        let mut handles = self.upstream.write().unwrap_or_else(|e| e.into_inner());
+        let h = handles.entry(key.into()).or_default();
+        let duration = h.duration.get_or_insert_with(|| {
+            self.recorder.register_histogram(
                 &Key::from_parts(
                     "viewgate_upstream_duration_seconds",
-                    vec![Label::new("key", key)],
+                    vec![Label::new("key", key.to_string())],
                 ),
                 &METADATA,
             )
-            .record(took.as_secs_f64());
+        });
+        let counter = match h.outcomes.iter().position(|(o, _)| *o == outcome) {
+            Some(i) => &h.outcomes[i].1,
+            None => {
+                let counter = self.counter(
+                    "viewgate_upstream_requests_total",
+                    vec![
+                        Label::new("key", key.to_string()),
+                        Label::new("outcome", outcome),
+                    ],
+                );
+                h.outcomes.push((outcome, counter));
+                &h.outcomes[h.outcomes.len() - 1].1
+            }
+        };
+        f(counter, duration);
     }
 
     /// A call that never left: refused by the key's breaker or pace.

@@ -282,7 +282,7 @@ fn odd_but_valid_viewer_bodies_parse_to_their_page() {
     ] {
         let call = viewgate::layers::parse::parse_call("profiles", body.as_bytes()).unwrap();
         let key = call.cache_key().unwrap();
-        assert_eq!((key.offset, key.count), (offset, count), "{body}");
+        assert_eq!((key.offset(), key.count()), (offset, count), "{body}");
     }
 }
 

@@ -548,13 +548,7 @@ proptest! {
     ) {
         let first = write_body(&account, offset, count, a.0, a.1, a.2, a.3, &a.4);
         let second = write_body(&account, offset, count, b.0, b.1, b.2, b.3, &b.4);
-        let expected = CacheKey {
-            action: "get_viewers".into(),
-            account_id: account.as_str().into(),
-            offset,
-            count,
-            params: "".into(),
-        };
+        let expected = CacheKey::new("get_viewers", account.as_str(), offset, count, "");
         prop_assert_eq!(key_of(&first), expected.clone(), "{}", first);
         prop_assert_eq!(key_of(&second), expected, "{}", second);
     }

@@ -55,16 +55,19 @@ impl std::fmt::Debug for SharedTier {
 /// The Redis key of a page; the account is a hash tag, so one account's
 /// pages share a Cluster slot and a purge pattern.
 fn redis_key(key: &CacheKey) -> String {
-    if key.params.is_empty() {
+    if key.params().is_empty() {
         return format!(
             "vg:page:{{{}}}:{}:{}:{}",
-            key.account_id, key.action, key.offset, key.count
+            key.account_id(),
+            key.action(),
+            key.offset(),
+            key.count()
         );
     }
     // Params can be long and hold any character: their digest names them.
-    let digest = Sha256::digest(key.params.as_bytes());
+    let digest = Sha256::digest(key.params().as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("vg:page:{{{}}}:{}:p:{hex}", key.account_id, key.action)
+    format!("vg:page:{{{}}}:{}:p:{hex}", key.account_id(), key.action())
 }
 
 /// Escapes glob characters so an account id matches itself only in SCAN.
@@ -232,21 +235,9 @@ mod tests {
     #[test]
     fn account_ids_cannot_widen_a_purge() {
         assert_eq!(glob_escape("acc-*"), "acc-\\*");
-        let key = CacheKey {
-            action: "get_viewers".into(),
-            account_id: "acc-1".into(),
-            offset: 10,
-            count: 20,
-            params: "".into(),
-        };
+        let key = CacheKey::new("get_viewers", "acc-1", 10, 20, "");
         assert_eq!(redis_key(&key), "vg:page:{acc-1}:get_viewers:10:20");
-        let search = CacheKey {
-            action: "search_people".into(),
-            account_id: "acc-*".into(),
-            offset: 0,
-            count: 0,
-            params: r#"{"keywords":"a*b"}"#.into(),
-        };
+        let search = CacheKey::new("search_people", "acc-*", 0, 0, r#"{"keywords":"a*b"}"#);
         let k = redis_key(&search);
         assert!(k.starts_with("vg:page:{acc-*}:search_people:p:"), "{k}");
         assert_eq!(k.len(), "vg:page:{acc-*}:search_people:p:".len() + 32);

@@ -292,6 +292,7 @@ impl Shared {
         // before it leaves the table), and fetching it again would be a
         // second paid call.
         if !refresh
+            && self.cache.may_have(key)
             && let Some(page) = self.cache.get(key).await
             && page.is_fresh(self.clock.now())
         {

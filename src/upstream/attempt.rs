@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -73,6 +73,10 @@ pub(super) enum Attempt {
     Retry(GatewayError, Option<Duration>),
 }
 
+// Named once: a name given as text is parsed, and copied, on every request.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 impl Upstream {
     pub(super) async fn attempt(
         &self,
@@ -91,8 +95,8 @@ impl Upstream {
                 header::USER_AGENT,
                 concat!("viewgate/", env!("CARGO_PKG_VERSION")),
             )
-            .header("x-api-key", key.header.clone())
-            .header("x-request-id", call.request_id.clone());
+            .header(X_API_KEY, key.header.clone())
+            .header(X_REQUEST_ID, call.request_id.clone());
         if !call.get {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
