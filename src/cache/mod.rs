@@ -29,11 +29,11 @@ use crate::config::CacheConfig;
 /// lookups, inserts and rehashes) and clones it three times, so the key is
 /// made for that: hashed once when it is made (hashing its strings each time
 /// was 3-6 % of a miss's CPU), its hash seeded per process so tenants cannot
-/// aim collisions at a bucket, and its text one shared allocation.
+/// aim collisions at a bucket, and its text one shared allocation made once.
 #[derive(Debug, Clone)]
 pub struct CacheKey {
-    /// `action`, `account_id` and `params`, back to back.
-    text: Arc<str>,
+    /// `action`, `account_id` and `params`, back to back (each valid UTF-8).
+    text: Arc<[u8]>,
     /// Where `action` ends and `account_id` starts.
     action_end: u32,
     /// Where `account_id` ends and `params` starts.
@@ -54,15 +54,17 @@ impl CacheKey {
         let digest = SEED
             .get_or_init(Default::default)
             .hash_one((action, account_id, offset, count, params));
-        let mut text = String::with_capacity(action.len() + account_id.len() + params.len());
-        text.push_str(action);
-        text.push_str(account_id);
-        text.push_str(params);
+        // One allocation, sized exactly (the iterator knows its length).
+        let text: Arc<[u8]> = action
+            .bytes()
+            .chain(account_id.bytes())
+            .chain(params.bytes())
+            .collect();
         // Request bodies are capped far below 4 GiB, so the offsets fit.
         let action_end = u32::try_from(action.len()).unwrap_or(u32::MAX);
         let account_end = u32::try_from(action.len() + account_id.len()).unwrap_or(u32::MAX);
         Self {
-            text: Arc::from(text),
+            text,
             action_end,
             account_end,
             offset,
@@ -73,12 +75,12 @@ impl CacheKey {
 
     /// The action (only cacheable ones).
     pub fn action(&self) -> &str {
-        &self.text[..self.action_end as usize]
+        self.part(0, self.action_end)
     }
 
     /// The account.
     pub fn account_id(&self) -> &str {
-        &self.text[self.action_end as usize..self.account_end as usize]
+        self.part(self.action_end, self.account_end)
     }
 
     /// Items skipped (`get_viewers`).
@@ -93,7 +95,14 @@ impl CacheKey {
 
     /// Canonical params of other reads; empty for `get_viewers`.
     pub fn params(&self) -> &str {
-        &self.text[self.account_end as usize..]
+        self.part(self.account_end, u32::MAX)
+    }
+
+    /// The text from `from` to `to` (or its end): one of the three strings
+    /// it was made of, so valid UTF-8 (read off the request path only).
+    fn part(&self, from: u32, to: u32) -> &str {
+        let end = self.text.len().min(to as usize);
+        std::str::from_utf8(&self.text[from as usize..end]).unwrap_or_default()
     }
 
     fn weight(&self) -> usize {
