@@ -629,6 +629,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn upstream_series_count_each_key_and_outcome_apart() {
+        let m = Metrics::new();
+        let ms = Duration::from_millis;
+        for _ in 0..3 {
+            m.upstream("primary", "ok", ms(5));
+        }
+        m.upstream("primary", "error", ms(7));
+        m.upstream("backup", "ok", ms(9));
+        m.upstream("primary", "error", ms(7));
+        m.upstream_refused("primary", "circuit_open");
+        let text = m.render();
+        for (series, expected) in [
+            (
+                r#"viewgate_upstream_requests_total{key="primary",outcome="ok"}"#,
+                3.0,
+            ),
+            (
+                r#"viewgate_upstream_requests_total{key="primary",outcome="error"}"#,
+                2.0,
+            ),
+            (
+                r#"viewgate_upstream_requests_total{key="backup",outcome="ok"}"#,
+                1.0,
+            ),
+            (
+                r#"viewgate_upstream_requests_total{key="primary",outcome="circuit_open"}"#,
+                1.0,
+            ),
+            (
+                r#"viewgate_upstream_duration_seconds_count{key="primary"}"#,
+                5.0,
+            ),
+            (
+                r#"viewgate_upstream_duration_seconds_count{key="backup"}"#,
+                1.0,
+            ),
+        ] {
+            assert_eq!(value(&text, series), expected, "{series}");
+        }
+        assert!(!text.contains(r#"key="backup",outcome="error""#), "{text}");
+    }
+
     /// The value of the one series `series` (name and labels) in `text`.
     fn value(text: &str, series: &str) -> f64 {
         text.lines()
