@@ -112,7 +112,7 @@ impl Scrubber {
     /// Marks every byte of `text` inside a window of [`MIN_RUN`] bytes that a
     /// secret also contains (overlapping windows mark whole runs), or inside
     /// a whole short secret. `None` when nothing is marked.
-    fn mark(&self, text: &[u8]) -> Option<Vec<bool>> {
+    fn mark(&self, text: &[u8], known: &Known<'_>) -> Option<Vec<bool>> {
         let mut marked: Option<Vec<bool>> = None;
         let mut mark = |from: usize, len: usize| {
             let m = marked.get_or_insert_with(|| vec![false; text.len()]);
@@ -131,7 +131,8 @@ impl Scrubber {
                 let block_start = block * GRAM;
                 let first = block_start.saturating_sub(MIN_RUN - GRAM);
                 for start in first..=block_start.min(last_start) {
-                    if self.windows.contains(&pack(&text[start..start + MIN_RUN])) {
+                    let window = pack(&text[start..start + MIN_RUN]);
+                    if self.windows.contains(&window) && !known.has(window) {
                         mark(start, MIN_RUN);
                     }
                 }
@@ -154,7 +155,7 @@ impl Scrubber {
                 look_around(text.len() / (2 * GRAM) * 2);
             }
         }
-        for short in &self.short {
+        for short in self.short.iter().filter(|s| !known.has_short(s)) {
             for (i, window) in text.windows(short.len()).enumerate() {
                 if window.eq_ignore_ascii_case(short) {
                     mark(i, short.len());
@@ -166,12 +167,18 @@ impl Scrubber {
 
     /// Whether `bytes` holds a fragment of a secret.
     pub(crate) fn leaks(&self, bytes: &[u8]) -> bool {
-        self.mark(bytes).is_some()
+        self.mark(bytes, &Known::nothing()).is_some()
     }
 
     /// `bytes` with each run of marked bytes replaced by `***`.
+    #[cfg(test)]
     pub(crate) fn bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
-        match self.mark(bytes) {
+        self.bytes_known(bytes, &Known::nothing())
+    }
+
+    /// [`Self::bytes`], leaving runs the client itself sent.
+    fn bytes_known<'t>(&self, bytes: &'t [u8], known: &Known<'_>) -> Cow<'t, [u8]> {
+        match self.mark(bytes, known) {
             Some(marked) => Cow::Owned(starred(bytes, &marked)),
             None => Cow::Borrowed(bytes),
         }
@@ -181,73 +188,65 @@ impl Scrubber {
     /// as a client reads it: in its strings once their escapes are decoded
     /// (`\u006c\u006b…` or `\/` spell a key as surely as the key itself),
     /// and in its bytes as they stand. Untouched (borrowed, byte for byte)
-    /// when it holds none. A string or object key that holds one is
-    /// scrubbed and the value written again (valid JSON, the same value but
-    /// for the runs); a run outside any string (a key of digits in a number)
-    /// is cut out of the bytes, as [`Self::bytes`] does.
-    pub(crate) fn json<'t>(&self, data: &'t [u8]) -> Cow<'t, [u8]> {
-        let raw = self.mark(data);
-        let as_they_stand = || match &raw {
-            Some(marked) => Cow::Owned(starred(data, marked)),
-            None => Cow::Borrowed(data),
-        };
-        if raw.is_none() && !data.contains(&b'\\') {
+    /// when it holds none. A string or object key written with escapes that
+    /// holds one is decoded, scrubbed and written again (valid JSON, the
+    /// same text but for the runs); a run in the bytes as they stand is
+    /// cut out, as [`Self::bytes`] does (inside a string that keeps it a
+    /// string; in a number it leaves the number cut). Runs that are also in
+    /// `known`, the client's own request, are left: they are no news to it,
+    /// and starring them would tell it which of its guesses are in a key.
+    ///
+    /// The strings are found by a scan of the bytes, not by parsing `data`
+    /// into a value: a page the envelope accepted but a value cannot hold
+    /// (a number out of range, nesting past the parser's limit, a lone
+    /// surrogate, a key given twice) is checked like any other.
+    pub(crate) fn json<'t>(&self, data: &'t [u8], known: &Known<'_>) -> Cow<'t, [u8]> {
+        let escaped = data.contains(&b'\\');
+        let raw = self.mark(data, known);
+        if raw.is_none() && !escaped {
             return Cow::Borrowed(data);
         }
-        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(data) else {
-            return as_they_stand();
-        };
-        if !self.scrub_value(&mut value) {
-            // The strings are clean: any run is outside them.
-            return as_they_stand();
-        }
-        let written = serde_json::to_vec(&value).unwrap_or_else(|_| b"null".to_vec());
-        match self.bytes(&written) {
-            Cow::Borrowed(_) => Cow::Owned(written),
-            Cow::Owned(cut) => Cow::Owned(cut),
-        }
-    }
-
-    /// Scrubs every string and object key in `value`; whether any changed.
-    fn scrub_value(&self, value: &mut serde_json::Value) -> bool {
-        use serde_json::Value;
-        match value {
-            Value::String(s) => match self.bytes(s.as_bytes()) {
-                Cow::Borrowed(_) => false,
-                // Marked bytes are ASCII (secrets are header values).
-                Cow::Owned(clean) => {
-                    *s = String::from_utf8_lossy(&clean).into_owned();
-                    true
+        let mut decoded_out: Option<Vec<u8>> = None;
+        if escaped {
+            let mut out = Vec::new();
+            let mut copied = 0;
+            for (start, end) in string_tokens(data) {
+                let inner = &data[start + 1..end.saturating_sub(1).max(start + 1)];
+                if !inner.contains(&b'\\') {
+                    continue;
                 }
-            },
-            Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |changed, item| self.scrub_value(item) | changed),
-            Value::Object(map) => {
-                let mut changed = false;
-                if map.keys().any(|k| self.leaks(k.as_bytes())) {
-                    let old = std::mem::take(map);
-                    for (k, v) in old {
-                        let k = match self.bytes(k.as_bytes()) {
-                            Cow::Borrowed(_) => k,
-                            Cow::Owned(clean) => String::from_utf8_lossy(&clean).into_owned(),
-                        };
-                        map.insert(k, v);
-                    }
-                    changed = true;
+                let text = decode_string(inner);
+                if let Cow::Owned(clean) = self.bytes_known(text.as_bytes(), known) {
+                    out.extend_from_slice(&data[copied..start]);
+                    // Marked bytes are ASCII (secrets are header values), so
+                    // what is left is the decoded text, still UTF-8.
+                    let clean = String::from_utf8_lossy(&clean);
+                    let _ = serde_json::to_writer(&mut out, &*clean);
+                    copied = end;
                 }
-                map.values_mut()
-                    .fold(changed, |changed, v| self.scrub_value(v) | changed)
             }
-            _ => false,
+            if copied > 0 {
+                out.extend_from_slice(&data[copied..]);
+                decoded_out = Some(out);
+            }
+        }
+        match (decoded_out, raw) {
+            (Some(written), _) => match self.bytes_known(&written, known) {
+                Cow::Borrowed(_) => Cow::Owned(written),
+                Cow::Owned(cut) => Cow::Owned(cut),
+            },
+            (None, Some(marked)) => Cow::Owned(starred(data, &marked)),
+            (None, None) => Cow::Borrowed(data),
         }
     }
 
     /// `text` with every run of [`MIN_RUN`]+ characters of a secret replaced
     /// by `***`, cut to [`MAX_MESSAGE`] bytes first.
-    pub(crate) fn message<'t>(&self, text: &'t str) -> Cow<'t, str> {
+    /// Runs also in `known`, the client's own request, are left (see
+    /// [`Self::json`]).
+    pub(crate) fn message<'t>(&self, text: &'t str, known: &Known<'_>) -> Cow<'t, str> {
         let text = cut(text, MAX_MESSAGE);
-        match self.bytes(text.as_bytes()) {
+        match self.bytes_known(text.as_bytes(), known) {
             Cow::Borrowed(_) => Cow::Borrowed(text),
             // Marked bytes are ASCII (secrets are header values), so cutting
             // them out leaves valid UTF-8.
@@ -270,6 +269,146 @@ impl Scrubber {
             FALLBACK_CODE.to_string()
         }
     }
+}
+
+/// What the client itself sent (its request body): a run of a secret that
+/// is also in it is no news to that client. Its windows are only computed
+/// when a run is found, which is rare.
+pub(crate) struct Known<'a> {
+    text: &'a [u8],
+    windows: std::sync::OnceLock<HashSet<u64, foldhash::fast::FixedState>>,
+}
+
+impl<'a> Known<'a> {
+    /// Nothing known: every run is scrubbed.
+    pub(crate) const fn nothing() -> Known<'static> {
+        Known {
+            text: b"",
+            windows: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The client sent `text`.
+    pub(crate) fn new(text: &'a [u8]) -> Self {
+        Known {
+            text,
+            windows: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Every window of [`MIN_RUN`] bytes of the text, lowercased, as it
+    /// stands and in its strings decoded.
+    fn windows(&self) -> &HashSet<u64, foldhash::fast::FixedState> {
+        self.windows.get_or_init(|| {
+            let mut set = HashSet::default();
+            set.extend(self.text.windows(MIN_RUN).map(pack));
+            for (start, end) in string_tokens(self.text) {
+                let inner = &self.text[start + 1..end.saturating_sub(1).max(start + 1)];
+                if inner.contains(&b'\\') {
+                    set.extend(decode_string(inner).as_bytes().windows(MIN_RUN).map(pack));
+                }
+            }
+            set
+        })
+    }
+
+    fn has(&self, window: u64) -> bool {
+        !self.text.is_empty() && self.windows().contains(&window)
+    }
+
+    fn has_short(&self, short: &[u8]) -> bool {
+        !self.text.is_empty()
+            && self
+                .text
+                .windows(short.len())
+                .any(|w| w.eq_ignore_ascii_case(short))
+    }
+}
+
+/// Where the JSON strings of `data` are: `(start, end)` of each, quotes
+/// included (an unterminated one runs to the end). Object keys are strings
+/// too.
+fn string_tokens(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        while i < data.len() && data[i] != b'"' {
+            // An escape takes the next byte with it (`\"` does not end the string).
+            i += if data[i] == b'\\' { 2 } else { 1 };
+        }
+        i = (i + 1).min(data.len());
+        tokens.push((start, i));
+    }
+    tokens
+}
+
+/// The text a client reads from the inside of a JSON string: escapes
+/// decoded, a surrogate pair joined, a lone surrogate or a broken escape
+/// read as U+FFFD (it cannot be part of a key, whose bytes are ASCII).
+fn decode_string(inner: &[u8]) -> String {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = inner.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    while i < inner.len() {
+        if inner[i] != b'\\' {
+            out.push(inner[i]);
+            i += 1;
+            continue;
+        }
+        let Some(&kind) = inner.get(i + 1) else {
+            break;
+        };
+        i += 2;
+        let simple = match kind {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            b'/' => Some(b'/'),
+            b'b' => Some(0x08),
+            b'f' => Some(0x0c),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            _ => None,
+        };
+        if let Some(byte) = simple {
+            out.push(byte);
+            continue;
+        }
+        let mut c = char::REPLACEMENT_CHARACTER;
+        if kind == b'u'
+            && let Some(unit) = hex4(i)
+        {
+            i += 4;
+            let low = (0xd800..0xdc00)
+                .contains(&unit)
+                .then(|| {
+                    let next = inner.get(i..i + 2)? == b"\\u";
+                    let low = hex4(i + 2).filter(|l| next && (0xdc00..0xe000).contains(l))?;
+                    Some(low)
+                })
+                .flatten();
+            let scalar = match low {
+                Some(low) => {
+                    i += 6;
+                    0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00)
+                }
+                None => unit,
+            };
+            c = char::from_u32(scalar).unwrap_or(char::REPLACEMENT_CHARACTER);
+        }
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `bytes` with each run of `marked` bytes replaced by `***`.
@@ -324,10 +463,17 @@ mod tests {
             KEY[5..13].to_string(),
         ] {
             let text = format!("key {echoed} is not allowed");
-            assert_eq!(s.message(&text), "key *** is not allowed", "{echoed}");
+            assert_eq!(
+                s.message(&text, &Known::nothing()),
+                "key *** is not allowed",
+                "{echoed}"
+            );
         }
         assert_eq!(
-            s.message("both lk_Test0nlyNotAKeyXyZ123456789 and SECOND-SECRET"),
+            s.message(
+                "both lk_Test0nlyNotAKeyXyZ123456789 and SECOND-SECRET",
+                &Known::nothing()
+            ),
             "both *** and ***"
         );
     }
@@ -341,14 +487,20 @@ mod tests {
             "Test0nl", // seven characters of the key: too short to be a leak
             "é unicode ünïcode",
         ] {
-            assert!(matches!(s.message(text), Cow::Borrowed(_)), "{text}");
+            assert!(
+                matches!(s.message(text, &Known::nothing()), Cow::Borrowed(_)),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn short_keys_are_removed_whole_and_pages_are_scrubbed_too() {
         let s = Scrubber::new([b"Ab3dE7g".as_slice(), KEY.as_bytes()]);
-        assert_eq!(s.message("echo AB3DE7G here"), "echo *** here");
+        assert_eq!(
+            s.message("echo AB3DE7G here", &Known::nothing()),
+            "echo *** here"
+        );
         let page = format!(r#"{{"note":"your key is {}"}}"#, KEY.to_lowercase());
         assert!(s.leaks(page.as_bytes()));
         assert_eq!(
@@ -432,7 +584,7 @@ mod tests {
                     every[i..i + MIN_RUN].iter_mut().for_each(|b| *b = true);
                 }
             }
-            proptest::prop_assert_eq!(s.mark(&text).unwrap(), every);
+            proptest::prop_assert_eq!(s.mark(&text, &Known::nothing()).unwrap(), every);
         }
 
         /// The block filter finds exactly what testing every window finds.
@@ -455,7 +607,7 @@ mod tests {
                     every[i..i + MIN_RUN].iter_mut().for_each(|b| *b = true);
                 }
             }
-            let found = s.mark(&text).unwrap_or_else(|| vec![false; text.len()]);
+            let found = s.mark(&text, &Known::nothing()).unwrap_or_else(|| vec![false; text.len()]);
             proptest::prop_assert_eq!(found, every);
         }
     }
@@ -468,7 +620,7 @@ mod tests {
             .map(|c| format!("\\u{:04x}", c as u32))
             .collect();
         let page = format!(r#"{{"viewers":[{{"note":"key: {escaped}"}}],"total":3}}"#);
-        let clean = s.json(page.as_bytes());
+        let clean = s.json(page.as_bytes(), &Known::nothing());
         let value: serde_json::Value = serde_json::from_slice(&clean).unwrap();
         assert_eq!(value["viewers"][0]["note"], "key: ***");
         assert_eq!(value["total"], 3);
@@ -485,20 +637,22 @@ mod tests {
             })
             .collect();
         let page = format!(r#"{{"{some}":"x"}}"#);
-        let value: serde_json::Value = serde_json::from_slice(&s.json(page.as_bytes())).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_slice(&s.json(page.as_bytes(), &Known::nothing())).unwrap();
         assert_eq!(value, serde_json::json!({"***": "x"}));
         // `\/` (PHP's way) in a key with slashes: valid JSON comes out.
         let slashed = Scrubber::new([b"lk_Abc/DefGhiJklMno/PqrStu".as_slice()]);
         let page = br#"{"note":"lk_Abc\/DefGhiJklMno\/PqrStu","n":1}"#;
-        let value: serde_json::Value = serde_json::from_slice(&slashed.json(page)).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_slice(&slashed.json(page, &Known::nothing())).unwrap();
         assert_eq!(value, serde_json::json!({"note": "***", "n": 1}));
         // Escapes with no secret behind them: the page as it came.
         let page = br#"{"name":"Ren\u00e9e \"R\" O\/K"}"#;
-        assert!(matches!(s.json(page), Cow::Borrowed(_)));
+        assert!(matches!(s.json(page, &Known::nothing()), Cow::Borrowed(_)));
         // A run outside any string is cut from the bytes.
         let digits = Scrubber::new([b"1234567890".as_slice()]);
         assert_eq!(
-            &*digits.json(br#"{"n":1234567890}"#),
+            &*digits.json(br#"{"n":1234567890}"#, &Known::nothing()),
             br#"{"n":***}"#.as_slice()
         );
     }
@@ -507,7 +661,7 @@ mod tests {
     fn long_messages_are_cut_on_a_character_boundary() {
         let s = Scrubber::default();
         let text = "é".repeat(400);
-        let out = s.message(&text);
+        let out = s.message(&text, &Known::nothing());
         assert!(out.len() <= MAX_MESSAGE);
         assert!(out.chars().all(|c| c == 'é'));
     }
@@ -532,5 +686,96 @@ mod tests {
         let s = scrubber();
         assert_eq!(s.code(KEY), FALLBACK_CODE);
         assert_eq!(s.code(&KEY.to_uppercase()), FALLBACK_CODE);
+    }
+
+    /// `KEY` written entirely in `\uXXXX` escapes.
+    fn escaped_key() -> String {
+        KEY.chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect()
+    }
+
+    #[test]
+    fn escaped_keys_are_found_where_no_json_value_can_hold_the_page() {
+        // Each page is one the envelope accepts but a serde_json value
+        // cannot hold, or holds with a string lost.
+        let s = scrubber();
+        let key = escaped_key();
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for (rest, name) in [
+            ("1e400".to_string(), "a number out of range"),
+            (deep, "nesting past the parser's limit"),
+            ("\"\\ud800\"".to_string(), "a lone surrogate"),
+        ] {
+            let page = format!(r#"{{"n":{rest},"s":"{key}"}}"#);
+            let clean = s.json(page.as_bytes(), &Known::nothing());
+            assert_eq!(
+                String::from_utf8_lossy(&clean),
+                format!(r#"{{"n":{rest},"s":"***"}}"#),
+                "{name}"
+            );
+        }
+        // A key given twice: the first copy is the one a value would drop.
+        let page = format!(r#"{{"s":"{key}","s":"x"}}"#);
+        let clean = s.json(page.as_bytes(), &Known::nothing());
+        assert_eq!(&*clean, br#"{"s":"***","s":"x"}"#);
+        // As an object key, with text around it kept.
+        let page = format!(r#"{{"id {key} end":1}}"#);
+        let clean = s.json(page.as_bytes(), &Known::nothing());
+        assert_eq!(&*clean, br#"{"id *** end":1}"#);
+    }
+
+    #[test]
+    fn strings_decode_as_a_client_reads_them() {
+        assert_eq!(decode_string(br#"a\u0041\n\/\\\"b"#), "aA\n/\\\"b");
+        // A pair joins; a lone half or a broken escape is U+FFFD.
+        assert_eq!(decode_string(br"\ud83d\ude00"), "\u{1f600}");
+        assert_eq!(decode_string(br"\ud83dx"), "\u{fffd}x");
+        assert_eq!(decode_string(br"\ude00"), "\u{fffd}");
+        assert_eq!(decode_string(br"\u12"), "\u{fffd}12");
+        assert_eq!(decode_string(br"end\"), "end");
+        // Escaped quotes do not end a string.
+        let tokens = string_tokens(br#"{"a\"b":"c\\"} "open"#);
+        assert_eq!(tokens, vec![(1, 7), (8, 13), (15, 20)]);
+    }
+
+    #[test]
+    fn runs_the_client_sent_itself_are_left_as_they_stand() {
+        // An upstream that echoes the request: starring the runs that match
+        // would tell the client which of its guesses are part of a key.
+        let s = scrubber();
+        let guess = &KEY[4..20];
+        let request = format!(r#"{{"params":{{"url":"https://x/in/{guess}"}}}}"#);
+        let known = Known::new(request.as_bytes());
+        let page = format!(r#"{{"url":"https://x/in/{guess}"}}"#);
+        assert!(matches!(s.json(page.as_bytes(), &known), Cow::Borrowed(_)));
+        let message = format!("no profile at https://x/in/{guess}");
+        assert_eq!(s.message(&message, &known), message.as_str());
+        // Sent escaped, echoed plain: still the client's own text.
+        let escaped: String = guess
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let request = format!(r#"{{"params":{{"url":"{escaped}"}}}}"#);
+        let known = Known::new(request.as_bytes());
+        assert!(matches!(s.json(page.as_bytes(), &known), Cow::Borrowed(_)));
+        // What the client did not send is scrubbed as ever, next to what it did.
+        let page = format!(r#"{{"url":"{guess}","other":"{}"}}"#, &KEY[20..]);
+        let known = Known::new(request.as_bytes());
+        let clean = s.json(page.as_bytes(), &known);
+        assert_eq!(
+            String::from_utf8_lossy(&clean),
+            format!(r#"{{"url":"{guess}","other":"***"}}"#)
+        );
+        // The whole key, of which the client sent a middle part: what it
+        // did not send is starred on both sides; a run it sent may show.
+        let message = format!("both {KEY}");
+        let out = s.message(&message, &known);
+        assert!(out.starts_with("both ***") && out.ends_with("***"), "{out}");
+        assert!(
+            !out.contains(&KEY[..8]) && !out.contains(&KEY[20..]),
+            "{out}"
+        );
+        assert!(s.mark(out.as_bytes(), &known).is_none(), "{out}");
     }
 }

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use super::{Health, Upstream, UpstreamCall, UpstreamError, UpstreamKey, UpstreamReply};
 use crate::error::GatewayError;
-use crate::scrub::Scrubber;
+use crate::scrub::{Known, Scrubber};
 
 /// Largest upstream body viewgate will read.
 const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
@@ -187,7 +187,8 @@ impl Upstream {
             let mut data = body.slice_ref(data.get().as_bytes());
             // A page is shown to tenants and cached for others: it must not
             // carry a key either, whatever the upstream put in it.
-            if let Cow::Owned(clean) = self.scrubber.json(&data) {
+            // Runs the tenant sent itself are left (no news to it; see Known).
+            if let Cow::Owned(clean) = self.scrubber.json(&data, &Known::new(&call.body)) {
                 tracing::warn!(
                     upstream_key = %key.name,
                     "the upstream's answer held a fragment of a key; scrubbed"
@@ -235,7 +236,10 @@ impl Upstream {
         let error = GatewayError::Upstream {
             status,
             code: self.scrubber.code(&code),
-            message: self.scrubber.message(&message).into_owned(),
+            message: self
+                .scrubber
+                .message(&message, &Known::new(&call.body))
+                .into_owned(),
             retry_after_s: retry_after,
         };
         // A V2 5xx is the upstream failing this call, for this account.
@@ -269,7 +273,7 @@ fn unknown(timeout: bool, detail: &str) -> Attempt {
 }
 
 /// Upstream response headers a client may act on, passed through (never
-/// one that carries a fragment of a key): `retry-after`, `x-ratelimit-*`,
+/// one whose name or value carries a fragment of a key): `retry-after`, `x-ratelimit-*`,
 /// and a JSON content type that has parameters.
 fn passed_headers(
     headers: &http::HeaderMap,
@@ -288,6 +292,7 @@ fn passed_headers(
                         && v.contains(';')
                 });
             (name == "retry-after" || name.starts_with("x-ratelimit-") || json_with_parameters)
+                && !scrubber.leaks(name.as_bytes())
                 && !scrubber.leaks(value.as_bytes())
         })
         .map(|(n, v)| (n.clone(), v.clone()))
@@ -312,6 +317,28 @@ mod tests {
     fn credits(metadata: &str) -> Option<u64> {
         let metadata: Metadata<'_> = serde_json::from_str(metadata).unwrap();
         reported_credits(Some(metadata))
+    }
+
+    #[test]
+    fn headers_named_or_valued_with_a_key_fragment_are_dropped() {
+        let scrubber = Scrubber::new([b"lk_Q7vXr9TzpW2mKd73915028".as_slice()]);
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-ratelimit-remaining", "7"),
+            ("x-ratelimit-q7vxr9tz", "1"),
+            ("x-ratelimit-reset", "lk_q7vxr9tzpw"),
+            ("retry-after", "2"),
+        ] {
+            headers.insert(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let passed: Vec<String> = passed_headers(&headers, &scrubber)
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(passed, ["x-ratelimit-remaining", "retry-after"]);
     }
 
     #[test]
