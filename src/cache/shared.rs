@@ -58,7 +58,7 @@ fn redis_key(key: &CacheKey) -> String {
     if key.params().is_empty() {
         return format!(
             "vg:page:{{{}}}:{}:{}:{}",
-            key.account_id(),
+            tag(key.account_id()),
             key.action(),
             key.offset(),
             key.count()
@@ -67,7 +67,29 @@ fn redis_key(key: &CacheKey) -> String {
     // Params can be long and hold any character: their digest names them.
     let digest = Sha256::digest(key.params().as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("vg:page:{{{}}}:{}:p:{hex}", key.account_id(), key.action())
+    format!(
+        "vg:page:{{{}}}:{}:p:{hex}",
+        tag(key.account_id()),
+        key.action()
+    )
+}
+
+/// An account id as its keys' hash tag: `}` would end the tag early (and
+/// let the purge pattern of `acc-1` match account `acc-1}:x`), so it is
+/// written `%7D`, and `%` itself `%25`, which keeps the mapping one to one.
+fn tag(account_id: &str) -> std::borrow::Cow<'_, str> {
+    if !account_id.contains(['}', '%']) {
+        return std::borrow::Cow::Borrowed(account_id);
+    }
+    std::borrow::Cow::Owned(account_id.replace('%', "%25").replace('}', "%7D"))
+}
+
+/// The SCAN pattern of one account's pages (every page with `None`).
+fn purge_pattern(account_id: Option<&str>) -> String {
+    match account_id {
+        Some(account) => format!("vg:page:{{{}}}:*", glob_escape(&tag(account))),
+        None => "vg:page:*".to_string(),
+    }
 }
 
 /// Escapes glob characters so an account id matches itself only in SCAN.
@@ -174,10 +196,7 @@ impl SharedTier {
 
     /// Deletes the pages of one account (or all, with `None`) in the background.
     pub fn purge(self: &Arc<Self>, account_id: Option<&str>) {
-        let pattern = match account_id {
-            Some(account) => format!("vg:page:{{{}}}:*", glob_escape(account)),
-            None => "vg:page:*".to_string(),
-        };
+        let pattern = purge_pattern(account_id);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let mut conn = this.redis.manager();
@@ -230,6 +249,30 @@ mod tests {
         assert_eq!(decode(encode(&page)), Some(page));
         assert_eq!(decode(Bytes::from_static(b"not a page at all, no")), None);
         assert_eq!(decode(Bytes::new()), None);
+    }
+
+    #[test]
+    fn a_purge_pattern_reaches_its_own_account_only() {
+        let page = |account: &str| redis_key(&CacheKey::new("get_viewers", account, 0, 10, ""));
+        assert_eq!(purge_pattern(Some("acc-1")), "vg:page:{acc-1}:*");
+        // With no glob character in these, the pattern is a prefix.
+        let prefix = |account: &str| {
+            purge_pattern(Some(account))
+                .trim_end_matches('*')
+                .to_string()
+        };
+        let accounts = ["acc-1", "acc-1}:x", "acc-1%7D:x", "acc-1}", "acc-1x"];
+        for a in accounts {
+            for b in accounts {
+                assert_eq!(
+                    page(b).starts_with(&prefix(a)),
+                    a == b,
+                    "purge {a} vs page of {b}"
+                );
+            }
+        }
+        assert_eq!(page("acc-1}:x"), "vg:page:{acc-1%7D:x}:get_viewers:0:10");
+        assert_eq!(purge_pattern(None), "vg:page:*");
     }
 
     #[test]
