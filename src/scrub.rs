@@ -210,11 +210,7 @@ impl Scrubber {
         if escaped {
             let mut out = Vec::new();
             let mut copied = 0;
-            for (start, end) in string_tokens(data) {
-                let inner = &data[start + 1..end.saturating_sub(1).max(start + 1)];
-                if !inner.contains(&b'\\') {
-                    continue;
-                }
+            for (start, end, inner) in escaped_strings(data) {
                 let text = decode_string(inner);
                 if let Cow::Owned(clean) = self.bytes_known(text.as_bytes(), known) {
                     out.extend_from_slice(&data[copied..start]);
@@ -302,11 +298,8 @@ impl<'a> Known<'a> {
         self.windows.get_or_init(|| {
             let mut set = HashSet::default();
             set.extend(self.text.windows(MIN_RUN).map(pack));
-            for (start, end) in string_tokens(self.text) {
-                let inner = &self.text[start + 1..end.saturating_sub(1).max(start + 1)];
-                if inner.contains(&b'\\') {
-                    set.extend(decode_string(inner).as_bytes().windows(MIN_RUN).map(pack));
-                }
+            for (_, _, inner) in escaped_strings(self.text) {
+                set.extend(decode_string(inner).as_bytes().windows(MIN_RUN).map(pack));
             }
             set
         })
@@ -346,6 +339,17 @@ fn string_tokens(data: &[u8]) -> Vec<(usize, usize)> {
         tokens.push((start, i));
     }
     tokens
+}
+
+/// The strings of `data` written with escapes: `(start, end, inside)`, the
+/// token's bounds (quotes included) and what is between its quotes.
+fn escaped_strings(data: &[u8]) -> impl Iterator<Item = (usize, usize, &[u8])> {
+    string_tokens(data)
+        .into_iter()
+        .filter_map(move |(start, end)| {
+            let inside = &data[start + 1..end.saturating_sub(1).max(start + 1)];
+            inside.contains(&b'\\').then_some((start, end, inside))
+        })
 }
 
 /// The text a client reads from the inside of a JSON string: escapes
@@ -688,9 +692,9 @@ mod tests {
         assert_eq!(s.code(&KEY.to_uppercase()), FALLBACK_CODE);
     }
 
-    /// `KEY` written entirely in `\uXXXX` escapes.
-    fn escaped_key() -> String {
-        KEY.chars()
+    /// `text` written entirely in `\uXXXX` escapes.
+    fn escaped(text: &str) -> String {
+        text.chars()
             .map(|c| format!("\\u{:04x}", c as u32))
             .collect()
     }
@@ -700,7 +704,7 @@ mod tests {
         // Each page is one the envelope accepts but a serde_json value
         // cannot hold, or holds with a string lost.
         let s = scrubber();
-        let key = escaped_key();
+        let key = escaped(KEY);
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         for (rest, name) in [
             ("1e400".to_string(), "a number out of range"),
@@ -752,11 +756,7 @@ mod tests {
         let message = format!("no profile at https://x/in/{guess}");
         assert_eq!(s.message(&message, &known), message.as_str());
         // Sent escaped, echoed plain: still the client's own text.
-        let escaped: String = guess
-            .chars()
-            .map(|c| format!("\\u{:04x}", c as u32))
-            .collect();
-        let request = format!(r#"{{"params":{{"url":"{escaped}"}}}}"#);
+        let request = format!(r#"{{"params":{{"url":"{}"}}}}"#, escaped(guess));
         let known = Known::new(request.as_bytes());
         assert!(matches!(s.json(page.as_bytes(), &known), Cow::Borrowed(_)));
         // What the client did not send is scrubbed as ever, next to what it did.
