@@ -101,6 +101,63 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// The wall-clock time at `at`, an instant of this clock: what
+    /// [`Clock::wall`] said, says or will say then. A request that has read
+    /// [`Clock::now`] gets its timestamps from that one reading instead of
+    /// reading the system clock again for each.
+    pub fn wall_at(&self, at: Instant) -> Timestamp {
+        match &*self.inner {
+            Inner::Real => real_wall_at(at),
+            Inner::Fake {
+                base_instant,
+                base_wall,
+                ..
+            } => {
+                let offset = at.saturating_duration_since(*base_instant);
+                base_wall.checked_add(offset).unwrap_or(*base_wall)
+            }
+        }
+    }
+}
+
+/// How long one thread's pairing of the monotonic and wall clocks is used
+/// before it is read again: a wall-clock step (NTP, an operator) shows in
+/// converted times within this, and the two clocks' drift (parts per
+/// million) stays far under the second that timestamps are written in.
+const ANCHOR_FOR: Duration = Duration::from_secs(1);
+
+/// The system's wall-clock time at the real instant `at`, converted through
+/// this thread's last reading of both clocks (taken again when `at` is past
+/// it by [`ANCHOR_FOR`]), so a conversion costs no clock read.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the real clock's pairing of its monotonic and wall readings"
+)]
+pub(crate) fn real_wall_at(at: Instant) -> Timestamp {
+    thread_local! {
+        static ANCHOR: std::cell::Cell<Option<(Instant, Timestamp)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| {
+        let (instant, wall) = match anchor.get() {
+            Some((instant, wall)) if at.saturating_duration_since(instant) < ANCHOR_FOR => {
+                (instant, wall)
+            }
+            _ => {
+                let fresh = (Instant::now(), Timestamp::now());
+                anchor.set(Some(fresh));
+                fresh
+            }
+        };
+        if at >= instant {
+            wall.checked_add(at - instant).unwrap_or(wall)
+        } else {
+            wall.checked_sub(instant - at).unwrap_or(wall)
+        }
+    })
+}
+
 impl governor::clock::Clock for Clock {
     type Instant = Instant;
 
@@ -150,6 +207,30 @@ mod tests {
         clock.advance(Duration::from_secs(90));
         assert_eq!(clock.now() - t0, Duration::from_secs(90));
         assert_eq!(rfc3339(clock.wall()), "2026-04-26T10:36:30Z");
+    }
+
+    #[test]
+    fn instants_convert_to_the_wall_time_of_their_moment() {
+        let start: Timestamp = "2026-04-26T10:35:00Z".parse().unwrap();
+        let clock = Clock::fake(start);
+        let t0 = clock.now();
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(rfc3339(clock.wall_at(t0)), "2026-04-26T10:35:00Z");
+        assert_eq!(clock.wall_at(clock.now()), clock.wall());
+
+        // The real clock: a conversion agrees with a reading of the wall
+        // clock taken around it, to within the time between the readings.
+        #[allow(clippy::disallowed_methods)]
+        let (before, at, after) = (Timestamp::now(), Instant::now(), Timestamp::now());
+        let converted = Clock::real().wall_at(at);
+        let slack = jiff::SignedDuration::from_millis(50);
+        assert!(converted >= before - slack && converted <= after + slack);
+        // An instant a minute earlier converts to a minute earlier, from
+        // this thread's pairing, without a new reading.
+        if let Some(earlier) = at.checked_sub(Duration::from_secs(60)) {
+            let back = Clock::real().wall_at(earlier);
+            assert_eq!(converted.duration_since(back).as_secs(), 60);
+        }
     }
 
     #[test]

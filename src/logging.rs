@@ -76,8 +76,8 @@ macro_rules! access_line {
             }
 
             /// Writes the line (target [`ACCESS_TARGET`]): `warn` for a 5xx,
-            /// `info` otherwise.
-            pub(crate) fn write(&self) {
+            /// `info` otherwise, timed at `at` (when the request was answered).
+            pub(crate) fn write(&self, at: std::time::Instant) {
                 if direct() {
                     let warn = self.status >= 500;
                     let enabled = if warn {
@@ -86,7 +86,7 @@ macro_rules! access_line {
                         tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
                     };
                     if enabled {
-                        write_direct(warn, |line| self.fields(line));
+                        write_direct(warn, at, |line| self.fields(line));
                     }
                     return;
                 }
@@ -154,21 +154,26 @@ fn direct() -> bool {
 /// installed by someone else (tests) still sees every line as an event.
 /// `fields` writes `,"name":value` for each field with a value and returns
 /// the bit set of [`ACCESS_FIELDS`] it had none for.
-fn write_direct(warn: bool, fields: impl FnOnce(&mut String) -> u32) {
+fn write_direct(warn: bool, at: std::time::Instant, fields: impl FnOnce(&mut String) -> u32) {
     thread_local! {
         static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
     LINE.with_borrow_mut(|line| {
-        render_direct(warn, fields, line);
+        render_direct(warn, at, fields, line);
         Out::get().push(line.as_bytes());
     });
 }
 
-/// The line [`write_direct`] writes, in `line` (emptied first).
-fn render_direct(warn: bool, fields: impl FnOnce(&mut String) -> u32, line: &mut String) {
+/// The line [`write_direct`] writes, in `line` (emptied first), timed at `at`.
+fn render_direct(
+    warn: bool,
+    at: std::time::Instant,
+    fields: impl FnOnce(&mut String) -> u32,
+    line: &mut String,
+) {
     line.clear();
     line.push_str("{\"ts\":\"");
-    let _ = now_rfc3339(line);
+    let _ = rfc3339_cached(line, crate::clock::real_wall_at(at));
     line.push_str(if warn {
         "\",\"level\":\"warn\",\"target\":"
     } else {
@@ -409,14 +414,18 @@ pub fn write_json_str(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
     out.write_char('"')
 }
 
-/// RFC 3339 for now, formatted once per second per thread.
+/// RFC 3339 for now: a log line's time is when it was written, whatever
+/// clock the request path runs on.
 fn now_rfc3339(out: &mut impl fmt::Write) -> fmt::Result {
+    #[allow(clippy::disallowed_methods)]
+    rfc3339_cached(out, jiff::Timestamp::now())
+}
+
+/// RFC 3339 for `now`, formatted once per second per thread.
+fn rfc3339_cached(out: &mut impl fmt::Write, now: jiff::Timestamp) -> fmt::Result {
     thread_local! {
         static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
-    // A log line's time is when it was written, whatever clock the request path runs on.
-    #[allow(clippy::disallowed_methods)]
-    let now = jiff::Timestamp::now();
     LAST.with(|last| {
         let mut last = last.borrow_mut();
         if last.0 != now.as_second() {
@@ -625,7 +634,9 @@ mod tests {
             .event_format(JsonLines)
             .with_writer(move || writer.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || line.write());
+        tracing::subscriber::with_default(subscriber, || {
+            line.write(crate::clock::Clock::real().now())
+        });
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
@@ -778,7 +789,12 @@ mod tests {
         for line in &lines {
             let by_event = by_event(line);
             let mut direct = String::new();
-            render_direct(line.status >= 500, |out| line.fields(out), &mut direct);
+            render_direct(
+                line.status >= 500,
+                crate::clock::Clock::real().now(),
+                |out| line.fields(out),
+                &mut direct,
+            );
             // From the level on (the timestamp is 20 characters either way).
             let after_ts = |s: &str| s.split_once("\",\"level\"").unwrap().1.to_string();
             assert_eq!(after_ts(&direct), after_ts(&by_event));

@@ -129,7 +129,8 @@ where
         let context = super::context(&request).cloned();
         let inner = self.inner.call(request);
         Box::pin(async move {
-            let result = tokio::time::timeout(timeout, inner).await;
+            // A hit is answered in its first poll, without a timer.
+            let result = super::timeout_unless_ready(timeout, inner).await;
             drop(held);
             result.unwrap_or_else(|_| {
                 // A call already sent goes on in its own task: the client

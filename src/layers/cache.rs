@@ -173,8 +173,9 @@ impl Shared {
         let mut stale: Option<Arc<CachedPage>> = None;
         for _ in 0..MAX_JOINS {
             if !refresh && let Some(page) = self.cache.get(&key).await {
-                if page.is_fresh(self.clock.now()) {
-                    return self.hit(asked, &page).await;
+                let now = self.clock.now();
+                if page.is_fresh(now) {
+                    return self.hit(asked, &page, now).await;
                 }
                 stale = Some(page);
             }
@@ -291,13 +292,14 @@ impl Shared {
         // cache lookup and our join has stored the page already (it stores
         // before it leaves the table), and fetching it again would be a
         // second paid call.
+        let now = self.clock.now();
         if !refresh
             && self.cache.may_have(key)
             && let Some(page) = self.cache.get(key).await
-            && page.is_fresh(self.clock.now())
+            && page.is_fresh(now)
         {
             leader.complete(Ok(Arc::clone(&page)));
-            return self.hit(asked, &page).await;
+            return self.hit(asked, &page, now).await;
         }
         match self.spawn_fetch(leader, key, asked).await {
             Ok(Ok((charged, page))) => {
@@ -306,7 +308,8 @@ impl Shared {
                     credits: charged.credits,
                     upstream_ms: Some(charged.reply.upstream_ms),
                 };
-                let mut response = self.answer_with(asked, &page, answer, charged.balance)?;
+                let mut response =
+                    self.answer_with(asked, &page, answer, charged.balance, self.clock.now())?;
                 answer::pass_headers(&mut response, &charged.reply.headers);
                 Ok(response)
             }
@@ -329,7 +332,7 @@ impl Shared {
                 // Counted apart from cache hits: what coalescing saved.
                 let balance = self.credits.coalesced(&asked.tenant, page.credits).await;
                 let answer = Answer::free(CacheStatus::Coalesced);
-                Joined::Answered(self.answer_with(asked, &page, answer, balance))
+                Joined::Answered(self.answer_with(asked, &page, answer, balance, self.clock.now()))
             }
             // The leader's budget was not ours: try again, perhaps as leader;
             // in stale mode, out of budget ourselves, degrade.

@@ -132,7 +132,9 @@ where
                 let request = Request::from_parts(parts, body);
                 return refuse(request, GatewayError::UnsupportedMediaType).await;
             }
-            let read = tokio::time::timeout(body_timeout, Limited::new(body, limit).collect());
+            // A small body has usually arrived with the headers.
+            let read =
+                super::timeout_unless_ready(body_timeout, Limited::new(body, limit).collect());
             let Ok(read) = read.await else {
                 close_after_answer(&parts);
                 return Err(GatewayError::RequestTimeout {

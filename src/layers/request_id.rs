@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
@@ -188,8 +188,9 @@ pin_project_lite::pin_project! {
                 // gets its one access line (nginx's 499), and a charge its
                 // call settles later goes on a settle line of its own.
                 this.context.fields().error_code = Some(CLIENT_CLOSED.to_string());
-                log_access(this.context, CLIENT_CLOSED_STATUS);
-                record(this.metrics, this.context, CLIENT_CLOSED_STATUS);
+                let took = this.context.started.elapsed();
+                log_access(this.context, CLIENT_CLOSED_STATUS, took);
+                record(this.metrics, this.context, CLIENT_CLOSED_STATUS, took);
             }
         }
     }
@@ -222,13 +223,15 @@ where
         }
         let status = response.status().as_u16();
         *this.logged = true;
-        log_access(this.context, status);
-        record(this.metrics, this.context, status);
+        // One reading of the clock times the line, the metric and the log.
+        let took = this.context.started.elapsed();
+        log_access(this.context, status, took);
+        record(this.metrics, this.context, status, took);
         Poll::Ready(Ok(response))
     }
 }
 
-fn record(metrics: &Metrics, context: &RequestContext, status: u16) {
+fn record(metrics: &Metrics, context: &RequestContext, status: u16, took: Duration) {
     let f = context.fields();
     // Credits of a request without a tenant go nowhere (there are none).
     let credits = match f.tenant {
@@ -240,16 +243,16 @@ fn record(metrics: &Metrics, context: &RequestContext, status: u16) {
         status,
         cache: f.cache,
         error: f.error_code.as_deref().zip(f.error_source),
-        took: context.started.elapsed(),
+        took,
         credits,
     });
 }
 
-fn log_access(context: &RequestContext, status: u16) {
+fn log_access(context: &RequestContext, status: u16, took: Duration) {
     let mut f = context.fields();
     // From here on, a charge goes on a settle line of its own (see `RequestContext::charge`).
     f.answered = true;
-    let total_ms = context.started.elapsed().as_secs_f64() * 1000.0;
+    let total_ms = took.as_secs_f64() * 1000.0;
     AccessLine {
         request_id: context.request_id_str(),
         tenant: f.tenant.as_deref(),
@@ -266,7 +269,7 @@ fn log_access(context: &RequestContext, status: u16) {
         degraded: f.degraded,
         quote: f.quote.then_some(true),
     }
-    .write();
+    .write(context.started + took);
 }
 
 #[cfg(test)]

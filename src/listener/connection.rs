@@ -241,9 +241,11 @@ struct Watched<T> {
     io: T,
     activity: Arc<Activity>,
     header_timeout: Duration,
-    /// The running head deadline, and `started` when it was armed (a change
-    /// means the head arrived and its request ran).
-    head: Option<(Instant, u64)>,
+    /// A head on its way: its deadline, once the socket has had to wait
+    /// for it (a head that arrives whole in one read never reads the
+    /// clock), and `started` when its first bytes came (a change means the
+    /// head arrived and its request ran).
+    head: Option<(Option<Instant>, u64)>,
     /// Made on the first wait, then reset: a head that arrives whole in one
     /// read never touches the timer wheel.
     timer: Option<Pin<Box<Sleep>>>,
@@ -260,33 +262,37 @@ impl<T> Watched<T> {
         }
     }
 
-    /// The head deadline still running, if any.
-    fn head_deadline(&mut self) -> Option<Instant> {
-        let (at, armed_at) = self.head?;
-        if self.activity.started() != armed_at {
-            self.head = None;
-            return None;
+    /// Whether a head is on its way (its request has not run yet).
+    fn head_arriving(&mut self) -> bool {
+        match self.head {
+            Some((_, armed_at)) if self.activity.started() == armed_at => true,
+            Some(_) => {
+                self.head = None;
+                false
+            }
+            None => false,
         }
-        Some(at)
     }
 
     /// Bytes arrived: if the connection was between requests, a head starts.
     fn on_bytes(&mut self) {
-        if self.head_deadline().is_none() && self.activity.awaits_head() {
-            self.head = Some((
-                Instant::now() + self.header_timeout,
-                self.activity.started(),
-            ));
+        if !self.head_arriving() && self.activity.awaits_head() {
+            self.head = Some((None, self.activity.started()));
             self.activity.head_started.store(true, Ordering::Release);
         }
     }
 
     /// Nothing to read: fails once the head deadline has passed, and makes
-    /// sure the task is woken at it.
+    /// sure the task is woken at it. The deadline runs from the first wait
+    /// after the head's first bytes, in the same poll as their read.
     fn poll_head_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(at) = self.head_deadline() else {
+        if !self.head_arriving() {
+            return Poll::Pending;
+        }
+        let Some((deadline, _)) = &mut self.head else {
             return Poll::Pending;
         };
+        let at = *deadline.get_or_insert_with(|| Instant::now() + self.header_timeout);
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));

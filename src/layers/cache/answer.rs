@@ -1,6 +1,8 @@
 //! Answers of the cache stage: a page with its metadata rewritten for the
 //! tenant, and the headers that go with it.
 
+use std::time::Instant;
+
 use http::{HeaderName, HeaderValue, Response, header};
 
 use super::{Asked, Shared, StageResult, X_CACHE, X_CREDITS_REMAINING};
@@ -33,10 +35,11 @@ impl Answer {
 
 impl Shared {
     /// Answers with a fresh cached page: no charge, a hit counted with what it saved.
-    pub(super) async fn hit(&self, asked: &Asked, page: &CachedPage) -> StageResult {
+    /// `now` is the reading of the clock that found the page fresh.
+    pub(super) async fn hit(&self, asked: &Asked, page: &CachedPage, now: Instant) -> StageResult {
         let balance = self.credits.hit(&asked.tenant, page.credits).await;
         asked.context.fields().credits_saved = page.credits;
-        self.answer_with(asked, page, Answer::free(CacheStatus::Hit), balance)
+        self.answer_with(asked, page, Answer::free(CacheStatus::Hit), balance, now)
     }
 
     /// Answers with an expired page for a tenant out of budget in stale
@@ -56,30 +59,32 @@ impl Shared {
         answer: Answer,
     ) -> StageResult {
         let balance = self.credits.balance(&asked.tenant).await;
-        self.answer_with(asked, page, answer, balance)
+        self.answer_with(asked, page, answer, balance, self.clock.now())
     }
 
-    /// Answers with a page, given the tenant's balance.
+    /// Answers with a page, given the tenant's balance, as of `now` (its
+    /// timestamp and age).
     pub(super) fn answer_with(
         &self,
         asked: &Asked,
         page: &CachedPage,
         answer: Answer,
         balance: Balance,
+        now: Instant,
     ) -> StageResult {
         note(&asked.context, Some(answer.status), answer.upstream_ms);
         let meta = PageMeta {
             action: &asked.call.action,
             account_id: &asked.call.account_id,
             credits_consumed: answer.credits,
-            timestamp: self.clock.wall(),
+            timestamp: self.clock.wall_at(now),
             cache: Some((answer.status, page.cached_at)),
             credits_remaining: balance.remaining(),
         };
         let mut response = page_response(page.status, page_body(&page.data, &meta));
         let headers = response.headers_mut();
         headers.insert(X_CACHE.clone(), answer.status.header());
-        headers.insert(header::AGE, HeaderValue::from(page.age_s(self.clock.now())));
+        headers.insert(header::AGE, HeaderValue::from(page.age_s(now)));
         remaining_header(&mut response, &asked.tenant, &balance);
         Ok(response)
     }

@@ -70,10 +70,11 @@ impl Ledger for SqliteLedger {
         // statistics, not money: they wait in memory for the next batch (at
         // most HIT_FLUSH_INTERVAL) instead of costing an fsync each. A kill -9
         // loses up to that last second of counts; spend is never lost this way.
-        let key = (tenant.to_string(), self.current_period(budget));
-        let minute = minute_of(self.clock.wall());
+        let now = self.clock.wall();
+        let key = (tenant.to_string(), period_key(budget_period(budget), now));
         let mut mirror = lock(&self.mirror);
         let account = mirror.accounts.get(&key).copied().unwrap_or_default();
+        let minute = minute_of(now);
         mirror.pending_hits.count(key, by, credits_saved, ());
         mirror.record(tenant, minute, Bucket::saved(by, credits_saved));
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
