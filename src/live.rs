@@ -12,31 +12,65 @@
 //! SIGHUP re-reads it after the configuration (so new file paths apply), and
 //! a watcher re-reads it when either file changes.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::Request;
 use hyper::body::Incoming;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::app::{Gateway, Stack};
 use crate::config::Config;
 use crate::listener::ServerTls;
 
-/// The tenant API as a hyper service: one clone of the current stack per request.
+/// The tenant API as a hyper service: each request runs on the stack in
+/// force when it arrives.
 #[derive(Clone)]
 pub struct LiveService(Arc<Live>);
+
+/// A thread's clone of the stack in force, and the stack it was made from.
+type ThreadStack = (Arc<Stack<Incoming>>, Stack<Incoming>);
+
+/// What the tenant API's requests return.
+type Answer = Result<http::Response<crate::response::Body>, Infallible>;
 
 impl hyper::service::Service<Request<Incoming>> for LiveService {
     type Response = http::Response<crate::response::Body>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<Stack<Incoming>, Request<Incoming>>;
+    type Future = futures_util::future::BoxFuture<'static, Answer>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        Stack::clone(&self.0.stack.load()).oneshot(request)
+        // Each thread keeps its own clone of the stack in force, made again
+        // when a reload swaps it. Cloning the stack for every request (a
+        // box and a reference count per stage, shared by all threads) cost
+        // more than most stages' own work on a cache hit.
+        thread_local! {
+            static CURRENT: RefCell<Option<ThreadStack>> = const { RefCell::new(None) };
+        }
+        let in_force = self.0.stack.load();
+        CURRENT.with_borrow_mut(|current| {
+            let cloned = match current {
+                // Holding the Arc keeps its address from being reused.
+                Some((of, stack)) if Arc::ptr_eq(of, &in_force) => stack,
+                _ => {
+                    let fresh = (Arc::clone(&in_force), Stack::clone(&in_force));
+                    &mut current.insert(fresh).1
+                }
+            };
+            // Every stage is always ready (none applies backpressure through
+            // readiness: slots and rates answer 429/503 instead), so the
+            // thread's clone takes the request at once.
+            let mut cx = Context::from_waker(Waker::noop());
+            match cloned.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => cloned.call(request),
+                _ => Box::pin(Stack::clone(&in_force).oneshot(request)),
+            }
+        })
     }
 }
 
