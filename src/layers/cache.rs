@@ -160,8 +160,11 @@ impl Shared {
             .call
             .cache_key()
             .filter(|_| !asked.call.is_write() && self.cached_actions.contains(&asked.call.action));
+        // The paths that call the upstream are boxed, each where it
+        // starts: inline, their state would make every request's future
+        // (moved whole into its box) as large as a miss's, hits included.
         match key {
-            None => self.uncached(&asked).await,
+            None => Box::pin(self.uncached(&asked)).await,
             Some(key) => self.cached(&asked, key, refresh).await,
         }
     }
@@ -194,13 +197,15 @@ impl Shared {
                     .await;
             }
             let role = self.cache.flights.join(&key);
-            match self.fly(role, &key, asked, refresh, stale.as_ref()).await {
+            match Box::pin(self.fly(role, &key, asked, refresh, stale.as_ref())).await {
                 Joined::Answered(answer) => return answer,
                 Joined::Again => continue,
-                Joined::Failed(failure) => return self.fall_back(asked, stale, failure).await,
+                Joined::Failed(failure) => {
+                    return Box::pin(self.fall_back(asked, stale, failure)).await;
+                }
             }
         }
-        self.rescue(asked, key, refresh, stale).await
+        Box::pin(self.rescue(asked, key, refresh, stale)).await
     }
 
     /// After [`MAX_JOINS`] leaders were refused for their own budgets.
