@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -484,7 +484,14 @@ struct Out {
     /// capacity is kept, so lines are appended without reallocating (and
     /// copying) the buffer under the lock.
     spare: Mutex<Vec<u8>>,
+    /// The writer thread waits here between batches: on its own lock, so
+    /// that its waking never holds up a line being added to `pending`.
+    wake_lock: Mutex<()>,
     wake: Condvar,
+    /// Set by the first line that fills a batch early; the writer clears
+    /// it when it takes the batch. One wake-up per batch, not one per line
+    /// added while the writer is on its way.
+    woken: AtomicBool,
     dropped: AtomicU64,
     /// Serialises writers of stdout (the background thread and `flush`).
     stdout: Mutex<()>,
@@ -498,7 +505,9 @@ impl Out {
             let out: &'static Out = Box::leak(Box::new(Out {
                 pending: Mutex::new(Vec::with_capacity(64 * 1024)),
                 spare: Mutex::new(Vec::with_capacity(64 * 1024)),
+                wake_lock: Mutex::new(()),
                 wake: Condvar::new(),
+                woken: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
                 stdout: Mutex::new(()),
             }));
@@ -520,7 +529,12 @@ impl Out {
             return;
         }
         pending.extend_from_slice(line);
-        if pending.len() >= 64 * 1024 {
+        let full = pending.len() >= 64 * 1024;
+        drop(pending);
+        if full && !self.woken.swap(true, Ordering::AcqRel) {
+            // Under the writer's lock: it cannot be between its check of
+            // `woken` and its wait, so the wake-up is not lost.
+            let _waiting = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_one();
         }
     }
@@ -556,10 +570,13 @@ impl Out {
     fn run(&self) {
         loop {
             {
-                let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let waiting = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
                 // Batches every 10 ms, or sooner when 64 KiB are waiting.
-                let _ = self.wake.wait_timeout(pending, Duration::from_millis(10));
+                if !self.woken.load(Ordering::Acquire) {
+                    let _ = self.wake.wait_timeout(waiting, Duration::from_millis(10));
+                }
             }
+            self.woken.store(false, Ordering::Release);
             self.flush();
         }
     }
