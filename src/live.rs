@@ -22,6 +22,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::Request;
 use hyper::body::Incoming;
+use thread_local::ThreadLocal;
 use tower::{Service, ServiceExt};
 
 use crate::app::{Gateway, Stack};
@@ -45,32 +46,24 @@ impl hyper::service::Service<Request<Incoming>> for LiveService {
     type Future = futures_util::future::BoxFuture<'static, Answer>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        // Each thread keeps its own clone of the stack in force, made again
-        // when a reload swaps it. Cloning the stack for every request (a
-        // box and a reference count per stage, shared by all threads) cost
-        // more than most stages' own work on a cache hit.
-        thread_local! {
-            static CURRENT: RefCell<Option<ThreadStack>> = const { RefCell::new(None) };
-        }
         let in_force = self.0.stack.load();
-        CURRENT.with_borrow_mut(|current| {
-            let cloned = match current {
-                // Holding the Arc keeps its address from being reused.
-                Some((of, stack)) if Arc::ptr_eq(of, &in_force) => stack,
-                _ => {
-                    let fresh = (Arc::clone(&in_force), Stack::clone(&in_force));
-                    &mut current.insert(fresh).1
-                }
-            };
-            // Every stage is always ready (none applies backpressure through
-            // readiness: slots and rates answer 429/503 instead), so the
-            // thread's clone takes the request at once.
-            let mut cx = Context::from_waker(Waker::noop());
-            match cloned.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => cloned.call(request),
-                _ => Box::pin(Stack::clone(&in_force).oneshot(request)),
+        let mut current = self.0.per_thread.get_or_default().borrow_mut();
+        let cloned = match &mut *current {
+            // Holding the Arc keeps its address from being reused.
+            Some((of, stack)) if Arc::ptr_eq(of, &in_force) => stack,
+            stale => {
+                let fresh = (Arc::clone(&in_force), Stack::clone(&in_force));
+                &mut stale.insert(fresh).1
             }
-        })
+        };
+        // Every stage is always ready (none applies backpressure through
+        // readiness: slots and rates answer 429/503 instead), so the
+        // thread's clone takes the request at once.
+        let mut cx = Context::from_waker(Waker::noop());
+        match cloned.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => cloned.call(request),
+            _ => Box::pin(Stack::clone(&in_force).oneshot(request)),
+        }
     }
 }
 
@@ -78,6 +71,13 @@ impl hyper::service::Service<Request<Incoming>> for LiveService {
 pub struct Live {
     gateway: ArcSwap<Gateway>,
     stack: ArcSwap<Stack<Incoming>>,
+    /// Each serving thread's clone of the stack in force, made again when a
+    /// reload swaps it. Cloning the stack for every request (a box, and a
+    /// reference count per stage on counters all threads share) cost more
+    /// than most stages' own work on a cache hit. Kept here, not in a
+    /// thread-local, so the clones (and the ledger, cache and pools they
+    /// hold) go when the `Live` does.
+    per_thread: ThreadLocal<RefCell<Option<ThreadStack>>>,
     source: Option<PathBuf>,
     tls: Option<Arc<ServerTls>>,
 }
@@ -99,6 +99,7 @@ impl Live {
         Arc::new(Self {
             gateway: ArcSwap::from_pointee(gateway),
             stack: ArcSwap::from_pointee(stack),
+            per_thread: ThreadLocal::new(),
             source,
             tls,
         })
