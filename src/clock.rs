@@ -176,6 +176,32 @@ pub fn rfc3339(ts: Timestamp) -> String {
 /// every response. Years are 0000 to 9999 (jiff's range is wider; the ones
 /// outside never occur on a real clock).
 pub fn rfc3339_bytes(ts: Timestamp) -> [u8; 20] {
+    // A page's metadata writes the time now and the time it was fetched:
+    // each thread keeps the last two seconds it formatted.
+    thread_local! {
+        static RECENT: std::cell::Cell<[(i64, [u8; 20]); 2]> =
+            const { std::cell::Cell::new([(i64::MIN, [0; 20]); 2]) };
+    }
+    // Whole seconds only name one text from 1970 on (before, a fraction
+    // rounds the other way); earlier times are formatted each time.
+    if ts.subsec_nanosecond() < 0 || ts.as_second() < 0 {
+        return format_rfc3339(ts);
+    }
+    let second = ts.as_second();
+    RECENT.with(|recent| {
+        let mut seen = recent.get();
+        if let Some((_, text)) = seen.iter().find(|(s, _)| *s == second) {
+            return *text;
+        }
+        let text = format_rfc3339(ts);
+        seen = [(second, text), seen[0]];
+        recent.set(seen);
+        text
+    })
+}
+
+/// [`rfc3339_bytes`], formatted.
+fn format_rfc3339(ts: Timestamp) -> [u8; 20] {
     let dt = jiff::tz::Offset::UTC.to_datetime(ts);
     let mut out = *b"0000-00-00T00:00:00Z";
     let mut put = |at: usize, value: i32, digits: usize| {
@@ -240,9 +266,26 @@ mod tests {
             "2026-02-28T23:59:59Z",
             "2028-02-29T12:34:56Z",
             "9000-01-01T01:02:03Z",
+            "1969-12-31T23:59:58.5Z",
         ] {
             let ts: Timestamp = s.parse().unwrap();
             assert_eq!(rfc3339(ts), ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        }
+        // Through the thread's two remembered seconds: three times taking
+        // turns, each formatted as itself every time.
+        let times: Vec<Timestamp> = [
+            "2026-11-30T20:00:00Z",
+            "2026-11-30T20:00:01.5Z",
+            "2025-01-01T00:00:00Z",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        for round in 0..4 {
+            for (i, ts) in times.iter().enumerate() {
+                let ts = times[(i + round) % times.len()].max(*ts);
+                assert_eq!(rfc3339(ts), ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            }
         }
     }
 

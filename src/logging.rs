@@ -189,7 +189,9 @@ fn render_direct(
 fn write_nulls(out: &mut impl fmt::Write, missing: u32) {
     for (i, name) in ACCESS_FIELDS.iter().enumerate() {
         if missing & (1 << i) != 0 {
-            let _ = write!(out, ",\"{name}\":null");
+            let _ = out.write_str(",\"");
+            let _ = out.write_str(name);
+            let _ = out.write_str("\":null");
         }
     }
 }
@@ -379,7 +381,7 @@ fn access_index(name: &str) -> Option<usize> {
 }
 
 /// Decimal digits of `value`, written at the end of `buf`.
-fn itoa(mut value: u64, buf: &mut [u8; 20]) -> &str {
+pub(crate) fn itoa(mut value: u64, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
     loop {
         at -= 1;

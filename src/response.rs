@@ -6,8 +6,6 @@
 //! either: the body is three buffers (head, the shared page bytes, the
 //! metadata tail) that hyper writes out with one vectored write.
 
-use std::io::Write;
-
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,6 +16,7 @@ use http_body::{Frame, SizeHint};
 use jiff::Timestamp;
 
 use crate::clock::rfc3339_bytes;
+use crate::logging::itoa;
 
 /// The response body of the whole gateway: up to three in-memory buffers.
 #[derive(Debug, Default)]
@@ -175,11 +174,9 @@ fn metadata_tail(meta: &PageMeta<'_>) -> Bytes {
     let _ = serde_json::to_writer(&mut out, meta.action);
     out.extend_from_slice(b",\"account_id\":");
     let _ = serde_json::to_writer(&mut out, meta.account_id);
-    let _ = write!(
-        out,
-        ",\"credits_consumed\":{},\"timestamp\":\"",
-        meta.credits_consumed
-    );
+    out.extend_from_slice(b",\"credits_consumed\":");
+    out.extend_from_slice(itoa(meta.credits_consumed, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(b",\"timestamp\":\"");
     out.extend_from_slice(&rfc3339_bytes(meta.timestamp));
     if let Some((status, cached_at)) = meta.cache {
         out.extend_from_slice(b"\",\"cache\":\"");
@@ -190,7 +187,8 @@ fn metadata_tail(meta: &PageMeta<'_>) -> Bytes {
     out.push(b'"');
     match meta.credits_remaining {
         Some(n) => {
-            let _ = write!(out, ",\"credits_remaining\":{n}");
+            out.extend_from_slice(b",\"credits_remaining\":");
+            out.extend_from_slice(itoa(n, &mut [0; 20]).as_bytes());
         }
         None => out.extend_from_slice(b",\"credits_remaining\":null"),
     }
