@@ -312,8 +312,12 @@ pub fn parse_call_with(
     if first != Some(&b'{') {
         return Err(invalid("the body must be a JSON object"));
     }
-    let wire: Wire<'_> = serde_json::from_slice(body)
-        .map_err(|_| invalid("the body is not valid JSON (or repeats a field)"))?;
+    // One UTF-8 check of the whole body: parsed from a `str`, serde checks
+    // neither each string again nor the values it hands back raw.
+    let wire: Wire<'_> = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .ok_or_else(|| invalid("the body is not valid JSON (or repeats a field)"))?;
     let account_id: String = wire
         .account_id
         .and_then(|raw| serde_json::from_str(raw.get()).ok())

@@ -159,7 +159,12 @@ impl Upstream {
             };
         let upstream_ms = started.elapsed().as_millis() as u64;
         let status = parts.status;
-        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(&body) else {
+        // One UTF-8 check of the whole body: parsed from a `str`, serde
+        // checks neither each string again nor the page it hands back raw.
+        let envelope = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Envelope<'_>>(text).ok());
+        let Some(envelope) = envelope else {
             let detail = format!("upstream answered {status} with a body that is not V2 JSON");
             // A 5xx page that is not V2 comes from in front of the upstream
             // (a proxy or load balancer): it says nothing about the account.
