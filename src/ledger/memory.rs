@@ -5,6 +5,7 @@
 //! well under a microsecond.
 
 use crate::ledger::Saving;
+use jiff::Timestamp;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::FutureExt;
@@ -50,15 +51,19 @@ impl MemoryLedger {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `event` to `tenant`'s current minute.
-    fn record(&self, tenant: &str, event: Bucket) {
-        let now = self.clock.wall();
+    /// Adds `event` to `tenant`'s minute of `now` (a reading of the wall clock).
+    fn record(&self, tenant: &str, now: Timestamp, event: Bucket) {
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         history.add(tenant, minute_of(now), event);
     }
 
     fn current_period(&self, budget: Option<Budget>) -> String {
-        period_key(budget_period(budget), self.clock.wall())
+        Self::period_at(budget, self.clock.wall())
+    }
+
+    /// The key of the budget period containing `now`.
+    fn period_at(budget: Option<Budget>, now: Timestamp) -> String {
+        period_key(budget_period(budget), now)
     }
 
     fn finish(
@@ -67,15 +72,16 @@ impl MemoryLedger {
         actual: Option<u64>,
         budget: Option<Budget>,
     ) -> Balance {
+        let now = self.clock.wall();
         let mut book = self.lock();
         // Closing an id that is no longer open changes nothing.
         if book.finish(reservation.id, actual)
             && let Some(actual) = actual
         {
-            self.record(&reservation.tenant, Bucket::charged(actual));
+            self.record(&reservation.tenant, now, Bucket::charged(actual));
         }
         // The balance reported is the current period's, which may be a new one.
-        book.account(&reservation.tenant, &self.current_period(budget))
+        book.account(&reservation.tenant, &Self::period_at(budget, now))
             .balance(budget)
     }
 }
@@ -130,10 +136,11 @@ impl Ledger for MemoryLedger {
         by: Saving,
         credits_saved: u64,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
-        let key = (tenant.to_string(), self.current_period(budget));
+        let now = self.clock.wall();
+        let key = (tenant.to_string(), Self::period_at(budget, now));
         let mut book = self.lock();
         book.saved(&key, by, 1, credits_saved);
-        self.record(tenant, Bucket::saved(by, credits_saved));
+        self.record(tenant, now, Bucket::saved(by, credits_saved));
         let balance = book.account(&key.0, &key.1).balance(budget);
         ready(Ok(balance)).boxed()
     }

@@ -83,7 +83,7 @@ impl Upstream {
         call: &UpstreamCall,
         key: &UpstreamKey,
         started: Instant,
-        timeout: Duration,
+        give_up: Instant,
     ) -> (Attempt, Health) {
         use Health::{AccountFailed, ConnectionFailed, Healthy};
         let uri = format!("{}{}", self.base, call.path);
@@ -113,50 +113,48 @@ impl Upstream {
                 );
             }
         };
-        let give_up = Instant::now() + timeout;
+        // Both waits end at `give_up`: no clock is read to arm them.
+        let give_up_at = tokio::time::Instant::from_std(give_up);
         // Until the response head arrives, a failure is free only if it is a
         // connect error: then not a byte of the request left viewgate.
         // (Requests on a pooled connection the upstream had closed are
         // re-sent by the client itself only when nothing was written.)
         // Until then every failure is the connection's, whatever the account.
-        let response = match tokio::time::timeout(timeout, self.client().request(request)).await {
-            Err(_) => {
-                return (
-                    unknown(true, "no answer within upstream.timeout_ms"),
-                    ConnectionFailed,
-                );
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                let error = GatewayError::UpstreamUnavailable {
-                    detail: error_chain(&e),
-                };
-                return (Attempt::Retry(error, None), ConnectionFailed);
-            }
-            Ok(Err(e)) => return (unknown(false, &error_chain(&e)), ConnectionFailed),
-            Ok(Ok(response)) => response,
-        };
-        let (parts, body) = response.into_parts();
-        let remaining = give_up.saturating_duration_since(Instant::now());
-        let body =
-            match tokio::time::timeout(remaining, Limited::new(body, MAX_UPSTREAM_BODY).collect())
-                .await
-            {
+        let response =
+            match tokio::time::timeout_at(give_up_at, self.client().request(request)).await {
                 Err(_) => {
-                    let detail = "the body did not arrive within upstream.timeout_ms";
-                    return (unknown(true, detail), ConnectionFailed);
+                    return (
+                        unknown(true, "no answer within upstream.timeout_ms"),
+                        ConnectionFailed,
+                    );
                 }
-                // A whole answer, too big for this call: the account's.
-                Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                    let detail =
-                        format!("the upstream answered a body over {MAX_UPSTREAM_BODY} bytes");
-                    return (unknown(false, &detail), AccountFailed);
+                Ok(Err(e)) if e.is_connect() => {
+                    let error = GatewayError::UpstreamUnavailable {
+                        detail: error_chain(&e),
+                    };
+                    return (Attempt::Retry(error, None), ConnectionFailed);
                 }
-                Ok(Err(e)) => {
-                    let detail = format!("the body was cut short: {}", error_chain(&*e));
-                    return (unknown(false, &detail), ConnectionFailed);
-                }
-                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) => return (unknown(false, &error_chain(&e)), ConnectionFailed),
+                Ok(Ok(response)) => response,
             };
+        let (parts, body) = response.into_parts();
+        let collect = Limited::new(body, MAX_UPSTREAM_BODY).collect();
+        let body = match tokio::time::timeout_at(give_up_at, collect).await {
+            Err(_) => {
+                let detail = "the body did not arrive within upstream.timeout_ms";
+                return (unknown(true, detail), ConnectionFailed);
+            }
+            // A whole answer, too big for this call: the account's.
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                let detail = format!("the upstream answered a body over {MAX_UPSTREAM_BODY} bytes");
+                return (unknown(false, &detail), AccountFailed);
+            }
+            Ok(Err(e)) => {
+                let detail = format!("the body was cut short: {}", error_chain(&*e));
+                return (unknown(false, &detail), ConnectionFailed);
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
         let upstream_ms = started.elapsed().as_millis() as u64;
         let status = parts.status;
         // One UTF-8 check of the whole body: parsed from a `str`, serde

@@ -243,11 +243,12 @@ impl Upstream {
                 key.breakers.abandon(ticket, &call.account_id);
                 return Err(UpstreamError::Free(e));
             }
+            let attempt_started = Instant::now();
             let budget = self
                 .timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let attempt_started = Instant::now();
-            let (result, health) = self.attempt(call, key, started, budget).await;
+                .min(deadline.saturating_duration_since(attempt_started));
+            let give_up = attempt_started + budget;
+            let (result, health) = self.attempt(call, key, started, give_up).await;
             let outcome = match &result {
                 Attempt::Done(Ok(_)) => "ok",
                 Attempt::Done(Err(UpstreamError::Unknown { timeout: true, .. })) => "timeout",
