@@ -27,8 +27,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::clock::rfc3339;
-
 /// Target of the per-request access log line.
 pub const ACCESS_TARGET: &str = "viewgate::access";
 
@@ -423,18 +421,11 @@ fn now_rfc3339(out: &mut impl fmt::Write) -> fmt::Result {
     rfc3339_cached(out, jiff::Timestamp::now())
 }
 
-/// RFC 3339 for `now`, formatted once per second per thread.
+/// RFC 3339 for `now` ([`crate::clock::rfc3339_bytes`] keeps each thread's
+/// last seconds formatted).
 fn rfc3339_cached(out: &mut impl fmt::Write, now: jiff::Timestamp) -> fmt::Result {
-    thread_local! {
-        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if last.0 != now.as_second() {
-            *last = (now.as_second(), rfc3339(now));
-        }
-        out.write_str(&last.1)
-    })
+    let text = crate::clock::rfc3339_bytes(now);
+    out.write_str(std::str::from_utf8(&text).unwrap_or("1970-01-01T00:00:00Z"))
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
