@@ -12,9 +12,12 @@
 //! `Unavailable`, so memory never holds what the disk does not.
 //!
 //! One exception, because it can only err toward over-counting: a settle that
-//! charges no more than its reservation held, or a release, is answered as
-//! soon as it is applied to the book, and written with the next batch that
-//! must be durable (the next reservation) or after [`CLOSE_WRITE_DELAY`]. If
+//! charges no more than its reservation held, or a release, does not wait
+//! for the writer. Its caller applies it to the mirror (below) and is
+//! answered at once; the writer applies it to the book in queue order (so
+//! the next reservation's budget check sees it) and writes it with the next
+//! batch that must be durable (the next reservation) or after
+//! [`CLOSE_WRITE_DELAY`]. If
 //! the process dies first, the reservation is still open on disk and the next
 //! start counts its whole amount as spent (`orphaned`): the ledger may then
 //! over-count by what those last closes gave back, never under-count. This
@@ -25,7 +28,12 @@
 //!
 //! After each commit the writer copies the accounts it touched into a shared
 //! mirror, which answers `balance` and `usage` without a disk read or a trip
-//! through the writer.
+//! through the writer. Closes applied to the mirror that the book does not
+//! hold yet are applied again over each account copied, so no reader sees
+//! one undone. A crash in the moment between a close's spend reaching the
+//! mirror's history and its batch may leave that spend in the file's
+//! history as well as its reservation's (statistics only, never the
+//! accounts).
 //!
 //! One process writes a ledger file at a time: `open` locks the file itself
 //! (`flock`), and while serving, the path is watched: if the file or its
@@ -157,6 +165,15 @@ struct Mirror {
     /// Batches committed that changed an account or an idempotency key,
     /// for tests of group commit.
     commits: u64,
+    /// Reservations committed and not yet closed: a close that gives back
+    /// is applied here by its caller only if its reservation is in it, so a
+    /// second close of one reservation changes nothing, as in the book.
+    open: foldhash::HashSet<u64>,
+    /// Closes their callers applied to `accounts` that the writer has not
+    /// yet applied to the book, by reservation id: `(account, held,
+    /// actual)`. Applied again over each account the writer publishes, so
+    /// readers never see one undone.
+    ahead: foldhash::HashMap<u64, (AccountKey, u64, Option<u64>)>,
 }
 
 impl Mirror {
@@ -187,15 +204,18 @@ enum Command {
         request_id: String,
         reply: Reply<Reservation>,
     },
-    /// Settle (`actual` is `Some`) or release; answers with the balance of
-    /// `tenant` in `period`, the current one when the call was made.
+    /// Settle (`actual` is `Some`) or release. With a `reply`, answered
+    /// once committed with the balance of `tenant` in `period`, the current
+    /// one when the call was made. Without one, its caller applied it to
+    /// the mirror already (see [`SqliteLedger::close`]); it rides with the
+    /// next durable batch.
     Close {
         id: u64,
         actual: Option<u64>,
         tenant: Arc<str>,
         period: String,
         budget: Option<Budget>,
-        reply: Reply<Balance>,
+        reply: Option<Reply<Balance>>,
     },
     Flush {
         reply: Reply<()>,
@@ -236,6 +256,10 @@ enum Command {
     /// Makes every later write fail (`true`) or succeed again (`false`).
     #[cfg(test)]
     BreakWrites(bool),
+    /// Holds the writer, mid-batch, until the sender is used or dropped;
+    /// says on the first channel when it is held.
+    #[cfg(test)]
+    Hold(mpsc::Sender<()>, mpsc::Receiver<()>),
 }
 
 impl SqliteLedger {
@@ -360,6 +384,16 @@ impl SqliteLedger {
         let _ = self.commands.send(Command::BreakWrites(broken));
     }
 
+    /// Holds the writer once it reaches this command, until the returned
+    /// sender is used or dropped; the receiver hears when it is held.
+    #[cfg(test)]
+    fn hold(&self) -> (mpsc::Sender<()>, mpsc::Receiver<()>) {
+        let (release, held) = mpsc::channel();
+        let (reached, arrived) = mpsc::channel();
+        let _ = self.commands.send(Command::Hold(reached, held));
+        (release, arrived)
+    }
+
     #[cfg(test)]
     fn logs(&self) -> &LogThrottle {
         &self.logs
@@ -390,24 +424,74 @@ impl SqliteLedger {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// A settle or release. One that gives back (charges no more than was
+    /// held, or nothing) can only err toward over-counting if lost, so it
+    /// is not written before it is answered (see the module notes), and it
+    /// need not wait for the writer either: it is applied to the mirror
+    /// here, so readers (and this answer) see it at once, and queued for
+    /// the writer, which applies it to the book in order with every other
+    /// command. One that charges more than was held waits for its commit.
     fn close(
         &self,
         reservation: Reservation,
         actual: Option<u64>,
         budget: Option<Budget>,
     ) -> BoxFuture<'_, Result<Balance, LedgerError>> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Close {
+        // The balance reported is the current period's, which may be a new one.
+        let period = self.current_period(budget);
+        let gives_back = actual.is_none_or(|actual| actual <= reservation.amount);
+        let answered =
+            gives_back.then(|| self.close_in_mirror(&reservation, actual, budget, &period));
+        let close = move |reply| Command::Close {
             id: reservation.id,
             actual,
             tenant: reservation.tenant,
-            // The balance reported is the current period's, which may be a new one.
-            period: self.current_period(budget),
+            period,
             budget,
             reply,
         };
+        if let Some(balance) = answered {
+            let sent = self.commands.send(close(None));
+            let answered = sent
+                .map(|()| balance)
+                .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
+            return futures_util::future::ready(answered).boxed();
+        }
+        let (reply, answer) = oneshot::channel();
         // Boxed: the answer comes back from another thread after a commit.
-        self.ask(command, answer).boxed()
+        self.ask(close(Some(reply)), answer).boxed()
+    }
+
+    /// Applies a close that gives back to the mirror, if its reservation is
+    /// still open there, and answers the balance of the tenant in `period`.
+    fn close_in_mirror(
+        &self,
+        reservation: &Reservation,
+        actual: Option<u64>,
+        budget: Option<Budget>,
+        period: &str,
+    ) -> Balance {
+        let minute = minute_of(self.clock.wall());
+        let key = (reservation.tenant.to_string(), reservation.period.clone());
+        let mut guard = lock(&self.mirror);
+        let mirror = &mut *guard;
+        if mirror.open.remove(&reservation.id) {
+            let account = mirror.accounts.entry(key.clone()).or_default();
+            account.close(reservation.amount, actual);
+            if let Some(actual) = actual {
+                mirror.record(&reservation.tenant, minute, Bucket::charged(actual));
+            }
+            mirror
+                .ahead
+                .insert(reservation.id, (key.clone(), reservation.amount, actual));
+        }
+        let current = if key.1 == period {
+            key
+        } else {
+            (key.0, period.to_string())
+        };
+        let account = mirror.accounts.get(&current).copied().unwrap_or_default();
+        account.balance(budget)
     }
 }
 

@@ -97,6 +97,61 @@ async fn a_failing_disk_is_logged_once_then_summed_up() {
     assert_eq!(ledger.balance("crm", b).await.unwrap().used, 3);
 }
 
+/// A close that gives back is answered without the writer, and readers see
+/// it at once, even while the writer publishes the same account from a book
+/// that does not hold it yet.
+#[tokio::test]
+async fn a_close_that_gives_back_is_answered_without_the_writer_and_never_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let ledger = SqliteLedger::open(&path, Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(10);
+    let r1 = ledger.reserve(&t, b, 4, "r1").await.unwrap();
+
+    // The writer takes r2 into a batch and is held there, before its commit.
+    let (first, held) = ledger.hold();
+    held.recv().unwrap();
+    let mut r2 = ledger.reserve(&t, b, 3, "r2");
+    assert!(futures_util::poll!(&mut r2).is_pending());
+    let (second, held) = ledger.hold();
+    first.send(()).unwrap();
+    held.recv().unwrap();
+
+    // Answered while the writer is held: it cannot have been asked.
+    let settled = {
+        let mut settle = ledger.settle(r1.clone(), 2, b);
+        match futures_util::poll!(&mut settle) {
+            std::task::Poll::Ready(settled) => settled.unwrap(),
+            std::task::Poll::Pending => panic!("a settle that gives back waited for the writer"),
+        }
+    };
+    assert_eq!((settled.used, settled.reserved), (2, 0));
+    assert_eq!(ledger.balance("crm", b).await.unwrap(), settled);
+
+    // r2's commit publishes the account from the book, which has not had
+    // r1's settle yet: readers still see it.
+    second.send(()).unwrap();
+    let r2 = r2.await.unwrap();
+    let now = ledger.balance("crm", b).await.unwrap();
+    assert_eq!((now.used, now.reserved), (2, 3));
+    // A second close of r1 changes nothing, here or in the book.
+    assert_eq!(ledger.settle(r1.clone(), 2, b).await.unwrap(), now);
+    ledger.release(r1, b).await.unwrap();
+    // The budget check (the book's) agrees: 10 - 2 used - 3 held leaves 5.
+    assert!(ledger.reserve(&t, b, 6, "r3").await.is_err());
+    let r4 = ledger.reserve(&t, b, 5, "r4").await.unwrap();
+    ledger.release(r4, b).await.unwrap();
+    let last = ledger.settle(r2, 3, b).await.unwrap();
+    assert_eq!((last.used, last.reserved), (5, 0));
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.balance("crm", b).await.unwrap(), last);
+    drop(ledger);
+    let usage = read_usage(&path, &[("crm".into(), b)], &Clock::real()).unwrap();
+    assert_eq!(usage[0].balance, last);
+    assert_eq!(usage[0].requests, 2);
+}
+
 #[tokio::test]
 async fn concurrent_commands_share_commits() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,6 +96,27 @@ impl Answer {
     }
 }
 
+/// The closes their callers applied to the mirror that the book does not
+/// hold yet (usually none, a few under load), by account.
+struct Ahead<'m>(foldhash::HashMap<&'m AccountKey, Vec<(u64, Option<u64>)>>);
+
+impl<'m> Ahead<'m> {
+    fn of(ahead: &'m foldhash::HashMap<u64, (AccountKey, u64, Option<u64>)>) -> Self {
+        let mut by_account = foldhash::HashMap::<&AccountKey, Vec<_>>::default();
+        for (key, held, actual) in ahead.values() {
+            by_account.entry(key).or_default().push((*held, *actual));
+        }
+        Ahead(by_account)
+    }
+
+    /// Applies to `account`, the book's `key`, what its callers were told.
+    fn apply(&self, key: &AccountKey, account: &mut Account) {
+        for &(held, actual) in self.0.get(key).into_iter().flatten() {
+            account.close(held, actual);
+        }
+    }
+}
+
 /// What the writer does after a batch.
 #[derive(PartialEq, Eq)]
 enum Next {
@@ -171,40 +192,38 @@ impl Writer {
                     // An id that is no longer open changes nothing.
                     let held = self.book.held(id);
                     self.book.finish(id, actual);
-                    let minute = minute_of(self.clock.wall());
-                    if let (Some(actual), Some(_)) = (actual, &held) {
-                        lock(&self.mirror).record(&tenant, minute, Bucket::charged(actual));
-                    }
-                    let gives_back = match (actual, &held) {
-                        (Some(actual), Some((_, held))) => actual <= *held,
-                        _ => true,
-                    };
-                    if gives_back {
-                        // Lost in a crash, the reservation is counted in full:
-                        // answer now. Readers (the mirror: what is committed)
-                        // see this close, and nothing else uncommitted, before
-                        // the caller is told.
-                        let mut mirror = lock(&self.mirror);
-                        if let Some((key, held)) = held {
-                            mirror.accounts.entry(key).or_default().close(held, actual);
-                            self.answered.push((id, actual));
+                    match reply {
+                        None => {
+                            // It gives back, and its caller applied it to
+                            // the mirror and was answered (lost in a crash,
+                            // the reservation is counted in full): it rides
+                            // with the next durable batch.
+                            let ahead = lock(&self.mirror).ahead.remove(&id);
+                            if held.is_some() {
+                                self.answered.push((id, actual));
+                                let now = self.clock.now();
+                                self.closes_waiting_since.get_or_insert(now);
+                            } else if let Some((key, _, _)) = ahead {
+                                // Not open in the book after all: the mirror
+                                // shows the book's account again.
+                                let account = self.book.account(&key.0, &key.1);
+                                self.publish_one(key, account);
+                            }
                         }
-                        let balance = mirror
-                            .accounts
-                            .get(&(tenant.to_string(), period))
-                            .copied()
-                            .unwrap_or_default()
-                            .balance(budget);
-                        drop(mirror);
-                        let now = self.clock.now();
-                        self.closes_waiting_since.get_or_insert(now);
-                        let _ = reply.send(Ok(balance));
-                    } else {
-                        let balance = self.book.account(&tenant, &period).balance(budget);
-                        answers.push(Answer::Balance(reply, balance));
-                        // Taken back if the batch fails: its caller retries.
-                        if let Some(actual) = actual {
-                            charged_in_batch.push((tenant, minute, Bucket::charged(actual)));
+                        Some(reply) => {
+                            // Sent only by a settle that charges more than was held.
+                            let minute = minute_of(self.clock.wall());
+                            if let (Some(actual), Some(_)) = (actual, &held) {
+                                let mut mirror = lock(&self.mirror);
+                                mirror.open.remove(&id);
+                                let charge = Bucket::charged(actual);
+                                mirror.record(&tenant, minute, charge);
+                                drop(mirror);
+                                // Taken back if the batch fails: its caller retries.
+                                charged_in_batch.push((id, tenant.clone(), minute, charge));
+                            }
+                            let balance = self.book.account(&tenant, &period).balance(budget);
+                            answers.push(Answer::Balance(reply, balance));
                         }
                     }
                 }
@@ -292,6 +311,11 @@ impl Writer {
                 Command::BreakWrites(broken) => {
                     let _ = self.conn.pragma_update(None, "query_only", broken);
                 }
+                #[cfg(test)]
+                Command::Hold(reached, held) => {
+                    let _ = reached.send(());
+                    let _ = held.recv();
+                }
             }
         }
 
@@ -374,7 +398,11 @@ impl Writer {
                 if history.prune_before.is_some() {
                     self.pruned_minute = Some(minute);
                 }
-                self.publish(touched, &history, keys_changed);
+                let opened = answers.iter().filter_map(|answer| match answer {
+                    Answer::Reserve(_, Ok(reservation)) => Some(reservation.id),
+                    _ => None,
+                });
+                self.publish(touched, opened, &history, keys_changed);
                 for answer in answers {
                     answer.send(None);
                 }
@@ -394,8 +422,9 @@ impl Writer {
                         .or_default()
                         .extend(minutes);
                 }
-                for (tenant, minute, charge) in &charged_in_batch {
+                for (id, tenant, minute, charge) in &charged_in_batch {
                     mirror.history.take_back(tenant, *minute, *charge);
+                    mirror.open.insert(*id);
                 }
                 drop(mirror);
                 let error = unavailable(&self.path, format!("cannot commit: {e}"));
@@ -467,18 +496,23 @@ impl Writer {
     fn publish(
         &mut self,
         touched: Vec<(AccountKey, Account)>,
+        opened: impl Iterator<Item = u64>,
         history: &HistoryWrite,
         keys_changed: bool,
     ) {
         self.answered.clear();
-        let mut mirror = lock(&self.mirror);
+        let mut guard = lock(&self.mirror);
+        let mirror = &mut *guard;
         if !touched.is_empty() || keys_changed {
             mirror.commits += 1;
         }
+        mirror.open.extend(opened);
         // In place, so no key is moved or freed under the lock; the accounts
         // now hold the hits written, so `flushing_hits` goes in the same hold.
         let mut new = Vec::new();
-        for (key, account) in touched {
+        let ahead = Ahead::of(&mirror.ahead);
+        for (key, mut account) in touched {
+            ahead.apply(&key, &mut account);
             match mirror.accounts.get_mut(&key) {
                 Some(slot) => *slot = account,
                 None => new.push((key, account)),
@@ -490,8 +524,17 @@ impl Writer {
             let now = self.clock.wall();
             mirror.history.prune(now);
         }
-        drop(mirror);
+        drop(guard);
         drop(written);
+    }
+
+    /// Shows one account of the book to readers, with the closes their
+    /// callers applied that the book does not hold yet.
+    fn publish_one(&self, key: AccountKey, mut account: Account) {
+        let mut guard = lock(&self.mirror);
+        let mirror = &mut *guard;
+        Ahead::of(&mirror.ahead).apply(&key, &mut account);
+        mirror.accounts.insert(key, account);
     }
 
     /// The buckets of the minutes in `dirty`, as recorded now (a minute
