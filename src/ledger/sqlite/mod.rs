@@ -92,7 +92,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -194,6 +194,20 @@ impl Mirror {
 
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
+/// How a close is answered.
+#[derive(Debug)]
+enum Closing {
+    /// Its caller applied it to the mirror and was answered at this instant
+    /// (see [`SqliteLedger::close`]): it rides with the next durable batch,
+    /// and is written within [`CLOSE_WRITE_DELAY`] of that instant.
+    ///
+    /// [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
+    Answered(Instant),
+    /// Answered once committed, with the balance of `tenant` in `period`
+    /// (the current one when the call was made).
+    Committed(Reply<Balance>),
+}
+
 #[derive(Debug)]
 enum Command {
     Reserve {
@@ -204,18 +218,14 @@ enum Command {
         request_id: String,
         reply: Reply<Reservation>,
     },
-    /// Settle (`actual` is `Some`) or release. With a `reply`, answered
-    /// once committed with the balance of `tenant` in `period`, the current
-    /// one when the call was made. Without one, its caller applied it to
-    /// the mirror already (see [`SqliteLedger::close`]); it rides with the
-    /// next durable batch.
+    /// Settle (`actual` is `Some`) or release.
     Close {
         id: u64,
         actual: Option<u64>,
         tenant: Arc<str>,
         period: String,
         budget: Option<Budget>,
-        reply: Option<Reply<Balance>>,
+        reply: Closing,
     },
     Flush {
         reply: Reply<()>,
@@ -451,7 +461,9 @@ impl SqliteLedger {
             reply,
         };
         if let Some(balance) = answered {
-            let sent = self.commands.send(close(None));
+            let sent = self
+                .commands
+                .send(close(Closing::Answered(self.clock.now())));
             let answered = sent
                 .map(|()| balance)
                 .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
@@ -459,7 +471,7 @@ impl SqliteLedger {
         }
         let (reply, answer) = oneshot::channel();
         // Boxed: the answer comes back from another thread after a commit.
-        self.ask(close(Some(reply)), answer).boxed()
+        self.ask(close(Closing::Committed(reply)), answer).boxed()
     }
 
     /// Applies a close that gives back to the mirror, if its reservation is

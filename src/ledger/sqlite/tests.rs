@@ -152,6 +152,31 @@ async fn a_close_that_gives_back_is_answered_without_the_writer_and_never_undone
     assert_eq!(usage[0].requests, 2);
 }
 
+/// A close answered more than its delay ago that reaches the writer in one
+/// batch with a crash (it queued behind a long commit) is written first:
+/// the delay runs from its answer, not from when the writer took it.
+#[tokio::test]
+async fn a_close_past_its_delay_is_written_before_the_rest_of_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Clock::fake("2026-11-27T10:00:00Z".parse().unwrap());
+    let ledger = SqliteLedger::open(&path, clock.clone()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(10);
+    let held = ledger.reserve(&t, b, 3, "r1").await.unwrap();
+    let (release, reached) = ledger.hold();
+    reached.recv().unwrap();
+    ledger.settle(held, 1, b).await.unwrap();
+    clock.advance(writer::CLOSE_WRITE_DELAY);
+    // Queued behind the settle: the writer takes both in one batch.
+    ledger.commands.send(Command::Crash).unwrap();
+    release.send(()).unwrap();
+    ledger.crash();
+    let usage = read_usage(&path, &[("crm".into(), b)], &clock).unwrap();
+    assert_eq!((usage[0].balance.used, usage[0].orphaned), (1, 0));
+    assert_eq!(usage[0].requests, 1);
+}
+
 #[tokio::test]
 async fn concurrent_commands_share_commits() {
     let dir = tempfile::tempdir().unwrap();

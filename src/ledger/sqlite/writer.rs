@@ -13,7 +13,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::keys::{KeyWrites, PURGE_BATCH};
 use super::owner::Ownership;
-use super::{Command, Mirror, Reply, integer, lock, millis, unavailable};
+use super::{Closing, Command, Mirror, Reply, integer, lock, millis, unavailable};
 use crate::clock::{Clock, rfc3339};
 use crate::ledger::book::{Account, AccountKey, Book, Changes};
 use crate::ledger::history::{Bucket, KEEP_MINUTES, minute_of};
@@ -151,14 +151,37 @@ impl Writer {
     }
 
     /// Applies a batch to the book, commits it in one transaction, answers.
+    /// Closes whose callers were answered more than [`CLOSE_WRITE_DELAY`]
+    /// ago (they waited in the queue behind a long commit) are written
+    /// first, on their own: they are owed to the disk already.
     fn apply(&mut self, batch: Vec<Command>) -> Next {
+        let overdue = |command: &Command| match command {
+            Command::Close {
+                reply: Closing::Answered(at),
+                ..
+            } => self.since(*at) >= CLOSE_WRITE_DELAY,
+            _ => false,
+        };
+        if !batch.iter().any(overdue) {
+            return self.apply_batch(batch);
+        }
+        let (overdue, rest): (Vec<Command>, Vec<Command>) = batch.into_iter().partition(overdue);
+        self.apply_batch(overdue);
+        if rest.is_empty() {
+            return Next::Continue;
+        }
+        self.apply_batch(rest)
+    }
+
+    /// [`Self::apply`] of one batch.
+    fn apply_batch(&mut self, batch: Vec<Command>) -> Next {
         let mut next = Next::Continue;
         let mut probe = false;
         let mut answers = Vec::with_capacity(batch.len());
         let due = |since| self.since(since) >= CLOSE_WRITE_DELAY;
         if !batch.is_empty() && self.closes_waiting_since.is_some_and(due) {
             // Closes past their delay are written before anything new.
-            self.apply(Vec::new());
+            self.apply_batch(Vec::new());
         }
         // Closes answered earlier may still be in the book's open batch.
         if !self.book.in_batch() {
@@ -193,7 +216,7 @@ impl Writer {
                     let held = self.book.held(id);
                     self.book.finish(id, actual);
                     match reply {
-                        None => {
+                        Closing::Answered(at) => {
                             // It gives back, and its caller applied it to
                             // the mirror and was answered (lost in a crash,
                             // the reservation is counted in full): it rides
@@ -201,8 +224,8 @@ impl Writer {
                             let ahead = lock(&self.mirror).ahead.remove(&id);
                             if held.is_some() {
                                 self.answered.push((id, actual));
-                                let now = self.clock.now();
-                                self.closes_waiting_since.get_or_insert(now);
+                                let since = self.closes_waiting_since.get_or_insert(at);
+                                *since = (*since).min(at);
                             } else if let Some((key, _, _)) = ahead {
                                 // Not open in the book after all: the mirror
                                 // shows the book's account again.
@@ -210,7 +233,7 @@ impl Writer {
                                 self.publish_one(key, account);
                             }
                         }
-                        Some(reply) => {
+                        Closing::Committed(reply) => {
                             // Sent only by a settle that charges more than was held.
                             let minute = minute_of(self.clock.wall());
                             if let (Some(actual), Some(_)) = (actual, &held) {
