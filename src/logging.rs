@@ -481,13 +481,25 @@ struct Out {
     /// that its waking never holds up a line being added to `pending`.
     wake_lock: Mutex<()>,
     wake: Condvar,
-    /// Set by the first line that fills a batch early; the writer clears
-    /// it when it takes the batch. One wake-up per batch, not one per line
-    /// added while the writer is on its way.
+    /// Set by the first line that fills a batch early (or ends the writer's
+    /// idle sleep); the writer clears it when it takes the batch. One
+    /// wake-up per batch, not one per line added while the writer is on its
+    /// way.
     woken: AtomicBool,
+    /// The writer found nothing to write for a whole tick and sleeps until
+    /// a line comes: an idle server does not wake every 10 ms. Said before
+    /// the writer's last look at `pending`, so a line added after that look
+    /// sees it and wakes the writer.
+    idle: AtomicBool,
     dropped: AtomicU64,
     /// Serialises writers of stdout (the background thread and `flush`).
     stdout: Mutex<()>,
+    /// Where batches go: stdout, or memory in tests.
+    #[cfg(test)]
+    sink: Option<Mutex<Vec<u8>>>,
+    /// Times the writer thread woke, for tests.
+    #[cfg(test)]
+    wakes: AtomicU64,
 }
 
 static OUT: OnceLock<&'static Out> = OnceLock::new();
@@ -495,15 +507,7 @@ static OUT: OnceLock<&'static Out> = OnceLock::new();
 impl Out {
     fn get() -> &'static Out {
         OUT.get_or_init(|| {
-            let out: &'static Out = Box::leak(Box::new(Out {
-                pending: Mutex::new(Vec::with_capacity(64 * 1024)),
-                spare: Mutex::new(Vec::with_capacity(64 * 1024)),
-                wake_lock: Mutex::new(()),
-                wake: Condvar::new(),
-                woken: AtomicBool::new(false),
-                dropped: AtomicU64::new(0),
-                stdout: Mutex::new(()),
-            }));
+            let out: &'static Out = Box::leak(Box::new(Out::new()));
             let spawned = std::thread::Builder::new()
                 .name("viewgate-log".into())
                 .spawn(move || out.run());
@@ -515,6 +519,23 @@ impl Out {
         })
     }
 
+    fn new() -> Out {
+        Out {
+            pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+            spare: Mutex::new(Vec::with_capacity(64 * 1024)),
+            wake_lock: Mutex::new(()),
+            wake: Condvar::new(),
+            woken: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            stdout: Mutex::new(()),
+            #[cfg(test)]
+            sink: None,
+            #[cfg(test)]
+            wakes: AtomicU64::new(0),
+        }
+    }
+
     fn push(&self, line: &[u8]) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.len() + line.len() > MAX_PENDING {
@@ -524,7 +545,8 @@ impl Out {
         pending.extend_from_slice(line);
         let full = pending.len() >= 64 * 1024;
         drop(pending);
-        if full && !self.woken.swap(true, Ordering::AcqRel) {
+        let wake = full || self.idle.load(Ordering::SeqCst);
+        if wake && !self.woken.swap(true, Ordering::AcqRel) {
             // Under the writer's lock: it cannot be between its check of
             // `woken` and its wait, so the wake-up is not lost.
             let _waiting = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -548,6 +570,11 @@ impl Out {
     }
 
     fn write(&self, batch: &[u8]) {
+        #[cfg(test)]
+        if let Some(sink) = &self.sink {
+            sink.lock().unwrap().extend_from_slice(batch);
+            return;
+        }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(batch);
@@ -564,23 +591,43 @@ impl Out {
         loop {
             {
                 let waiting = self.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-                // Batches every 10 ms, or sooner when 64 KiB are waiting.
+                // Batches every 10 ms, or sooner when 64 KiB are waiting;
+                // when idle, at the next line.
                 if !self.woken.load(Ordering::Acquire) {
-                    let _ = self.wake.wait_timeout(waiting, Duration::from_millis(10));
+                    if self.idle.load(Ordering::SeqCst) {
+                        drop(self.wake.wait(waiting));
+                    } else {
+                        let _ = self.wake.wait_timeout(waiting, Duration::from_millis(10));
+                    }
                 }
             }
+            #[cfg(test)]
+            self.wakes.fetch_add(1, Ordering::Relaxed);
             self.woken.store(false, Ordering::Release);
-            self.flush();
+            if self.flush() {
+                self.idle.store(false, Ordering::SeqCst);
+            } else if !self.idle.load(Ordering::SeqCst) {
+                // A quiet tick: say so, then look once more. A line added
+                // after this look sees `idle` (the `pending` lock orders the
+                // two) and wakes the writer.
+                self.idle.store(true, Ordering::SeqCst);
+                if self.flush() {
+                    self.idle.store(false, Ordering::SeqCst);
+                }
+            }
         }
     }
 
-    fn flush(&self) {
+    /// Writes what is pending; whether there was anything.
+    fn flush(&self) -> bool {
         let _order = self.stdout.lock().unwrap_or_else(|e| e.into_inner());
         let batch = self.take();
-        if !batch.is_empty() {
+        let wrote = !batch.is_empty();
+        if wrote {
             self.write(&batch);
         }
         self.recycle(batch);
+        wrote
     }
 }
 
@@ -611,6 +658,43 @@ impl<'a> MakeWriter<'a> for BufferedStdout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Polls `done` (up to 10 s) and says whether it came true.
+    fn eventually(done: impl Fn() -> bool) -> bool {
+        for _ in 0..10_000 {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        done()
+    }
+
+    /// Regression: the writer woke every 10 ms even with nothing to write.
+    /// Now a quiet tick puts it to sleep until the next line, which is
+    /// written at once.
+    #[test]
+    fn an_idle_log_writer_sleeps_until_the_next_line() {
+        let out: &'static Out = Box::leak(Box::new(Out {
+            sink: Some(Mutex::default()),
+            ..Out::new()
+        }));
+        std::thread::spawn(move || out.run());
+        let sink = || out.sink.as_ref().unwrap().lock().unwrap().clone();
+        out.push(b"one\n");
+        assert!(eventually(|| sink() == b"one\n"));
+        assert!(eventually(|| out.idle.load(Ordering::SeqCst)));
+        let wakes = out.wakes.load(Ordering::Relaxed);
+        // Five of the old ticks. A slow machine can only wake it less.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            out.wakes.load(Ordering::Relaxed),
+            wakes,
+            "an idle writer woke"
+        );
+        out.push(b"two\n");
+        assert!(eventually(|| sink() == b"one\ntwo\n"));
+    }
 
     #[test]
     fn access_field_positions_match_the_list() {
