@@ -233,10 +233,19 @@ impl Writer {
                                 self.publish_one(key, account);
                             }
                         }
+                        Closing::Committed(reply) if held.is_none() => {
+                            // Closed already: nothing changed, nothing to
+                            // write. Answered with what readers see.
+                            let key = (tenant.to_string(), period);
+                            let mirror = lock(&self.mirror);
+                            let account = mirror.accounts.get(&key).copied().unwrap_or_default();
+                            drop(mirror);
+                            let _ = reply.send(Ok(account.balance(budget)));
+                        }
                         Closing::Committed(reply) => {
                             // Sent only by a settle that charges more than was held.
                             let minute = minute_of(self.clock.wall());
-                            if let (Some(actual), Some(_)) = (actual, &held) {
+                            if let Some(actual) = actual {
                                 let mut mirror = lock(&self.mirror);
                                 mirror.open.remove(&id);
                                 let charge = Bucket::charged(actual);
