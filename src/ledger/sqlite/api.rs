@@ -51,11 +51,7 @@ impl Ledger for SqliteLedger {
         budget: Option<Budget>,
     ) -> BoxFuture<'a, Result<Balance, LedgerError>> {
         let key = (tenant.to_string(), self.current_period(budget));
-        let account = lock(&self.mirror)
-            .accounts
-            .get(&key)
-            .copied()
-            .unwrap_or_default();
+        let account = lock(&self.mirror).account(&key);
         futures_util::future::ready(Ok(account.balance(budget))).boxed()
     }
 
@@ -73,7 +69,7 @@ impl Ledger for SqliteLedger {
         let now = self.clock.wall();
         let key = (tenant.to_string(), period_key(budget_period(budget), now));
         let mut mirror = lock(&self.mirror);
-        let account = mirror.accounts.get(&key).copied().unwrap_or_default();
+        let account = mirror.account(&key);
         let minute = minute_of(now);
         mirror.pending_hits.count(key, by, credits_saved, ());
         mirror.record(tenant, minute, Bucket::saved(by, credits_saved));
@@ -91,7 +87,7 @@ impl Ledger for SqliteLedger {
             .map(|(tenant, budget)| {
                 let period_key = self.current_period(*budget);
                 let key = (tenant.clone(), period_key);
-                let mut account = mirror.accounts.get(&key).copied().unwrap_or_default();
+                let mut account = mirror.account(&key);
                 mirror.pending_hits.add_to(&key, &mut account);
                 mirror.flushing_hits.add_to(&key, &mut account);
                 let recent = mirror.history.recent(tenant, now);

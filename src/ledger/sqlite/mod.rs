@@ -177,6 +177,11 @@ struct Mirror {
 }
 
 impl Mirror {
+    /// The account under `key`, as readers see it (empty if none).
+    fn account(&self, key: &AccountKey) -> Account {
+        self.accounts.get(key).copied().unwrap_or_default()
+    }
+
     /// Adds `event` to `tenant`'s bucket of `minute`, to be written.
     fn record(&mut self, tenant: &str, minute: i64, event: Bucket) {
         self.history.add(tenant, minute, event);
@@ -450,8 +455,9 @@ impl SqliteLedger {
         // The balance reported is the current period's, which may be a new one.
         let period = self.current_period(budget);
         let gives_back = actual.is_none_or(|actual| actual <= reservation.amount);
+        let now = self.clock.now();
         let answered =
-            gives_back.then(|| self.close_in_mirror(&reservation, actual, budget, &period));
+            gives_back.then(|| self.close_in_mirror(&reservation, actual, budget, &period, now));
         let close = move |reply| Command::Close {
             id: reservation.id,
             actual,
@@ -461,9 +467,7 @@ impl SqliteLedger {
             reply,
         };
         if let Some(balance) = answered {
-            let sent = self
-                .commands
-                .send(close(Closing::Answered(self.clock.now())));
+            let sent = self.commands.send(close(Closing::Answered(now)));
             let answered = sent
                 .map(|()| balance)
                 .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
@@ -474,16 +478,18 @@ impl SqliteLedger {
         self.ask(close(Closing::Committed(reply)), answer).boxed()
     }
 
-    /// Applies a close that gives back to the mirror, if its reservation is
-    /// still open there, and answers the balance of the tenant in `period`.
+    /// Applies a close that gives back, answered at `now`, to the mirror if
+    /// its reservation is still open there, and answers the balance of the
+    /// tenant in `period`.
     fn close_in_mirror(
         &self,
         reservation: &Reservation,
         actual: Option<u64>,
         budget: Option<Budget>,
         period: &str,
+        now: Instant,
     ) -> Balance {
-        let minute = minute_of(self.clock.wall());
+        let minute = minute_of(self.clock.wall_at(now));
         let key = (reservation.tenant.to_string(), reservation.period.clone());
         let mut guard = lock(&self.mirror);
         let mirror = &mut *guard;
@@ -502,8 +508,7 @@ impl SqliteLedger {
         } else {
             (key.0, period.to_string())
         };
-        let account = mirror.accounts.get(&current).copied().unwrap_or_default();
-        account.balance(budget)
+        mirror.account(&current).balance(budget)
     }
 }
 

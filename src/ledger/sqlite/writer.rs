@@ -237,9 +237,7 @@ impl Writer {
                             // Closed already: nothing changed, nothing to
                             // write. Answered with what readers see.
                             let key = (tenant.to_string(), period);
-                            let mirror = lock(&self.mirror);
-                            let account = mirror.accounts.get(&key).copied().unwrap_or_default();
-                            drop(mirror);
+                            let account = lock(&self.mirror).account(&key);
                             let _ = reply.send(Ok(account.balance(budget)));
                         }
                         Closing::Committed(reply) => {
