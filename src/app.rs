@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
@@ -77,6 +78,11 @@ pub struct Gateway {
     /// Errors the request path meets again and again (the ledger or the
     /// upstream down) are logged once, then summed up.
     pub(crate) logs: Arc<LogThrottle>,
+    /// Work that goes on after its request has been answered or abandoned
+    /// (a paid upstream call past the request deadline, an idempotent write
+    /// whose client hung up): shared across reloads, and waited for at
+    /// shutdown so no paid call is cut off unrecorded.
+    pub(crate) detached: TaskTracker,
 }
 
 impl Gateway {
@@ -131,6 +137,7 @@ impl Gateway {
         // Balances are checked at start: spend a crash left behind fires its alerts.
         alerts.watch(Arc::clone(&tenants));
         Ok(Self {
+            detached: TaskTracker::new(),
             logs: Arc::new(LogThrottle::new(clock.clone())),
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
             tenants,
@@ -280,6 +287,7 @@ impl Gateway {
             self.redis.as_ref(),
         ));
         let gateway = Gateway {
+            detached: self.detached.clone(),
             logs: Arc::clone(&self.logs),
             slots,
             tenants,
@@ -367,6 +375,7 @@ impl Gateway {
                 // share, with room to spare.
                 self.config.upstream.deadline * 2 + self.config.server.request_timeout,
                 self.clock.clone(),
+                self.detached.clone(),
             ))
             // Innermost: cache hit, single-flight miss (the miss path: cap →
             // grants and owner → reserve → upstream → settle → store), or
@@ -378,6 +387,7 @@ impl Gateway {
                 Arc::clone(&self.logs),
                 self.clock.clone(),
                 self.config.cache.actions.clone(),
+                self.detached.clone(),
             ));
         BoxCloneSyncService::new(stack)
     }

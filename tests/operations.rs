@@ -391,6 +391,74 @@ fn binary_config(
     path
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_a_paid_call_past_its_deadline_and_records_it() {
+    let sim = upstream().await;
+    // The call outlives its request (504 at 300 ms) by seconds: SIGTERM
+    // lands while it is still running upstream.
+    sim.set_fault(Fault::latency(3_000));
+    let dir = tempfile::tempdir().unwrap();
+    let key = "vg_ops-test-detached";
+    let ledger = dir.path().join("ledger.db");
+    let tenants = tenant_yaml("crm", key) + "    budget: { credits: 100, period: total }\n";
+    let path = binary_config(
+        dir.path(),
+        &sim.base_url(),
+        &tenants,
+        "  request_timeout_ms: 300\n",
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "  backend: memory\n",
+        &format!("  backend: sqlite\n  path: \"{}\"\n", ledger.display()),
+    );
+    std::fs::write(&path, text).unwrap();
+    let (mut child, addr, lines) = serve(&path);
+    let url = format!("http://{addr}");
+    let (status, reply) = tokio::task::spawn_blocking(move || try_post(&url, key, &body("acc-1")))
+        .await
+        .unwrap()
+        .expect("answered");
+    assert_eq!(status, 504, "{reply}");
+    assert_eq!(sim.calls_total(), 1);
+    signal(&child.0, "TERM");
+    assert!(
+        wait_exit(&mut child.0, Duration::from_secs(30)).success(),
+        "exit 0"
+    );
+    // The call was billed once, and the ledger recorded exactly that: settled,
+    // nothing left held for the next start to count as spent.
+    assert_eq!(sim.credits_total(), 1);
+    let clock = viewgate::clock::Clock::real();
+    let usage = viewgate::ledger::read_usage(
+        &ledger,
+        &[(
+            "crm".to_string(),
+            Some(viewgate::config::Budget {
+                credits: 100,
+                period: viewgate::config::Period::Total,
+            }),
+        )],
+        &clock,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            usage[0].balance.used,
+            usage[0].balance.reserved,
+            usage[0].orphaned,
+            usage[0].requests
+        ),
+        (1, 0, 0, 1)
+    );
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("waiting for upstream calls that outlived their requests")),
+        "{lines:?}"
+    );
+}
+
 /// The simulator the real binary's tests call, knowing the key that
 /// [`binary_config`] gives the gateway.
 async fn upstream() -> viewgate::sim::SimHandle {

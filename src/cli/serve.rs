@@ -1,9 +1,9 @@
 //! `viewgate serve --config FILE`, and the run loop the demo shares.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -82,8 +82,12 @@ pub(super) async fn run_gateway(
         tokio::spawn(Arc::clone(&live).reload_certificate_on_change(WATCH_EVERY)),
     ];
     let flag = Arc::clone(&draining);
+    // When the grace period began: detached calls get what is left of it.
+    let asked_at = Arc::new(OnceLock::new());
+    let (at, clock) = (Arc::clone(&asked_at), gateway.clock.clone());
     let shutdown = async move {
         shutdown.await;
+        let _ = at.set(clock.now());
         // /readyz turns 503 at once so load balancers stop sending new requests.
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");
@@ -99,6 +103,7 @@ pub(super) async fn run_gateway(
         shutdown,
     )
     .await;
+    finish_detached(&live.gateway(), asked_at.get().copied()).await;
     // Every connection has ended (or the grace is over): the threads can go.
     tokio::task::spawn_blocking(move || drop(workers))
         .await
@@ -118,6 +123,32 @@ pub(super) async fn run_gateway(
     }
     tracing::info!("viewgate stopped");
     Ok(())
+}
+
+/// Waits, within what is left of `server.shutdown_grace_s` after `asked_at`,
+/// for the work that outlived its request: upstream calls past the request
+/// deadline are paid for, and must settle (and fill the cache) before the
+/// serving threads that run them are stopped.
+async fn finish_detached(gateway: &Gateway, asked_at: Option<Instant>) {
+    let detached = &gateway.detached;
+    detached.close();
+    if detached.is_empty() {
+        return;
+    }
+    let spent = asked_at.map_or(Duration::ZERO, |at| {
+        gateway.clock.now().saturating_duration_since(at)
+    });
+    let left = gateway.config.server.shutdown_grace.saturating_sub(spent);
+    tracing::info!(
+        calls = detached.len(),
+        "waiting for upstream calls that outlived their requests"
+    );
+    if tokio::time::timeout(left, detached.wait()).await.is_err() {
+        tracing::warn!(
+            calls = detached.len(),
+            "shutdown grace period ended with upstream calls still running: what they hold counts as spent"
+        );
+    }
 }
 
 /// The start-up log line: where it listens and what is in force (never a key).

@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, header};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use self::answer::Answer;
@@ -77,11 +78,14 @@ struct Shared {
     clock: Clock,
     /// Looked up on every request: a fast hasher (the set is the operator's).
     cached_actions: foldhash::HashSet<String>,
+    /// Runs each miss path (waited for at shutdown).
+    detached: TaskTracker,
 }
 
 impl CacheService {
     /// The stage over `cache`, fetching misses through `miss`, counting
-    /// hits in `credits`, its repeating warnings throttled by `logs`.
+    /// hits in `credits`, its repeating warnings throttled by `logs`; the
+    /// miss paths run as tasks of `detached`.
     pub(crate) fn new(
         cache: PageCache,
         miss: MissFetcher,
@@ -89,6 +93,7 @@ impl CacheService {
         logs: Arc<LogThrottle>,
         clock: Clock,
         cached_actions: HashSet<String>,
+        detached: TaskTracker,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -98,6 +103,7 @@ impl CacheService {
                 logs,
                 clock,
                 cached_actions: cached_actions.into_iter().collect(),
+                detached,
             }),
         }
     }
@@ -403,7 +409,7 @@ impl Shared {
     /// deadline that passes, never cuts a paid call in half.
     fn fetch(&self, miss: Miss) -> JoinHandle<Result<Charged, GatewayError>> {
         let fetcher = self.miss.clone();
-        tokio::spawn(fetcher.oneshot(miss))
+        self.detached.spawn(fetcher.oneshot(miss))
     }
 
     /// Runs the miss path for `key` in its own task: a leader whose client
@@ -420,7 +426,7 @@ impl Shared {
         let miss = asked.miss();
         let ttl = asked.call.rule.cache_ttl;
         let fetcher = self.miss.clone();
-        tokio::spawn(async move {
+        self.detached.spawn(async move {
             let result = fetcher.oneshot(miss).await;
             let flight = match &result {
                 Ok(c) => Ok(this

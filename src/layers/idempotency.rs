@@ -27,6 +27,8 @@ use tower::{Layer, Service};
 
 use super::StageResult;
 use crate::call::ApiCall;
+use tokio_util::task::TaskTracker;
+
 use crate::clock::Clock;
 use crate::error::GatewayError;
 use crate::ledger::{Fingerprint, IdempotencyBegin, Ledger, StoredAnswer};
@@ -46,6 +48,8 @@ pub(crate) struct IdempotencyLayer {
     /// send a write still in flight a second time.
     claim_ttl: Duration,
     clock: Clock,
+    /// Runs each claim-answer-complete sequence (waited for at shutdown).
+    detached: TaskTracker,
 }
 
 impl IdempotencyLayer {
@@ -55,12 +59,14 @@ impl IdempotencyLayer {
         ttl: Duration,
         longest_call: Duration,
         clock: Clock,
+        detached: TaskTracker,
     ) -> Self {
         Self {
             ledger,
             ttl,
             claim_ttl: ttl.max(longest_call),
             clock,
+            detached,
         }
     }
 }
@@ -113,7 +119,10 @@ where
         // The whole claim-answer-complete sequence runs in its own task: a
         // client that hangs up (or a deadline that passes) after the claim
         // must not leave the key claimed with nothing running behind it.
-        let task = tokio::spawn(guarded(self.layer.clone(), inner, request, key));
+        let task = self
+            .layer
+            .detached
+            .spawn(guarded(self.layer.clone(), inner, request, key));
         Either::Right(Box::pin(async move {
             task.await.unwrap_or_else(|join| {
                 Err(GatewayError::ServiceUnavailable {

@@ -75,6 +75,7 @@ fn stage(upstream: &FakeUpstream, clock: &Clock) -> CacheService {
         Arc::new(LogThrottle::new(clock.clone())),
         clock.clone(),
         config.actions.clone(),
+        tokio_util::task::TaskTracker::new(),
     )
 }
 
