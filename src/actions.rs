@@ -293,6 +293,34 @@ impl ActionTable {
             .filter(|r| r.category.as_deref().is_none_or(|c| c == category))
     }
 
+    /// Each rule priced below the rule of the same name in `documented`, as
+    /// `(action, its bound, documented bound, results asked for)` at the
+    /// first page size where it is cheaper. A price below what the upstream
+    /// charges holds too little: the difference is recorded when the call
+    /// settles, but a crash before then counts only what was held, and a
+    /// budget can be overrun by it.
+    pub fn priced_below(&self, documented: &ActionTable) -> Vec<(String, u64, u64, u64)> {
+        const ASKED: [u64; 6] = [1, 10, 25, 50, 100, 1000];
+        let mut below = Vec::new();
+        for rule in self.rules() {
+            let Some(known) = documented.get(&rule.name) else {
+                continue;
+            };
+            // The same count for whatever param each price reads.
+            let cheaper = ASKED.iter().find_map(|&n| {
+                let at = |price: &Price| price.bound_by(|_| Some(Value::from(n))).ok();
+                match (at(&rule.price), at(&known.price)) {
+                    (Some(ours), Some(theirs)) if ours < theirs => Some((ours, theirs, n)),
+                    _ => None,
+                }
+            });
+            if let Some((ours, theirs, n)) = cheaper {
+                below.push((rule.name.clone(), ours, theirs, n));
+            }
+        }
+        below
+    }
+
     /// Every rule, sorted by category then name (for reports).
     pub fn rules(&self) -> Vec<&Arc<ActionRule>> {
         let mut all: Vec<_> = self.rules.values().collect();

@@ -36,6 +36,37 @@ fn check_accepts_the_example_config() {
 }
 
 #[test]
+fn check_warns_of_a_price_below_the_documented_one_and_still_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cheap.yaml");
+    let example = std::fs::read_to_string("config/viewgate.example.yaml").unwrap();
+    std::fs::write(
+        &path,
+        example.replacen("actions:\n", "actions:\n  invite: { price: free }\n", 1),
+    )
+    .unwrap();
+    let out = viewgate(&["check", "--config", path.to_str().unwrap()])
+        .env("LINKUP_API_KEY", "test-placeholder")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: warning: actions.invite: priced below the upstream's documented price",
+            path.display()
+        )),
+        "{err}"
+    );
+    // The example itself is clean.
+    let out = viewgate(&["check", "--config", "config/viewgate.example.yaml"])
+        .env("LINKUP_API_KEY", "test-placeholder")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
+#[test]
 fn check_names_every_problem_with_its_line_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");

@@ -21,6 +21,9 @@ pub(super) fn run(path: &Path) -> ExitCode {
                     "s"
                 },
             );
+            for warning in config.warnings() {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

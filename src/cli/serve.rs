@@ -204,4 +204,7 @@ pub(super) fn announce(
         on_overload = "a tenant past its max_in_flight share answers 429; past server.max_in_flight requests answer 503 at once; a body not in by body_timeout_ms answers 408; past max_connections connections are closed",
         "viewgate listening"
     );
+    for warning in config.warnings() {
+        tracing::warn!(warning = warning.as_str(), "configuration warning");
+    }
 }

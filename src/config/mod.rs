@@ -455,6 +455,24 @@ impl Config {
             Ok("not-loaded-by-this-command".to_string())
         })
     }
+
+    /// What is valid but likely a mistake, one sentence each: `check`
+    /// prints these and `serve` logs them, and neither refuses the file.
+    pub fn warnings(&self) -> Vec<String> {
+        let documented = ActionTable::builtin(self.cache.ttl);
+        self.actions
+            .priced_below(&documented)
+            .into_iter()
+            .map(|(action, ours, theirs, asked)| {
+                format!(
+                    "actions.{action}: priced below the upstream's documented price \
+                     ({ours} credit(s) instead of {theirs} for {asked} result(s)): a call \
+                     holds less than it may be charged, so a budget can be overrun by \
+                     the difference and a crash before it settles counts only what was held"
+                )
+            })
+            .collect()
+    }
 }
 
 fn read(path: &Path) -> Result<(String, String), ConfigError> {

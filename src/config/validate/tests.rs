@@ -569,3 +569,32 @@ fn stale_mode_without_a_window_for_expired_pages_is_refused() {
     let text = format!("cache:\n  stale_if_error_s: 0\n  stale_while_revalidate_s: 60\n{stale}");
     assert!(load(&text, "t.yaml").is_ok());
 }
+
+#[test]
+fn a_price_below_the_documented_one_is_a_warning_not_a_refusal() {
+    let text = with(concat!(
+        "actions:\n",
+        "  search_people: { price: { per: 20, of: count } }\n",
+        "  invite: { price: free }\n",
+        "  get_candidates: { price: { per: 5, of: count } }\n",
+        "  my_new_read: { price: { fixed: 1 }, kind: read, endpoint: /v2/data }\n",
+    ));
+    let c = load(&text, "t.yaml").unwrap();
+    let warnings = c.warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    // Named, with the first page size where it is cheaper and both prices.
+    assert!(
+        warnings[0].starts_with("actions.invite: priced below")
+            && warnings[0].contains("(0 credit(s) instead of 1 for 1 result(s))"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].starts_with("actions.search_people: priced below")
+            && warnings[1].contains("(2 credit(s) instead of 3 for 25 result(s))"),
+        "{}",
+        warnings[1]
+    );
+    // Dearer than documented, or not documented at all: nothing to say.
+    assert!(load(&with(""), "t.yaml").unwrap().warnings().is_empty());
+}
