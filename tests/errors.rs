@@ -618,6 +618,24 @@ async fn request_ids_are_echoed_only_when_safe() {
     // Errors carry it too.
     let err = w.request(Method::GET, "/nowhere", &with("err-1"), "").await;
     assert_eq!(err.header("x-request-id"), Some("err-1"));
+    // A client that puts its own key there (alone or within an id) gets a
+    // fresh id: the key is neither echoed nor logged.
+    let key = w.key("crm").to_string();
+    // (It would be echoed otherwise: the characters of an acceptable id.)
+    assert!(
+        key.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+        "{key}"
+    );
+    for sent in [key.clone(), format!("req-{key}-7")] {
+        let r = w
+            .request(Method::POST, "/v2/profiles", &with(&sent), &body)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.header("x-request-id").unwrap();
+        assert!(!id.contains(&key), "{id}");
+    }
+    assert!(!common::logs().contains(&key), "a log line holds the key");
 }
 
 #[tokio::test]

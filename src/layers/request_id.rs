@@ -27,6 +27,8 @@ use crate::metrics::{Done, InFlight, Metrics};
 use crate::response::Body;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_ADMIN_KEY: HeaderName = HeaderName::from_static("x-admin-key");
 
 /// Adds the request id, the access log line and the request metrics.
 #[derive(Debug, Clone)]
@@ -64,6 +66,17 @@ pub(crate) fn acceptable_request_id(value: &[u8]) -> bool {
         && value
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Whether a client-sent id holds a key the same request presents (a
+/// client that put its key in the wrong header): such an id would be echoed
+/// and logged, so a fresh one replaces it.
+fn carries_a_key(id: &[u8], headers: &http::HeaderMap) -> bool {
+    [&X_API_KEY, &X_ADMIN_KEY]
+        .into_iter()
+        .flat_map(|name| headers.get_all(name))
+        .map(|key| key.as_bytes().trim_ascii())
+        .any(|key| !key.is_empty() && id.windows(key.len()).any(|w| w == key))
 }
 
 /// Random bytes per generated id: 128 bits, as many as a UUIDv4 carries
@@ -153,7 +166,12 @@ where
         let started = Instant::now();
         // The header is viewgate's: remove the client's before deciding.
         let id = match request.headers_mut().remove(&X_REQUEST_ID) {
-            Some(v) if acceptable_request_id(v.as_bytes()) => v,
+            Some(v)
+                if acceptable_request_id(v.as_bytes())
+                    && !carries_a_key(v.as_bytes(), request.headers()) =>
+            {
+                v
+            }
             _ => generate_request_id(),
         };
         let context = RequestContext::new(id, started);
