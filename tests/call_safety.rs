@@ -258,6 +258,42 @@ async fn an_idempotency_key_replays_the_first_answer_without_a_call_or_a_charge(
     assert_eq!(w.sim.calls_total(), 2);
 }
 
+/// Red team s25: cache hits sent with a fresh Idempotency-Key each stored a
+/// whole page per key in the ledger at no charge (26 MB for 1,000 hits).
+#[tokio::test]
+async fn a_read_answered_without_an_upstream_call_keeps_nothing_under_its_key() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        ..WorldSpec::default()
+    })
+    .await;
+    let page = viewers("acc-1", 0, 10);
+    let other = viewers("acc-1", 10, 10);
+    // The miss's answer is the upstream's: kept, replayed.
+    let miss = call(&w, "crm", "/v2/profiles", &page, &idempotent("read-1")).await;
+    assert_eq!(miss.meta()["cache"], "miss");
+    let again = call(&w, "crm", "/v2/profiles", &page, &idempotent("read-1")).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, miss.body);
+    let r = call(&w, "crm", "/v2/profiles", &other, &idempotent("read-1")).await;
+    assert_eq!(r.code(), "IDEMPOTENCY_KEY_REUSED");
+    // Hits under fresh keys keep nothing: a key used on a hit is free again
+    // (another request under it runs instead of getting 422).
+    for i in 0..20 {
+        let key = format!("hit-{i}");
+        let hit = call(&w, "crm", "/v2/profiles", &page, &idempotent(&key)).await;
+        assert_eq!(hit.status, 200, "{}", hit.text());
+        assert_eq!(hit.meta()["cache"], "hit");
+        assert_eq!(hit.header("idempotent-replayed"), None);
+        let r = call(&w, "crm", "/v2/profiles", &other, &idempotent(&key)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("idempotent-replayed"), None);
+    }
+    // One miss for each page, nothing else reached the upstream.
+    assert_eq!(w.sim.calls_total(), 2);
+    assert_eq!(w.used("crm").await, 2);
+}
+
 #[tokio::test]
 async fn an_outcome_unknown_write_is_kept_so_a_retry_never_sends_it_again() {
     let w = World::start(WorldSpec {

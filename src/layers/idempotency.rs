@@ -200,6 +200,14 @@ where
         IdempotencyBegin::InFlight => return Err(GatewayError::IdempotencyKeyInUse),
     }
     match inner.call(request).await {
+        // A read answered without an upstream call of its own (a cache hit,
+        // another request's fetch) has no upstream answer to keep, and a
+        // retry is answered the same way: the key is freed, so answers that
+        // cost nothing never pile up in the ledger.
+        Ok(response) if !write && context.as_ref().is_some_and(|c| !c.upstream_started()) => {
+            abandon(&layer, &tenant, &key, &fingerprint).await;
+            Ok(response)
+        }
         Ok(response) => {
             let (parts, body) = response.into_parts();
             let bytes = match body.collect().await {
@@ -222,15 +230,20 @@ where
             Err(error)
         }
         Err(error) => {
-            if let Err(e) = layer
-                .ledger
-                .idempotency_abandon(&tenant.id, &key, &fingerprint)
-                .await
-            {
-                tracing::warn!(tenant = &*tenant.id, error = %e, "could not free an idempotency key; it stays in flight until it expires");
-            }
+            abandon(&layer, &tenant, &key, &fingerprint).await;
             Err(error)
         }
+    }
+}
+
+/// Frees `key`: nothing is kept for it, and the next request with it runs.
+async fn abandon(layer: &IdempotencyLayer, tenant: &Tenant, key: &str, fingerprint: &Fingerprint) {
+    if let Err(e) = layer
+        .ledger
+        .idempotency_abandon(&tenant.id, key, fingerprint)
+        .await
+    {
+        tracing::warn!(tenant = &*tenant.id, error = %e, "could not free an idempotency key; it stays in flight until it expires");
     }
 }
 
