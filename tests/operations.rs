@@ -17,7 +17,7 @@ use http::Method;
 use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncReadExt;
 use viewgate::keys::KeyHash;
-use viewgate::sim::{Fault, SimConfig, SimKey, Simulator};
+use viewgate::sim::{Fault, FaultKind, SimConfig, SimKey, Simulator};
 
 /// Appends a tenant with key `key` to the world's YAML.
 fn with_tenant(yaml: &str, id: &str, key: &str, extra: &str) -> String {
@@ -391,6 +391,63 @@ fn binary_config(
     path
 }
 
+/// A binary config with tenant `crm` (key `key`, a total budget of 100) on a
+/// SQLite ledger in `dir`; `upstream_extra` goes into the upstream section.
+fn sqlite_config(
+    dir: &std::path::Path,
+    sim_url: &str,
+    key: &str,
+    server_extra: &str,
+    upstream_extra: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ledger = dir.join("ledger.db");
+    let tenants = tenant_yaml("crm", key) + "    budget: { credits: 100, period: total }\n";
+    let path = binary_config(dir, sim_url, &tenants, server_extra);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "  backend: memory\n",
+            &format!("  backend: sqlite\n  path: \"{}\"\n", ledger.display()),
+        )
+        .replace("  keys:\n", &format!("{upstream_extra}  keys:\n"));
+    std::fs::write(&path, text).unwrap();
+    (path, ledger)
+}
+
+/// `crm`'s (used, reserved, orphaned, requests) as the file says, read the
+/// way `viewgate usage` reads it.
+fn crm_on_disk(ledger: &std::path::Path) -> (u64, u64, u64, u64) {
+    let budget = viewgate::config::Budget {
+        credits: 100,
+        period: viewgate::config::Period::Total,
+    };
+    let usage = viewgate::ledger::read_usage(
+        ledger,
+        &[("crm".to_string(), Some(budget))],
+        &viewgate::clock::Clock::real(),
+    )
+    .unwrap();
+    let u = &usage[0];
+    (u.balance.used, u.balance.reserved, u.orphaned, u.requests)
+}
+
+/// Starts the binary on `path`, makes one miss that outlives its request
+/// (504), then sends SIGTERM.
+async fn a_504_then_sigterm(
+    path: &std::path::Path,
+    key: &'static str,
+) -> (common::process::Running, common::process::Lines) {
+    let (child, addr, lines) = serve(path);
+    let url = format!("http://{addr}");
+    let (status, reply) = tokio::task::spawn_blocking(move || try_post(&url, key, &body("acc-1")))
+        .await
+        .unwrap()
+        .expect("answered");
+    assert_eq!(status, 504, "{reply}");
+    signal(&child.0, "TERM");
+    (child, lines)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_waits_for_a_paid_call_past_its_deadline_and_records_it() {
     let sim = upstream().await;
@@ -399,28 +456,15 @@ async fn sigterm_waits_for_a_paid_call_past_its_deadline_and_records_it() {
     sim.set_fault(Fault::latency(3_000));
     let dir = tempfile::tempdir().unwrap();
     let key = "vg_ops-test-detached";
-    let ledger = dir.path().join("ledger.db");
-    let tenants = tenant_yaml("crm", key) + "    budget: { credits: 100, period: total }\n";
-    let path = binary_config(
+    let (path, ledger) = sqlite_config(
         dir.path(),
         &sim.base_url(),
-        &tenants,
+        key,
         "  request_timeout_ms: 300\n",
+        "",
     );
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "  backend: memory\n",
-        &format!("  backend: sqlite\n  path: \"{}\"\n", ledger.display()),
-    );
-    std::fs::write(&path, text).unwrap();
-    let (mut child, addr, lines) = serve(&path);
-    let url = format!("http://{addr}");
-    let (status, reply) = tokio::task::spawn_blocking(move || try_post(&url, key, &body("acc-1")))
-        .await
-        .unwrap()
-        .expect("answered");
-    assert_eq!(status, 504, "{reply}");
+    let (mut child, lines) = a_504_then_sigterm(&path, key).await;
     assert_eq!(sim.calls_total(), 1);
-    signal(&child.0, "TERM");
     assert!(
         wait_exit(&mut child.0, Duration::from_secs(30)).success(),
         "exit 0"
@@ -428,28 +472,7 @@ async fn sigterm_waits_for_a_paid_call_past_its_deadline_and_records_it() {
     // The call was billed once, and the ledger recorded exactly that: settled,
     // nothing left held for the next start to count as spent.
     assert_eq!(sim.credits_total(), 1);
-    let clock = viewgate::clock::Clock::real();
-    let usage = viewgate::ledger::read_usage(
-        &ledger,
-        &[(
-            "crm".to_string(),
-            Some(viewgate::config::Budget {
-                credits: 100,
-                period: viewgate::config::Period::Total,
-            }),
-        )],
-        &clock,
-    )
-    .unwrap();
-    assert_eq!(
-        (
-            usage[0].balance.used,
-            usage[0].balance.reserved,
-            usage[0].orphaned,
-            usage[0].requests
-        ),
-        (1, 0, 0, 1)
-    );
+    assert_eq!(crm_on_disk(&ledger), (1, 0, 0, 1));
     let lines = lines.lock().unwrap();
     assert!(
         lines
@@ -457,6 +480,40 @@ async fn sigterm_waits_for_a_paid_call_past_its_deadline_and_records_it() {
             .any(|l| l.contains("waiting for upstream calls that outlived their requests")),
         "{lines:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_the_wait_and_what_was_cut_off_stays_held() {
+    let sim = upstream().await;
+    // The upstream never answers; the grace and the upstream timeout are a
+    // minute: only the second signal can end the wait within the test.
+    sim.set_fault(Fault::new(FaultKind::Hang));
+    let dir = tempfile::tempdir().unwrap();
+    let key = "vg_ops-test-second-signal";
+    let (path, ledger) = sqlite_config(
+        dir.path(),
+        &sim.base_url(),
+        key,
+        "  request_timeout_ms: 300\n  shutdown_grace_s: 60\n",
+        "  timeout_ms: 60000\n  deadline_ms: 60000\n",
+    );
+    let (mut child, lines) = a_504_then_sigterm(&path, key).await;
+    let has = |needle: &str| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has("waiting for upstream calls that outlived their requests") {
+        assert!(Instant::now() < deadline, "never waited for the call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&child.0, "TERM");
+    assert!(
+        wait_exit(&mut child.0, Duration::from_secs(20)).success(),
+        "exit 0"
+    );
+    assert!(has("second shutdown signal"));
+    // The call cut off stays held: the next start counts it as spent.
+    assert_eq!(sim.credits_total(), 0);
+    let (used, reserved, _, _) = crm_on_disk(&ledger);
+    assert_eq!((used, reserved), (0, 1));
 }
 
 /// The simulator the real binary's tests call, knowing the key that

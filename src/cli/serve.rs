@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::app::Gateway;
@@ -85,25 +86,46 @@ pub(super) async fn run_gateway(
     // When the grace period began: detached calls get what is left of it.
     let asked_at = Arc::new(OnceLock::new());
     let (at, clock) = (Arc::clone(&asked_at), gateway.clock.clone());
+    // A second SIGTERM / ctrl-c while draining stops the waiting.
+    let (force, forced) = watch::channel(false);
+    let second = Arc::new(OnceLock::new());
+    let second_task = Arc::clone(&second);
     let shutdown = async move {
         shutdown.await;
         let _ = at.set(clock.now());
         // /readyz turns 503 at once so load balancers stop sending new requests.
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");
+        let _ = second_task.set(tokio::spawn(async move {
+            crate::cli::shutdown_signal().await;
+            tracing::warn!(
+                "second shutdown signal: not waiting any longer for in-flight requests and upstream calls (what they hold counts as spent)"
+            );
+            let _ = force.send(true);
+        }));
     };
     let workers = gateway.config.server.workers.unwrap_or_else(Workers::auto);
     let workers = Arc::new(Workers::start(workers).context("cannot start the serving threads")?);
-    listener::serve(
+    let serving = listener::serve(
         listener,
         live.service(),
         options,
         live.tls(),
         Some(Arc::clone(&workers)),
         shutdown,
-    )
-    .await;
-    finish_detached(&live.gateway(), asked_at.get().copied()).await;
+    );
+    tokio::select! {
+        () = serving => {}
+        () = signalled(forced.clone()) => {}
+    }
+    let gateway = live.gateway();
+    tokio::select! {
+        () = finish_detached(&gateway, asked_at.get().copied()) => {}
+        () = signalled(forced) => {}
+    }
+    if let Some(task) = second.get() {
+        task.abort();
+    }
     // Every connection has ended (or the grace is over): the threads can go.
     tokio::task::spawn_blocking(move || drop(workers))
         .await
@@ -125,6 +147,13 @@ pub(super) async fn run_gateway(
     Ok(())
 }
 
+/// Resolves once `flag` turns true (never if its sender goes without).
+async fn signalled(mut flag: watch::Receiver<bool>) {
+    if flag.wait_for(|set| *set).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Waits, within what is left of `server.shutdown_grace_s` after `asked_at`,
 /// for the work that outlived its request: upstream calls past the request
 /// deadline are paid for, and must settle (and fill the cache) before the
@@ -139,13 +168,15 @@ async fn finish_detached(gateway: &Gateway, asked_at: Option<Instant>) {
         gateway.clock.now().saturating_duration_since(at)
     });
     let left = gateway.config.server.shutdown_grace.saturating_sub(spent);
+    // Counted in tasks: a miss is one, an idempotent write two (the upstream
+    // call, and the task that keeps its answer under the key).
     tracing::info!(
-        calls = detached.len(),
+        tasks = detached.len(),
         "waiting for upstream calls that outlived their requests"
     );
     if tokio::time::timeout(left, detached.wait()).await.is_err() {
         tracing::warn!(
-            calls = detached.len(),
+            tasks = detached.len(),
             "shutdown grace period ended with upstream calls still running: what they hold counts as spent"
         );
     }

@@ -278,7 +278,7 @@ impl Upstream {
                     }
                     if let Some(suppressed) = self.logs.admit("upstream.retry") {
                         tracing::warn!(
-                            request_id = ?call.request_id,
+                            request_id = call.request_id.to_str().unwrap_or_default(),
                             upstream_key = %key.name,
                             attempt = attempt + 1,
                             error_code = error.code(),
