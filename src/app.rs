@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
@@ -83,6 +84,10 @@ pub struct Gateway {
     /// whose client hung up): shared across reloads, and waited for at
     /// shutdown so no paid call is cut off unrecorded.
     pub(crate) detached: TaskTracker,
+    /// Cancelled when shutdown begins (shared across reloads): an upstream
+    /// call still waiting for its turn (the key's pace, a retry's backoff)
+    /// is then not sent at all.
+    pub(crate) stopping: CancellationToken,
 }
 
 impl Gateway {
@@ -118,11 +123,13 @@ impl Gateway {
             .max()
             .unwrap_or(config.cache.ttl);
         let mut cache = PageCache::new(&config.cache, clock.clone(), longest_ttl);
+        let stopping = CancellationToken::new();
         let upstream = Arc::new(Upstream::new(
             &config.upstream,
             clock.clone(),
             Arc::clone(&metrics),
             redis.as_ref(),
+            stopping.clone(),
         )?);
         if let (true, LedgerConfig::Redis { url }) = (config.cache.shared, &config.ledger) {
             cache = cache.with_shared(SharedTier::connect(url)?);
@@ -138,6 +145,7 @@ impl Gateway {
         alerts.watch(Arc::clone(&tenants));
         Ok(Self {
             detached: TaskTracker::new(),
+            stopping,
             logs: Arc::new(LogThrottle::new(clock.clone())),
             slots: Arc::new(Semaphore::new(config.server.max_in_flight)),
             tenants,
@@ -264,6 +272,7 @@ impl Gateway {
                 self.clock.clone(),
                 Arc::clone(&self.metrics),
                 self.redis.as_ref(),
+                self.stopping.clone(),
             )?)
         };
         // A new upstream client lists accounts afresh (its keys may differ).
@@ -288,6 +297,7 @@ impl Gateway {
         ));
         let gateway = Gateway {
             detached: self.detached.clone(),
+            stopping: self.stopping.clone(),
             logs: Arc::clone(&self.logs),
             slots,
             tenants,

@@ -516,6 +516,51 @@ async fn a_second_sigterm_stops_the_wait_and_what_was_cut_off_stays_held() {
     assert_eq!((used, reserved), (0, 1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_still_waiting_for_the_keys_pace_at_sigterm_is_never_sent() {
+    let sim = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "vg_ops-test-paced";
+    // One call per 10 s on the key: the second miss waits for its turn long
+    // after its request's 504.
+    let (path, ledger) = sqlite_config(
+        dir.path(),
+        &sim.base_url(),
+        key,
+        "  request_timeout_ms: 300\n",
+        "  max_pace_wait_ms: 20000\n",
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "      api_key_file:",
+        "      rate_limit: { per_minute: 6, burst: 1 }\n      api_key_file:",
+    );
+    std::fs::write(&path, text).unwrap();
+    let (mut child, addr, _lines) = serve(&path);
+    let url = format!("http://{addr}");
+    let first = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || try_post(&url, key, &body("acc-1")))
+            .await
+            .unwrap()
+            .expect("answered")
+    };
+    assert_eq!(first.0, 200, "{}", first.1);
+    let second = tokio::task::spawn_blocking(move || try_post(&url, key, &body("acc-2")))
+        .await
+        .unwrap()
+        .expect("answered");
+    assert_eq!(second.0, 504, "{}", second.1);
+    signal(&child.0, "TERM");
+    assert!(
+        wait_exit(&mut child.0, Duration::from_secs(30)).success(),
+        "exit 0"
+    );
+    // The waiting call was dropped, not sent at its turn; its reservation
+    // was released.
+    assert_eq!(sim.calls_total(), 1);
+    assert_eq!(crm_on_disk(&ledger), (1, 0, 0, 1));
+}
+
 /// The simulator the real binary's tests call, knowing the key that
 /// [`binary_config`] gives the gateway.
 async fn upstream() -> viewgate::sim::SimHandle {

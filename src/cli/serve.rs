@@ -90,9 +90,12 @@ pub(super) async fn run_gateway(
     let (force, forced) = watch::channel(false);
     let second = Arc::new(OnceLock::new());
     let second_task = Arc::clone(&second);
+    let stopping = gateway.stopping.clone();
     let shutdown = async move {
         shutdown.await;
         let _ = at.set(clock.now());
+        // Calls still waiting for their turn upstream are not sent now.
+        stopping.cancel();
         // /readyz turns 503 at once so load balancers stop sending new requests.
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");

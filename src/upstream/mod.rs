@@ -33,6 +33,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thread_local::ThreadLocal;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) use key_breakers::{BreakerSettings, Health, Scope};
 pub(crate) use keys::{KeyPool, UpstreamKey};
@@ -121,6 +122,8 @@ pub(crate) struct Upstream {
     scrubber: Scrubber,
     /// Failures repeat while the upstream is down: logged once, then summed up.
     logs: LogThrottle,
+    /// Cancelled at shutdown: a call still waiting for its turn is not sent.
+    stopping: CancellationToken,
 }
 
 impl Upstream {
@@ -130,6 +133,7 @@ impl Upstream {
         clock: Clock,
         metrics: Arc<Metrics>,
         redis: Option<&Arc<RedisGcra>>,
+        stopping: CancellationToken,
     ) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         // The TLS wrapper below decides per URI; without this https:// is refused.
@@ -173,6 +177,7 @@ impl Upstream {
             logs: LogThrottle::new(clock.clone()),
             clock,
             metrics,
+            stopping,
         })
     }
 
@@ -238,10 +243,23 @@ impl Upstream {
                     }));
                 }
             };
-            if let Err(e) = self.pace(key, deadline).await {
-                self.metrics.upstream_refused(&key.name, "paced");
+            // A call whose turn is now goes out (shutdown drains in-flight
+            // requests); one still waiting for it when shutdown begins does not.
+            let paced = tokio::select! {
+                biased;
+                paced = self.pace(key, deadline) => paced.map_err(Some),
+                () = self.stopping.cancelled() => Err(None),
+            };
+            if let Err(paced) = paced {
                 key.breakers.abandon(ticket, &call.account_id);
-                return Err(UpstreamError::Free(e));
+                let error = match paced {
+                    Some(e) => {
+                        self.metrics.upstream_refused(&key.name, "paced");
+                        e
+                    }
+                    None => not_sent_at_shutdown(),
+                };
+                return Err(UpstreamError::Free(error));
             }
             let attempt_started = Instant::now();
             let budget = self
@@ -287,7 +305,12 @@ impl Upstream {
                             "upstream failure that cost nothing, retrying"
                         );
                     }
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.stopping.cancelled() => {
+                            return Err(UpstreamError::Free(not_sent_at_shutdown()));
+                        }
+                    }
                     attempt += 1;
                 }
             }
@@ -361,6 +384,15 @@ fn backoff(attempt: u32) -> Duration {
     let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
     let jitter = getrandom::u32().unwrap_or(0) as u64 % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter + base / 4)
+}
+
+/// Why a call still waiting for its turn (the key's pace, a retry's
+/// backoff) when shutdown began was not sent: nothing reached the upstream,
+/// so the reservation is released and an idempotency key freed.
+fn not_sent_at_shutdown() -> GatewayError {
+    GatewayError::ServiceUnavailable {
+        detail: "viewgate is shutting down; the upstream call was not sent".into(),
+    }
 }
 
 #[cfg(test)]
