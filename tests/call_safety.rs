@@ -292,6 +292,20 @@ async fn a_read_answered_without_an_upstream_call_keeps_nothing_under_its_key() 
     // One miss for each page, nothing else reached the upstream.
     assert_eq!(w.sim.calls_total(), 2);
     assert_eq!(w.used("crm").await, 2);
+    // Red team s25b: a stale page standing in for a failed call is not the
+    // upstream's answer either (its failed call cost nothing).
+    w.clock.advance(Duration::from_secs(301));
+    w.sim.set_fault(Fault::new(FaultKind::InternalError));
+    for i in 0..10 {
+        let key = format!("stale-{i}");
+        let stale = call(&w, "crm", "/v2/profiles", &page, &idempotent(&key)).await;
+        assert_eq!(stale.status, 200, "{}", stale.text());
+        assert_eq!(stale.meta()["cache"], "stale");
+        let r = call(&w, "crm", "/v2/profiles", &other, &idempotent(&key)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("idempotent-replayed"), None);
+    }
+    assert_eq!(w.used("crm").await, 2);
 }
 
 #[tokio::test]

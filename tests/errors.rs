@@ -627,7 +627,13 @@ async fn request_ids_are_echoed_only_when_safe() {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
         "{key}"
     );
-    for sent in [key.clone(), format!("req-{key}-7")] {
+    // Whole, within an id, cut at either end.
+    for sent in [
+        key.clone(),
+        format!("req-{key}-7"),
+        key[..key.len() - 1].to_string(),
+        key[3..].to_string(),
+    ] {
         let r = w
             .request(Method::POST, "/v2/profiles", &with(&sent), &body)
             .await;

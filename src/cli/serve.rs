@@ -123,8 +123,10 @@ pub(super) async fn run_gateway(
     }
     let gateway = live.gateway();
     tokio::select! {
-        () = finish_detached(&gateway, asked_at.get().copied()) => {}
+        // A second signal already in means no wait (and no line saying so).
+        biased;
         () = signalled(forced) => {}
+        () = finish_detached(&gateway, asked_at.get().copied()) => {}
     }
     if let Some(task) = second.get() {
         task.abort();

@@ -30,9 +30,10 @@ use crate::call::ApiCall;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::ledger::{Fingerprint, IdempotencyBegin, Ledger, StoredAnswer};
-use crate::response::{Body, json_response};
+use crate::response::{Body, CacheStatus, json_response};
 use crate::tenant::Tenant;
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -200,11 +201,12 @@ where
         IdempotencyBegin::InFlight => return Err(GatewayError::IdempotencyKeyInUse),
     }
     match inner.call(request).await {
-        // A read answered without an upstream call of its own (a cache hit,
-        // another request's fetch) has no upstream answer to keep, and a
-        // retry is answered the same way: the key is freed, so answers that
-        // cost nothing never pile up in the ledger.
-        Ok(response) if !write && context.as_ref().is_some_and(|c| !c.upstream_started()) => {
+        // A read not answered by an upstream reply of its own (a cache hit,
+        // another request's fetch, a stale page standing in for a failed or
+        // refused call) has no upstream answer to keep, and a retry is
+        // answered the same way: the key is freed, so answers that cost
+        // nothing never pile up in the ledger.
+        Ok(response) if !write && !context.as_deref().is_some_and(answered_upstream) => {
             abandon(&layer, &tenant, &key, &fingerprint).await;
             Ok(response)
         }
@@ -233,6 +235,15 @@ where
             abandon(&layer, &tenant, &key, &fingerprint).await;
             Err(error)
         }
+    }
+}
+
+/// Whether the request's answer is the upstream's reply to its own call:
+/// a miss, or an uncached read that went upstream.
+fn answered_upstream(context: &RequestContext) -> bool {
+    match context.fields().cache {
+        Some(cache) => cache == CacheStatus::Miss,
+        None => context.upstream_started(),
     }
 }
 

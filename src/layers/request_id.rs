@@ -68,15 +68,30 @@ pub(crate) fn acceptable_request_id(value: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// Whether a client-sent id holds a key the same request presents (a
-/// client that put its key in the wrong header): such an id would be echoed
-/// and logged, so a fresh one replaces it.
+/// Bytes of a presented credential an id may not share: the upstream
+/// scrubber's rule for key fragments is 8, but an id is the client's own
+/// text and short runs (`req-2026`) are common; 16 characters of a random
+/// key already carry far too much of it to be echoed.
+const KEY_RUN: usize = 16;
+
+/// Whether a client-sent id holds part of a credential the same request
+/// presents (a client that put its key in the wrong header, whole or cut):
+/// such an id would be echoed and logged, so a fresh one replaces it.
 fn carries_a_key(id: &[u8], headers: &http::HeaderMap) -> bool {
-    [&X_API_KEY, &X_ADMIN_KEY]
+    [&X_API_KEY, &X_ADMIN_KEY, &http::header::AUTHORIZATION]
         .into_iter()
         .flat_map(|name| headers.get_all(name))
-        .map(|key| key.as_bytes().trim_ascii())
-        .any(|key| !key.is_empty() && id.windows(key.len()).any(|w| w == key))
+        // A value may list several keys (`k1, k2`) or carry a scheme
+        // (`Bearer k`): each token is checked.
+        .flat_map(|value| value.as_bytes().split(|&b| b == b',' || b == b' '))
+        // Shorter than any credential (a scheme word such as `Bearer`).
+        .filter(|token| token.len() >= 8)
+        .any(|token| {
+            let run = KEY_RUN.min(token.len());
+            token
+                .windows(run)
+                .any(|part| id.windows(run).any(|w| w == part))
+        })
 }
 
 /// Random bytes per generated id: 128 bits, as many as a UUIDv4 carries
@@ -302,6 +317,35 @@ mod tests {
         assert!(!acceptable_request_id(b"a b"));
         assert!(!acceptable_request_id(b"a\r\nx-evil: 1"));
         assert!(!acceptable_request_id("é".as_bytes()));
+    }
+
+    #[test]
+    fn ids_holding_part_of_a_presented_key_are_not_echoed() {
+        let key = "vg_Jkoesc-aJwVqg1FZppGwmPcrZ5QBiFjTRMNszh_Ke9k";
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            &X_API_KEY,
+            format!("other-key-0123456789abcdef, {key}")
+                .parse()
+                .unwrap(),
+        );
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Bearer adm_0123456789ABCDEFGHIJ".parse().unwrap(),
+        );
+        for held in [
+            key,
+            &key[3..],
+            &key[..20],
+            "x-adm_0123456789ABCDEF-y",
+            "abcother-key-0123456789",
+        ] {
+            assert!(carries_a_key(held.as_bytes(), &headers), "{held}");
+        }
+        // Ids sharing less than 16 characters with any key are echoed.
+        for free in ["trace-42", "vg_Jkoesc-aJwVq", "Bearer-req-7"] {
+            assert!(!carries_a_key(free.as_bytes(), &headers), "{free}");
+        }
     }
 
     /// Regression: generated ids were a per-process prefix plus a counter,
