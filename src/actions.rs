@@ -306,9 +306,19 @@ impl ActionTable {
             let Some(known) = documented.get(&rule.name) else {
                 continue;
             };
-            // The same count for whatever param each price reads.
+            // A call asking for `n` results: the documented price's param
+            // is `n`, any other param the override reads is left out (its
+            // default), so pricing by another param (`offset`) shows too.
+            let asks = match &known.price {
+                Price::Per { param, .. } => Some(param.as_str()),
+                _ => None,
+            };
             let cheaper = ASKED.iter().find_map(|&n| {
-                let at = |price: &Price| price.bound_by(|_| Some(Value::from(n))).ok();
+                let at = |price: &Price| {
+                    price
+                        .bound_by(|name| asks.is_none_or(|p| p == name).then(|| Value::from(n)))
+                        .ok()
+                };
                 match (at(&rule.price), at(&known.price)) {
                     (Some(ours), Some(theirs)) if ours < theirs => Some((ours, theirs, n)),
                     _ => None,

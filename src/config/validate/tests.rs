@@ -578,10 +578,18 @@ fn a_price_below_the_documented_one_is_a_warning_not_a_refusal() {
         "  invite: { price: free }\n",
         "  get_candidates: { price: { per: 5, of: count } }\n",
         "  my_new_read: { price: { fixed: 1 }, kind: read, endpoint: /v2/data }\n",
+        // Priced by a param that does not say how many results are asked for.
+        "  get_viewers: { price: { per: 10, of: offset } }\n",
     ));
     let c = load(&text, "t.yaml").unwrap();
     let warnings = c.warnings();
-    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    assert!(
+        warnings[1].starts_with("actions.get_viewers: priced below")
+            && warnings[1].contains("(1 credit(s) instead of 3 for 25 result(s))"),
+        "{}",
+        warnings[1]
+    );
     // Named, with the first page size where it is cheaper and both prices.
     assert!(
         warnings[0].starts_with("actions.invite: priced below")
@@ -590,10 +598,10 @@ fn a_price_below_the_documented_one_is_a_warning_not_a_refusal() {
         warnings[0]
     );
     assert!(
-        warnings[1].starts_with("actions.search_people: priced below")
-            && warnings[1].contains("(2 credit(s) instead of 3 for 25 result(s))"),
+        warnings[2].starts_with("actions.search_people: priced below")
+            && warnings[2].contains("(2 credit(s) instead of 3 for 25 result(s))"),
         "{}",
-        warnings[1]
+        warnings[2]
     );
     // Dearer than documented, or not documented at all: nothing to say.
     assert!(load(&with(""), "t.yaml").unwrap().warnings().is_empty());
