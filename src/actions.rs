@@ -300,7 +300,8 @@ impl ActionTable {
     /// settles, but a crash before then counts only what was held, and a
     /// budget can be overrun by it.
     pub fn priced_below(&self, documented: &ActionTable) -> Vec<(String, u64, u64, u64)> {
-        const ASKED: [u64; 6] = [1, 10, 25, 50, 100, 1000];
+        // Every page size a call may ask for (config load only: cheap enough).
+        const MOST_ASKED: u64 = 1000;
         let mut below = Vec::new();
         for rule in self.rules() {
             let Some(known) = documented.get(&rule.name) else {
@@ -313,7 +314,7 @@ impl ActionTable {
                 Price::Per { param, .. } => Some(param.as_str()),
                 _ => None,
             };
-            let cheaper = ASKED.iter().find_map(|&n| {
+            let cheaper = (1..=MOST_ASKED).find_map(|n| {
                 let at = |price: &Price| {
                     price
                         .bound_by(|name| asks.is_none_or(|p| p == name).then(|| Value::from(n)))

@@ -166,9 +166,7 @@ impl Live {
                     "configuration reloaded"
                 );
                 crate::logging::set_level(gateway.config.log_level.as_deref());
-                for warning in gateway.config.warnings() {
-                    tracing::warn!(warning = warning.as_str(), "configuration warning");
-                }
+                gateway.config.log_warnings();
             }
             Err(reason) => {
                 tracing::error!(config = %path.display(), reason = reason.as_str(), "reload failed")

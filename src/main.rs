@@ -22,9 +22,18 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 fn main() -> ExitCode {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set only stores an integer in mimalloc's option
-        // table (atomically); it may be called at any time from any thread.
+    // mimalloc reads its options from the environment in any letter case,
+    // and this one also under its older name.
+    let set_by_operator = std::env::vars_os().any(|(name, _)| {
+        name.to_str().is_some_and(|n| {
+            n.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY")
+                || n.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
+        })
+    });
+    if !set_by_operator {
+        // SAFETY: mi_option_set stores an integer in mimalloc's option
+        // table; this runs first in main, before any other thread exists,
+        // so nothing reads the option while it is written.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
     let cli = viewgate::cli::Cli::parse();

@@ -308,6 +308,35 @@ async fn a_read_answered_without_an_upstream_call_keeps_nothing_under_its_key() 
     assert_eq!(w.used("crm").await, 2);
 }
 
+/// Review s25: a stale page standing in for a call whose outcome is unknown
+/// was charged what it held; its key must keep it, or a retry under the
+/// key would be sent and charged again.
+#[tokio::test]
+async fn a_charged_stale_answer_is_kept_under_its_key() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"])],
+        timeout_ms: 300,
+        ..WorldSpec::default()
+    })
+    .await;
+    let page = viewers("acc-1", 0, 10);
+    assert_eq!(w.post(Some("crm"), &page).await.status, 200);
+    w.clock.advance(Duration::from_secs(301));
+    // Billed upstream, never answered: the outcome is unknown.
+    w.sim.set_fault(Fault::new(FaultKind::HangAfterExecute));
+    let stale = call(&w, "crm", "/v2/profiles", &page, &idempotent("k-stale")).await;
+    assert_eq!(stale.status, 200, "{}", stale.text());
+    assert_eq!(stale.meta()["cache"], "stale");
+    assert_eq!(stale.meta()["credits_consumed"], 1);
+    let calls = w.sim.calls_total();
+    w.sim.clear_fault();
+    let again = call(&w, "crm", "/v2/profiles", &page, &idempotent("k-stale")).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, stale.body);
+    assert_eq!(w.sim.calls_total(), calls, "not sent again");
+    assert_eq!(w.used("crm").await, 2, "not charged again");
+}
+
 #[tokio::test]
 async fn an_outcome_unknown_write_is_kept_so_a_retry_never_sends_it_again() {
     let w = World::start(WorldSpec {

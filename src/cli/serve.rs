@@ -93,6 +93,8 @@ pub(super) async fn run_gateway(
     let stopping = gateway.stopping.clone();
     let shutdown = async move {
         shutdown.await;
+        // Listening for a second signal from now on, before anything else.
+        let again = crate::cli::shutdown_signal();
         let _ = at.set(clock.now());
         // Calls still waiting for their turn upstream are not sent now.
         stopping.cancel();
@@ -100,7 +102,7 @@ pub(super) async fn run_gateway(
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");
         let _ = second_task.set(tokio::spawn(async move {
-            crate::cli::shutdown_signal().await;
+            again.await;
             tracing::warn!(
                 "second shutdown signal: not waiting any longer for in-flight requests and upstream calls (what they hold counts as spent)"
             );
@@ -173,8 +175,8 @@ async fn finish_detached(gateway: &Gateway, asked_at: Option<Instant>) {
         gateway.clock.now().saturating_duration_since(at)
     });
     let left = gateway.config.server.shutdown_grace.saturating_sub(spent);
-    // Counted in tasks: a miss is one, an idempotent write two (the upstream
-    // call, and the task that keeps its answer under the key).
+    // Counted in tasks: one per upstream call, plus one per request with an
+    // Idempotency-Key (the task that keeps its answer under the key).
     tracing::info!(
         tasks = detached.len(),
         "waiting for upstream calls that outlived their requests"
@@ -240,7 +242,5 @@ pub(super) fn announce(
         on_overload = "a tenant past its max_in_flight share answers 429; past server.max_in_flight requests answer 503 at once; a body not in by body_timeout_ms answers 408; past max_connections connections are closed",
         "viewgate listening"
     );
-    for warning in config.warnings() {
-        tracing::warn!(warning = warning.as_str(), "configuration warning");
-    }
+    config.log_warnings();
 }

@@ -456,6 +456,13 @@ impl Config {
         })
     }
 
+    /// Logs each of [`Config::warnings`] (at start and on each reload).
+    pub(crate) fn log_warnings(&self) {
+        for warning in self.warnings() {
+            tracing::warn!(warning = warning.as_str(), "configuration warning");
+        }
+    }
+
     /// What is valid but likely a mistake, one sentence each: `check`
     /// prints these and `serve` logs them, and neither refuses the file.
     pub fn warnings(&self) -> Vec<String> {

@@ -201,11 +201,11 @@ where
         IdempotencyBegin::InFlight => return Err(GatewayError::IdempotencyKeyInUse),
     }
     match inner.call(request).await {
-        // A read not answered by an upstream reply of its own (a cache hit,
-        // another request's fetch, a stale page standing in for a failed or
-        // refused call) has no upstream answer to keep, and a retry is
-        // answered the same way: the key is freed, so answers that cost
-        // nothing never pile up in the ledger.
+        // A read not answered by an upstream reply of its own and not
+        // charged (a cache hit, another request's fetch, a stale page
+        // standing in for a call that failed at no cost) has nothing to
+        // keep: the key is freed (a retry runs again, most likely from the
+        // cache), so answers that cost nothing never pile up in the ledger.
         Ok(response) if !write && !context.as_deref().is_some_and(answered_upstream) => {
             abandon(&layer, &tenant, &key, &fingerprint).await;
             Ok(response)
@@ -238,13 +238,17 @@ where
     }
 }
 
-/// Whether the request's answer is the upstream's reply to its own call:
-/// a miss, or an uncached read that went upstream.
+/// Whether the request's answer is the upstream's reply to its own call (a
+/// miss, or an uncached read that went upstream), or was charged (a stale
+/// page standing in for a call whose outcome is unknown): either is kept,
+/// so a retry under the key is neither sent nor charged again.
 fn answered_upstream(context: &RequestContext) -> bool {
-    match context.fields().cache {
-        Some(cache) => cache == CacheStatus::Miss,
-        None => context.upstream_started(),
-    }
+    let fields = context.fields();
+    fields.credits_charged > 0
+        || match fields.cache {
+            Some(cache) => cache == CacheStatus::Miss,
+            None => context.upstream_started(),
+        }
 }
 
 /// Frees `key`: nothing is kept for it, and the next request with it runs.

@@ -74,24 +74,38 @@ pub(crate) fn acceptable_request_id(value: &[u8]) -> bool {
 /// key already carry far too much of it to be echoed.
 const KEY_RUN: usize = 16;
 
+/// The longest credential worth looking for in an id.
+const MAX_CREDENTIAL: usize = 256;
+
 /// Whether a client-sent id holds part of a credential the same request
 /// presents (a client that put its key in the wrong header, whole or cut):
 /// such an id would be echoed and logged, so a fresh one replaces it.
 fn carries_a_key(id: &[u8], headers: &http::HeaderMap) -> bool {
-    [&X_API_KEY, &X_ADMIN_KEY, &http::header::AUTHORIZATION]
+    let tokens = [&X_API_KEY, &X_ADMIN_KEY, &http::header::AUTHORIZATION]
         .into_iter()
         .flat_map(|name| headers.get_all(name))
         // A value may list several keys (`k1, k2`) or carry a scheme
         // (`Bearer k`): each token is checked.
         .flat_map(|value| value.as_bytes().split(|&b| b == b',' || b == b' '))
-        // Shorter than any credential (a scheme word such as `Bearer`).
-        .filter(|token| token.len() >= 8)
-        .any(|token| {
-            let run = KEY_RUN.min(token.len());
-            token
-                .windows(run)
-                .any(|part| id.windows(run).any(|w| w == part))
-        })
+        // Shorter than any credential (a scheme word such as `Bearer`), or
+        // longer than any (this runs before auth: a 16 KiB header must not
+        // cost more than a real key does).
+        .filter(|token| (8..=MAX_CREDENTIAL).contains(&token.len()));
+    let mut id_runs: Option<foldhash::HashSet<&[u8]>> = None;
+    for token in tokens {
+        if token.len() < KEY_RUN {
+            if id.windows(token.len()).any(|w| w == token) {
+                return true;
+            }
+            continue;
+        }
+        // The id's runs once (at most 113), then one lookup per run of the token.
+        let runs = id_runs.get_or_insert_with(|| id.windows(KEY_RUN).collect());
+        if token.windows(KEY_RUN).any(|part| runs.contains(part)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Random bytes per generated id: 128 bits, as many as a UUIDv4 carries

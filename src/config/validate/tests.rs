@@ -586,7 +586,7 @@ fn a_price_below_the_documented_one_is_a_warning_not_a_refusal() {
     assert_eq!(warnings.len(), 3, "{warnings:#?}");
     assert!(
         warnings[1].starts_with("actions.get_viewers: priced below")
-            && warnings[1].contains("(1 credit(s) instead of 3 for 25 result(s))"),
+            && warnings[1].contains("(1 credit(s) instead of 2 for 11 result(s))"),
         "{}",
         warnings[1]
     );
@@ -599,10 +599,15 @@ fn a_price_below_the_documented_one_is_a_warning_not_a_refusal() {
     );
     assert!(
         warnings[2].starts_with("actions.search_people: priced below")
-            && warnings[2].contains("(2 credit(s) instead of 3 for 25 result(s))"),
+            && warnings[2].contains("(1 credit(s) instead of 2 for 11 result(s))"),
         "{}",
         warnings[2]
     );
+    // Cheaper for some page sizes only (1 credit for 11 to 20 results).
+    let text = with("actions:\n  get_viewers: { price: { per: 11, of: count } }\n");
+    let warnings = load(&text, "t.yaml").unwrap().warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("(1 credit(s) instead of 2 for 11 result(s))"));
     // Dearer than documented, or not documented at all: nothing to say.
     assert!(load(&with(""), "t.yaml").unwrap().warnings().is_empty());
 }
