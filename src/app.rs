@@ -330,7 +330,10 @@ impl Gateway {
         let stack = ServiceBuilder::new()
             // Outermost: every answer, errors included, gets an x-request-id,
             // exactly one access log line, and its metrics.
-            .layer(RequestIdLayer::new(Arc::clone(&self.metrics)))
+            .layer(RequestIdLayer::new(
+                Arc::clone(&self.metrics),
+                Arc::clone(&self.tenants),
+            ))
             // The single place a GatewayError becomes a V2 error body.
             .layer(RescueLayer::new(self.clock.clone(), Arc::clone(&self.logs)))
             // 404 / 405 before auth: which paths exist is no secret.

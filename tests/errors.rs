@@ -642,6 +642,20 @@ async fn request_ids_are_echoed_only_when_safe() {
         assert_ne!(id, sent);
         assert!(!shares_a_run(id, &key), "{id}");
     }
+    // Sent there instead of in x-api-key: refused, and still not echoed.
+    let r = w
+        .request(
+            Method::POST,
+            "/v2/profiles",
+            &[
+                ("content-type", "application/json".to_string()),
+                ("x-request-id", key.clone()),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(r.code(), "INVALID_API_KEY", "{}", r.text());
+    assert_ne!(r.header("x-request-id"), Some(key.as_str()));
     assert!(
         !shares_a_run(&common::logs(), &key),
         "a log line holds part of the key"

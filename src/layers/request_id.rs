@@ -25,6 +25,7 @@ use crate::context::RequestContext;
 use crate::logging::AccessLine;
 use crate::metrics::{Done, InFlight, Metrics};
 use crate::response::Body;
+use crate::tenant::Tenants;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -34,12 +35,14 @@ static X_ADMIN_KEY: HeaderName = HeaderName::from_static("x-admin-key");
 #[derive(Debug, Clone)]
 pub(crate) struct RequestIdLayer {
     metrics: Arc<Metrics>,
+    tenants: Arc<Tenants>,
 }
 
 impl RequestIdLayer {
-    /// Records into `metrics`.
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// Records into `metrics`; a client-sent id that is one of `tenants`'
+    /// keys is never echoed.
+    pub(crate) fn new(metrics: Arc<Metrics>, tenants: Arc<Tenants>) -> Self {
+        Self { metrics, tenants }
     }
 }
 
@@ -49,6 +52,7 @@ impl<S> Layer<S> for RequestIdLayer {
         RequestId {
             inner,
             metrics: Arc::clone(&self.metrics),
+            tenants: Arc::clone(&self.tenants),
         }
     }
 }
@@ -58,6 +62,7 @@ impl<S> Layer<S> for RequestIdLayer {
 pub(crate) struct RequestId<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    tenants: Arc<Tenants>,
 }
 
 /// Whether a client-sent id may be echoed (it ends up in a header and a log line).
@@ -197,7 +202,10 @@ where
         let id = match request.headers_mut().remove(&X_REQUEST_ID) {
             Some(v)
                 if acceptable_request_id(v.as_bytes())
-                    && !carries_a_key(v.as_bytes(), request.headers()) =>
+                    && !carries_a_key(v.as_bytes(), request.headers())
+                    // A key sent here instead of in x-api-key (its digest
+                    // is looked up like any presented key's).
+                    && self.tenants.authenticate(v.as_bytes()).is_none() =>
             {
                 v
             }
