@@ -88,8 +88,6 @@ pub(super) async fn run_gateway(
     let (at, clock) = (Arc::clone(&asked_at), gateway.clock.clone());
     // A second SIGTERM / ctrl-c while draining stops the waiting.
     let (force, forced) = watch::channel(false);
-    let second = Arc::new(OnceLock::new());
-    let second_task = Arc::clone(&second);
     let stopping = gateway.stopping.clone();
     let shutdown = async move {
         shutdown.await;
@@ -101,13 +99,14 @@ pub(super) async fn run_gateway(
         // /readyz turns 503 at once so load balancers stop sending new requests.
         flag.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested: draining in-flight requests");
-        let _ = second_task.set(tokio::spawn(async move {
+        // Ends with the runtime if no second signal comes.
+        tokio::spawn(async move {
             again.await;
             tracing::warn!(
                 "second shutdown signal: not waiting any longer for in-flight requests and upstream calls (what they hold counts as spent)"
             );
             let _ = force.send(true);
-        }));
+        });
     };
     let workers = gateway.config.server.workers.unwrap_or_else(Workers::auto);
     let workers = Arc::new(Workers::start(workers).context("cannot start the serving threads")?);
@@ -129,9 +128,6 @@ pub(super) async fn run_gateway(
         biased;
         () = signalled(forced) => {}
         () = finish_detached(&gateway, asked_at.get().copied()) => {}
-    }
-    if let Some(task) = second.get() {
-        task.abort();
     }
     // Every connection has ended (or the grace is over): the threads can go.
     tokio::task::spawn_blocking(move || drop(workers))

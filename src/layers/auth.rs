@@ -23,7 +23,8 @@ use super::discard::refuse;
 use crate::error::GatewayError;
 use crate::tenant::{Tenant, Tenants};
 
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The header a tenant presents its key in.
+pub(crate) static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Resolves the tenant or answers 403 `INVALID_API_KEY`.
 #[derive(Debug, Clone)]

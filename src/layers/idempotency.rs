@@ -23,12 +23,11 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
 
 use super::StageResult;
 use crate::call::ApiCall;
-use tokio_util::task::TaskTracker;
-
 use crate::clock::Clock;
 use crate::context::RequestContext;
 use crate::error::GatewayError;

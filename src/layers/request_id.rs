@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
+use super::auth::X_API_KEY;
 use crate::context::RequestContext;
 use crate::logging::AccessLine;
 use crate::metrics::{Done, InFlight, Metrics};
@@ -28,7 +29,6 @@ use crate::response::Body;
 use crate::tenant::Tenants;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_ADMIN_KEY: HeaderName = HeaderName::from_static("x-admin-key");
 
 /// Adds the request id, the access log line and the request metrics.
