@@ -228,6 +228,11 @@ impl Book {
             .map(|hold| (hold.key.clone(), hold.amount))
     }
 
+    /// Whether any reservation is open.
+    pub(crate) fn has_holds(&self) -> bool {
+        !self.holds.is_empty()
+    }
+
     /// Whether changes since [`Book::begin`] are waiting to be kept or undone.
     pub(crate) fn in_batch(&self) -> bool {
         self.journal.is_some()

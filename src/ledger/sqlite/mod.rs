@@ -13,11 +13,13 @@
 //!
 //! One exception, because it can only err toward over-counting: a settle that
 //! charges no more than its reservation held, or a release, does not wait
-//! for the writer. Its caller applies it to the mirror (below) and is
-//! answered at once; the writer applies it to the book in queue order (so
-//! the next reservation's budget check sees it) and writes it with the next
-//! batch that must be durable (the next reservation) or after
-//! [`CLOSE_WRITE_DELAY`]. If
+//! for the writer, nor wake it. Its caller applies it to the mirror (below),
+//! queues it there and is answered at once; the writer takes the queued
+//! closes whenever it wakes (for a command, or every [`CLOSE_WRITE_DELAY`]
+//! while reservations are open) and applies them to the book ahead of the
+//! commands it took (so a reservation sent after a close sees it), then
+//! writes them with the next batch that must be durable (the next
+//! reservation) or after [`CLOSE_WRITE_DELAY`]. If
 //! the process dies first, the reservation is still open on disk and the next
 //! start counts its whole amount as spent (`orphaned`): the ledger may then
 //! over-count by what those last closes gave back, never under-count. This
@@ -174,6 +176,19 @@ struct Mirror {
     /// actual)`. Applied again over each account the writer publishes, so
     /// readers never see one undone.
     ahead: foldhash::HashMap<u64, (AccountKey, u64, Option<u64>)>,
+    /// Answered closes (`Command::Close` with `Closing::Answered`) waiting
+    /// for the writer. They are not sent over the channel, because a send
+    /// wakes the writer, and a close needs no answer: the writer takes them
+    /// when it next wakes for anything (a reservation, its poll every
+    /// [`CLOSE_WRITE_DELAY`] while reservations are open), ahead of the
+    /// commands it took from the channel, so a command sent after a close
+    /// sees it. One fewer thread wake-up per miss.
+    ///
+    /// [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
+    closes: Vec<Command>,
+    /// Set when the writer thread has ended (stopped, crashed or panicked):
+    /// a close can no longer be queued.
+    writer_gone: bool,
 }
 
 impl Mirror {
@@ -443,9 +458,9 @@ impl SqliteLedger {
     /// held, or nothing) can only err toward over-counting if lost, so it
     /// is not written before it is answered (see the module notes), and it
     /// need not wait for the writer either: it is applied to the mirror
-    /// here, so readers (and this answer) see it at once, and queued for
-    /// the writer, which applies it to the book in order with every other
-    /// command. One that charges more than was held waits for its commit.
+    /// here, so readers (and this answer) see it at once, and queued there
+    /// for the writer (see [`Mirror::closes`]). One that charges more than
+    /// was held waits for its commit.
     fn close(
         &self,
         reservation: Reservation,
@@ -455,44 +470,41 @@ impl SqliteLedger {
         // The balance reported is the current period's, which may be a new one.
         let period = self.current_period(budget);
         let gives_back = actual.is_none_or(|actual| actual <= reservation.amount);
-        let now = self.clock.now();
-        let answered =
-            gives_back.then(|| self.close_in_mirror(&reservation, actual, budget, &period, now));
-        let close = move |reply| Command::Close {
+        if gives_back {
+            let answered = self.close_in_mirror(reservation, actual, budget, period);
+            return futures_util::future::ready(answered).boxed();
+        }
+        let (reply, answer) = oneshot::channel();
+        let close = Command::Close {
             id: reservation.id,
             actual,
             tenant: reservation.tenant,
             period,
             budget,
-            reply,
+            reply: Closing::Committed(reply),
         };
-        if let Some(balance) = answered {
-            let sent = self.commands.send(close(Closing::Answered(now)));
-            let answered = sent
-                .map(|()| balance)
-                .map_err(|_| unavailable(&self.path, "the ledger writer has stopped"));
-            return futures_util::future::ready(answered).boxed();
-        }
-        let (reply, answer) = oneshot::channel();
         // Boxed: the answer comes back from another thread after a commit.
-        self.ask(close(Closing::Committed(reply)), answer).boxed()
+        self.ask(close, answer).boxed()
     }
 
-    /// Applies a close that gives back, answered at `now`, to the mirror if
-    /// its reservation is still open there, and answers the balance of the
-    /// tenant in `period`.
+    /// Applies a close that gives back, answered now, to the mirror if its
+    /// reservation is still open there, queues it for the writer (see
+    /// [`Mirror::closes`]), and answers the balance of the tenant in `period`.
     fn close_in_mirror(
         &self,
-        reservation: &Reservation,
+        reservation: Reservation,
         actual: Option<u64>,
         budget: Option<Budget>,
-        period: &str,
-        now: Instant,
-    ) -> Balance {
+        period: String,
+    ) -> Result<Balance, LedgerError> {
+        let now = self.clock.now();
         let minute = minute_of(self.clock.wall_at(now));
         let key = (reservation.tenant.to_string(), reservation.period.clone());
         let mut guard = lock(&self.mirror);
         let mirror = &mut *guard;
+        if mirror.writer_gone {
+            return Err(unavailable(&self.path, "the ledger writer has stopped"));
+        }
         if mirror.open.remove(&reservation.id) {
             let account = mirror.accounts.entry(key.clone()).or_default();
             account.close(reservation.amount, actual);
@@ -506,9 +518,18 @@ impl SqliteLedger {
         let current = if key.1 == period {
             key
         } else {
-            (key.0, period.to_string())
+            (key.0, period.clone())
         };
-        mirror.account(&current).balance(budget)
+        let balance = mirror.account(&current).balance(budget);
+        mirror.closes.push(Command::Close {
+            id: reservation.id,
+            actual,
+            tenant: reservation.tenant,
+            period,
+            budget,
+            reply: Closing::Answered(now),
+        });
+        Ok(balance)
     }
 }
 

@@ -177,6 +177,36 @@ async fn a_close_past_its_delay_is_written_before_the_rest_of_its_batch() {
     assert_eq!(usage[0].requests, 1);
 }
 
+/// A close that gives back wakes no thread: the writer, which looks for
+/// queued closes while reservations are open, writes it on its own (hit
+/// counts, which would also carry it, are flushed only hourly here), and a
+/// reservation sent after it already has the credits it gave back.
+#[tokio::test]
+async fn answered_closes_reach_the_file_on_their_own_and_free_credits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let hourly = Duration::from_secs(3600);
+    let ledger = SqliteLedger::open_with(&path, Clock::real(), hourly).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(5);
+    let r1 = ledger.reserve(&t, b, 5, "r1").await.unwrap();
+    ledger.release(r1, b).await.unwrap();
+    // The whole budget again: the release was applied before this.
+    let r2 = ledger.reserve(&t, b, 5, "r2").await.unwrap();
+    ledger.settle(r2, 2, b).await.unwrap();
+    let tenants = [("crm".to_string(), b)];
+    let mut seen = None;
+    for _ in 0..500 {
+        let usage = read_usage(&path, &tenants, &Clock::real()).unwrap();
+        seen = Some((usage[0].balance.used, usage[0].balance.reserved));
+        if seen == Some((2, 0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, Some((2, 0)), "the settle never reached the file");
+}
+
 #[tokio::test]
 async fn concurrent_commands_share_commits() {
     let dir = tempfile::tempdir().unwrap();

@@ -117,6 +117,23 @@ impl<'m> Ahead<'m> {
     }
 }
 
+/// Real monotonic time, for what rides on the channel's timeouts (which
+/// are real time whatever the ledger's clock): the quiet tick that writes
+/// pending hit counts.
+#[allow(clippy::disallowed_methods)]
+fn channel_now() -> Instant {
+    Instant::now()
+}
+
+/// Marks the writer gone in the mirror when dropped.
+struct WriterGone(Arc<Mutex<Mirror>>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        lock(&self.0).writer_gone = true;
+    }
+}
+
 /// What the writer does after a batch.
 #[derive(PartialEq, Eq)]
 enum Next {
@@ -126,14 +143,30 @@ enum Next {
 
 impl Writer {
     pub(super) fn run(mut self) {
+        // However the thread ends (stop, crash, panic), closes can no
+        // longer be queued for it.
+        let _gone = WriterGone(Arc::clone(&self.mirror));
+        // Real time, like the channel's timeouts: when the last command came
+        // or pending hit counts were last written by a quiet tick.
+        let mut quiet_since = channel_now();
         loop {
+            // While reservations are open, answered closes may be queued in
+            // the mirror without waking this thread: look every
+            // CLOSE_WRITE_DELAY, so each is written within about twice it.
+            let poll = if self.book.has_holds() {
+                CLOSE_WRITE_DELAY
+            } else {
+                Duration::MAX
+            };
             let wait = match self.closes_waiting_since {
                 Some(since) => CLOSE_WRITE_DELAY.saturating_sub(self.since(since)),
-                None => self.hit_flush_interval,
+                None => self
+                    .hit_flush_interval
+                    .saturating_sub(quiet_since.elapsed())
+                    .min(poll),
             };
             let first = match self.commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
-                // Nothing came: a good moment to write pending hit counts.
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => Some(Command::Stop),
             };
@@ -144,6 +177,29 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Taken after the channel, so a close queued before any command
+            // taken here was sent is in: applied first, that command sees it.
+            let closes = std::mem::take(&mut lock(&self.mirror).closes);
+            if !batch.is_empty() {
+                quiet_since = channel_now();
+            } else if closes.is_empty() {
+                let closes_due = self
+                    .closes_waiting_since
+                    .is_some_and(|since| self.since(since) >= CLOSE_WRITE_DELAY);
+                if quiet_since.elapsed() >= self.hit_flush_interval {
+                    // Nothing came for a while: a good moment to write
+                    // pending hit counts (an empty batch is that tick).
+                    quiet_since = channel_now();
+                } else if !closes_due {
+                    // A poll that found nothing to do.
+                    continue;
+                }
+            }
+            let batch = if closes.is_empty() {
+                batch
+            } else {
+                closes.into_iter().chain(batch).collect()
+            };
             if self.apply(batch) == Next::Stop {
                 return;
             }
