@@ -33,7 +33,7 @@ use crate::layers::parse::ParseLayer;
 use crate::layers::policy::PolicyLayer;
 use crate::layers::quote::QuoteLayer;
 use crate::layers::rate_limit::RateLimitLayer;
-use crate::layers::request_id::RequestIdLayer;
+use crate::layers::request_id::{KnownKeys, RequestIdLayer};
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::RouteLayer;
 use crate::ledger::{Ledger, MemoryLedger, RedisLedger, SqliteLedger};
@@ -332,7 +332,11 @@ impl Gateway {
             // exactly one access log line, and its metrics.
             .layer(RequestIdLayer::new(
                 Arc::clone(&self.metrics),
-                Arc::clone(&self.tenants),
+                KnownKeys {
+                    tenants: Arc::clone(&self.tenants),
+                    admin: self.config.admin.as_ref().and_then(|a| a.key_sha256),
+                    upstream: Arc::clone(&self.upstream),
+                },
             ))
             // The single place a GatewayError becomes a V2 error body.
             .layer(RescueLayer::new(self.clock.clone(), Arc::clone(&self.logs)))

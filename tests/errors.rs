@@ -642,6 +642,30 @@ async fn request_ids_are_echoed_only_when_safe() {
         assert_ne!(id, sent);
         assert!(!shares_a_run(id, &key), "{id}");
     }
+    // The admin key, and the upstream's (which a client should not have,
+    // but may have leaked), whole or cut, beside a valid tenant key: a
+    // fresh id, the key neither echoed nor logged (`request` also checks
+    // every response for every key).
+    let upstream = w.upstream_key.clone();
+    for (secret, sent) in [
+        (&w.admin_key, w.admin_key.clone()),
+        (&upstream, upstream.clone()),
+        (
+            &upstream,
+            format!("id-{}", &upstream[2..upstream.len() - 2]),
+        ),
+    ] {
+        assert!(acceptable_id(&sent), "{sent}");
+        let r = w
+            .request(Method::POST, "/v2/profiles", &with(&sent), &body)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.header("x-request-id").unwrap();
+        assert_ne!(id, sent);
+        assert!(!shares_a_run(id, secret), "{id}");
+    }
+    assert!(!shares_a_run(&common::logs(), &w.admin_key));
+    assert!(!shares_a_run(&common::logs(), &upstream));
     // Sent there instead of in x-api-key: refused, and still not echoed.
     let r = w
         .request(
@@ -660,6 +684,14 @@ async fn request_ids_are_echoed_only_when_safe() {
         !shares_a_run(&common::logs(), &key),
         "a log line holds part of the key"
     );
+}
+
+/// Whether viewgate would echo `id` if it held no key.
+fn acceptable_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Whether `text` holds 16 consecutive characters of `key`.

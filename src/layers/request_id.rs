@@ -23,10 +23,12 @@ use tower::{Layer, Service};
 
 use super::auth::X_API_KEY;
 use crate::context::RequestContext;
+use crate::keys::KeyHash;
 use crate::logging::AccessLine;
 use crate::metrics::{Done, InFlight, Metrics};
 use crate::response::Body;
 use crate::tenant::Tenants;
+use crate::upstream::Upstream;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_ADMIN_KEY: HeaderName = HeaderName::from_static("x-admin-key");
@@ -35,14 +37,14 @@ static X_ADMIN_KEY: HeaderName = HeaderName::from_static("x-admin-key");
 #[derive(Debug, Clone)]
 pub(crate) struct RequestIdLayer {
     metrics: Arc<Metrics>,
-    tenants: Arc<Tenants>,
+    keys: KnownKeys,
 }
 
 impl RequestIdLayer {
-    /// Records into `metrics`; a client-sent id that is one of `tenants`'
-    /// keys is never echoed.
-    pub(crate) fn new(metrics: Arc<Metrics>, tenants: Arc<Tenants>) -> Self {
-        Self { metrics, tenants }
+    /// Records into `metrics`; a client-sent id that holds one of `keys`
+    /// is never echoed.
+    pub(crate) fn new(metrics: Arc<Metrics>, keys: KnownKeys) -> Self {
+        Self { metrics, keys }
     }
 }
 
@@ -52,8 +54,31 @@ impl<S> Layer<S> for RequestIdLayer {
         RequestId {
             inner,
             metrics: Arc::clone(&self.metrics),
-            tenants: Arc::clone(&self.tenants),
+            keys: self.keys.clone(),
         }
+    }
+}
+
+/// The keys this gateway knows, which a client-sent `x-request-id` must not
+/// hold (it would be echoed and logged): a tenant's or the admin key, whole
+/// (stored hashed, so only a whole one can be recognised), and any
+/// fragment of an upstream key (held in the clear, like the scrubber's).
+#[derive(Debug, Clone)]
+pub(crate) struct KnownKeys {
+    pub(crate) tenants: Arc<Tenants>,
+    pub(crate) admin: Option<KeyHash>,
+    pub(crate) upstream: Arc<Upstream>,
+}
+
+impl KnownKeys {
+    /// Whether `id` is, or holds, one of these keys.
+    fn in_id(&self, id: &[u8]) -> bool {
+        // Looked up as auth looks up a presented key.
+        self.tenants.authenticate(id).is_some()
+            || self
+                .admin
+                .is_some_and(|admin| admin.ct_eq(&KeyHash::of(id)))
+            || self.upstream.holds_a_key(id)
     }
 }
 
@@ -62,7 +87,7 @@ impl<S> Layer<S> for RequestIdLayer {
 pub(crate) struct RequestId<S> {
     inner: S,
     metrics: Arc<Metrics>,
-    tenants: Arc<Tenants>,
+    keys: KnownKeys,
 }
 
 /// Whether a client-sent id may be echoed (it ends up in a header and a log line).
@@ -203,9 +228,8 @@ where
             Some(v)
                 if acceptable_request_id(v.as_bytes())
                     && !carries_a_key(v.as_bytes(), request.headers())
-                    // A key sent here instead of in x-api-key (its digest
-                    // is looked up like any presented key's).
-                    && self.tenants.authenticate(v.as_bytes()).is_none() =>
+                    // A key sent here instead of in its own header.
+                    && !self.keys.in_id(v.as_bytes()) =>
             {
                 v
             }

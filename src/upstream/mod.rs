@@ -127,6 +127,11 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
+    /// Whether `bytes` hold a fragment of an upstream key.
+    pub(crate) fn holds_a_key(&self, bytes: &[u8]) -> bool {
+        self.scrubber.leaks(bytes)
+    }
+
     /// Builds the client from configuration.
     pub(crate) fn new(
         config: &UpstreamConfig,

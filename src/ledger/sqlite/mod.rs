@@ -1,9 +1,11 @@
 //! The durable ledger: a SQLite file written by one thread in group commits.
 //!
 //! Async callers never touch the disk. Reserve, settle, release, flush and
-//! idempotency keys go over a channel to the writer thread, which owns the read-write connection
+//! idempotency keys go to the writer thread (over a channel; answered
+//! closes through the mirror, below), which owns the read-write connection
 //! and the authoritative [`Book`]. It takes every command already queued (up
-//! to [`MAX_BATCH`]), applies them to the book in order — so the budget check
+//! to [`MAX_BATCH`] from the channel, and every queued close), applies them
+//! to the book in order — so the budget check
 //! is exact, one command after another — writes what changed in ONE
 //! `BEGIN IMMEDIATE … COMMIT` (one fsync for the whole batch), and only then
 //! answers. A reservation (or an idempotency key's claim) is therefore on
@@ -26,7 +28,9 @@
 //! halves the fsyncs of a miss (one instead of two). A settle that charges
 //! more than was held is answered only once it is on disk. An answered close
 //! whose write fails is kept and retried with the next batch. Abandoning an
-//! idempotency key's claim is treated the same way (see `keys`).
+//! idempotency key's claim also rides with the next batch (see `keys`), but
+//! goes over the channel. While any reservation is open the writer wakes
+//! every [`CLOSE_WRITE_DELAY`] to look for queued closes.
 //!
 //! After each commit the writer copies the accounts it touched into a shared
 //! mirror, which answers `balance` and `usage` without a disk read or a trip
@@ -182,7 +186,9 @@ struct Mirror {
     /// when it next wakes for anything (a reservation, its poll every
     /// [`CLOSE_WRITE_DELAY`] while reservations are open), ahead of the
     /// commands it took from the channel, so a command sent after a close
-    /// sees it. One fewer thread wake-up per miss.
+    /// sees it. (The other way round is not kept: a close answered after a
+    /// command nobody waits for, such as a key's abandon, may be applied
+    /// first; the two were concurrent.) One fewer thread wake-up per miss.
     ///
     /// [`CLOSE_WRITE_DELAY`]: writer::CLOSE_WRITE_DELAY
     closes: Vec<Command>,
@@ -367,6 +373,8 @@ impl SqliteLedger {
             mirror: Arc::clone(&mirror),
             commands: receiver,
             hit_flush_interval,
+            hits_written_at: writer::channel_now(),
+            hits_due: false,
             closes_waiting_since: None,
             answered: Vec::new(),
             keys: keys::KeyWrites::default(),

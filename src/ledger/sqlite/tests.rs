@@ -207,6 +207,32 @@ async fn answered_closes_reach_the_file_on_their_own_and_free_credits_at_once() 
     assert_eq!(seen, Some((2, 0)), "the settle never reached the file");
 }
 
+/// Once the writer thread has ended, a close that gives back is refused
+/// (it could never be written), and changes nothing readers see.
+#[tokio::test]
+async fn a_close_after_the_writer_ended_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), Clock::real()).unwrap();
+    let t: Arc<str> = Arc::from("crm");
+    let b = budget(10);
+    let held = ledger.reserve(&t, b, 4, "r1").await.unwrap();
+    ledger.commands.send(Command::Crash).unwrap();
+    for _ in 0..1000 {
+        if lock(&ledger.mirror).writer_gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(lock(&ledger.mirror).writer_gone, "the writer did not end");
+    let before = ledger.balance("crm", b).await.unwrap();
+    assert!(matches!(
+        ledger.release(held, b).await,
+        Err(LedgerError::Unavailable(_))
+    ));
+    assert_eq!(ledger.balance("crm", b).await.unwrap(), before);
+    assert_eq!((before.used, before.reserved), (0, 4));
+}
+
 #[tokio::test]
 async fn concurrent_commands_share_commits() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,6 +282,33 @@ async fn hit_counts_reach_the_file_without_a_flush() {
     assert_eq!(seen, 1);
     let usage = ledger.usage(&[("crm".into(), None)]).await.unwrap();
     assert_eq!(usage[0].cache_hits, 1, "written hits are not counted twice");
+}
+
+/// Commands that need no commit of their own (here the alert outbox's
+/// polls, as a webhook makes every 500 ms) do not hold hit counts back:
+/// they are written within the flush interval however busy the writer is.
+#[tokio::test]
+async fn hit_counts_reach_the_file_while_other_commands_keep_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let interval = Duration::from_millis(200);
+    let ledger = SqliteLedger::open_with(&path, Clock::real(), interval).unwrap();
+    ledger.hit("crm", None, 3).await.unwrap();
+    let tenants = [("crm".to_string(), None)];
+    let mut seen = 0;
+    for _ in 0..250 {
+        // Every 20 ms, well inside the interval.
+        ledger
+            .outbox_take(0, Duration::from_secs(1), 10)
+            .await
+            .unwrap();
+        seen = read_usage(&path, &tenants, &Clock::real()).unwrap()[0].cache_hits;
+        if seen == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 1, "the hit never reached the file");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The writer thread: owns the read-write connection and the authoritative
-//! book, applies queued commands in order and commits each batch in one
-//! transaction (one fsync) before answering.
+//! book, applies queued commands in order (answered closes queued in the
+//! mirror first) and commits each batch in one transaction (one fsync)
+//! before answering.
 
 use crate::ledger::Saving;
 use std::collections::{HashMap, HashSet};
@@ -23,7 +24,9 @@ use crate::log_throttle::LogThrottle;
 /// The most commands one transaction carries.
 pub(super) const MAX_BATCH: usize = 512;
 
-/// How long an answered settle, release or abandon may wait for a batch to ride with.
+/// How long an answered settle, release or abandon may wait for a batch to
+/// ride with; also how often the writer looks for queued closes while
+/// reservations are open.
 pub(super) const CLOSE_WRITE_DELAY: Duration = Duration::from_millis(50);
 
 /// How often expired idempotency keys are looked for (on the ledger's clock).
@@ -46,6 +49,11 @@ pub(super) struct Writer {
     pub(super) mirror: Arc<Mutex<Mirror>>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) hit_flush_interval: Duration,
+    /// When pending hit counts were last taken to be written (real time,
+    /// like the channel's timeouts it rides on).
+    pub(super) hits_written_at: Instant,
+    /// Whether this batch must write pending hit counts.
+    pub(super) hits_due: bool,
     /// When the book first held answered closes not yet on disk.
     pub(super) closes_waiting_since: Option<Instant>,
     /// Those closes: `(reservation id, actual)` (`None`: a release). Kept
@@ -118,10 +126,10 @@ impl<'m> Ahead<'m> {
 }
 
 /// Real monotonic time, for what rides on the channel's timeouts (which
-/// are real time whatever the ledger's clock): the quiet tick that writes
+/// are real time whatever the ledger's clock): the tick that writes
 /// pending hit counts.
 #[allow(clippy::disallowed_methods)]
-fn channel_now() -> Instant {
+pub(super) fn channel_now() -> Instant {
     Instant::now()
 }
 
@@ -146,13 +154,12 @@ impl Writer {
         // However the thread ends (stop, crash, panic), closes can no
         // longer be queued for it.
         let _gone = WriterGone(Arc::clone(&self.mirror));
-        // Real time, like the channel's timeouts: when the last command came
-        // or pending hit counts were last written by a quiet tick.
-        let mut quiet_since = channel_now();
         loop {
             // While reservations are open, answered closes may be queued in
             // the mirror without waking this thread: look every
-            // CLOSE_WRITE_DELAY, so each is written within about twice it.
+            // CLOSE_WRITE_DELAY (each is then written about CLOSE_WRITE_DELAY
+            // after its answer). Twenty wake-ups a second while calls are
+            // open, nothing while none is.
             let poll = if self.book.has_holds() {
                 CLOSE_WRITE_DELAY
             } else {
@@ -160,10 +167,7 @@ impl Writer {
             };
             let wait = match self.closes_waiting_since {
                 Some(since) => CLOSE_WRITE_DELAY.saturating_sub(self.since(since)),
-                None => self
-                    .hit_flush_interval
-                    .saturating_sub(quiet_since.elapsed())
-                    .min(poll),
+                None => self.until_hits_due().min(poll),
             };
             let first = match self.commands.recv_timeout(wait) {
                 Ok(command) => Some(command),
@@ -180,20 +184,16 @@ impl Writer {
             // Taken after the channel, so a close queued before any command
             // taken here was sent is in: applied first, that command sees it.
             let closes = std::mem::take(&mut lock(&self.mirror).closes);
-            if !batch.is_empty() {
-                quiet_since = channel_now();
-            } else if closes.is_empty() {
-                let closes_due = self
-                    .closes_waiting_since
-                    .is_some_and(|since| self.since(since) >= CLOSE_WRITE_DELAY);
-                if quiet_since.elapsed() >= self.hit_flush_interval {
-                    // Nothing came for a while: a good moment to write
-                    // pending hit counts (an empty batch is that tick).
-                    quiet_since = channel_now();
-                } else if !closes_due {
-                    // A poll that found nothing to do.
-                    continue;
-                }
+            // Pending hit counts are written at least every
+            // hit_flush_interval, however many commands that need no
+            // commit (alert outbox polls, closes) keep this thread busy.
+            self.hits_due = self.until_hits_due().is_zero();
+            let closes_due = self
+                .closes_waiting_since
+                .is_some_and(|since| self.since(since) >= CLOSE_WRITE_DELAY);
+            if batch.is_empty() && closes.is_empty() && !self.hits_due && !closes_due {
+                // A poll that found nothing to do.
+                continue;
             }
             let batch = if closes.is_empty() {
                 batch
@@ -208,8 +208,10 @@ impl Writer {
 
     /// Applies a batch to the book, commits it in one transaction, answers.
     /// Closes whose callers were answered more than [`CLOSE_WRITE_DELAY`]
-    /// ago (they waited in the queue behind a long commit) are written
-    /// first, on their own: they are owed to the disk already.
+    /// ago (they waited behind a long commit, or in the mirror for up to a
+    /// poll) are written first, on their own: they are owed to the disk
+    /// already. That costs a second commit only when a command arrives in
+    /// the same wake-up.
     fn apply(&mut self, batch: Vec<Command>) -> Next {
         let overdue = |command: &Command| match command {
             Command::Close {
@@ -243,7 +245,6 @@ impl Writer {
         if !self.book.in_batch() {
             self.book.begin();
         }
-        let quiet = batch.is_empty();
         let mut charged_in_batch = Vec::new();
         for command in batch {
             match command {
@@ -408,8 +409,9 @@ impl Writer {
         let closes_due = self
             .closes_waiting_since
             .map(|since| self.since(since) >= CLOSE_WRITE_DELAY);
-        // A quiet tick writes pending hit counts, unless closes wait their turn.
-        let tick = quiet && closes_due.is_none();
+        // Hit counts due are written now, unless closes wait their turn
+        // (they are written within CLOSE_WRITE_DELAY, hits with them).
+        let tick = self.hits_due && closes_due.is_none();
         let must_write = !answers.is_empty() || probe || tick || next == Next::Stop;
         if !must_write && closes_due != Some(true) {
             // Only answered closes: they ride with the next durable batch.
@@ -419,6 +421,10 @@ impl Writer {
         // pending hits move to `flushing_hits` (still counted by `usage`
         // until the commit), and the changed minutes are taken, their
         // buckets read a chunk per lock.
+        // Written or failed, the next tick is an interval away (a failing
+        // disk is not retried in a loop).
+        self.hits_written_at = channel_now();
+        self.hits_due = false;
         let (hits, dirty) = {
             let mut mirror = lock(&self.mirror);
             let hits = Arc::new(std::mem::take(&mut mirror.pending_hits));
@@ -574,6 +580,12 @@ impl Writer {
     }
 
     /// Time since `then` on the ledger's clock (fake in tests).
+    /// How long until pending hit counts are due to be written (zero: due).
+    fn until_hits_due(&self) -> Duration {
+        let since = channel_now().saturating_duration_since(self.hits_written_at);
+        self.hit_flush_interval.saturating_sub(since)
+    }
+
     fn since(&self, then: Instant) -> Duration {
         self.clock.now().saturating_duration_since(then)
     }
