@@ -60,6 +60,9 @@ pub(crate) struct RequestContext {
     fields: Mutex<LogFields>,
     /// Whether a call for this request has gone to the upstream.
     upstream_started: AtomicBool,
+    /// The leader of the fetch this request waits for as a follower (the
+    /// latest, if it followed more than one).
+    waiting_on: Mutex<Option<Arc<RequestContext>>>,
     /// Whether its answer must close the connection (its body was refused
     /// unread and could not be discarded: see `layers::discard`).
     close: AtomicBool,
@@ -73,6 +76,7 @@ impl RequestContext {
             started,
             fields: Mutex::new(LogFields::default()),
             upstream_started: AtomicBool::new(false),
+            waiting_on: Mutex::new(None),
             close: AtomicBool::new(false),
         })
     }
@@ -132,6 +136,22 @@ impl RequestContext {
     /// deadline that passes must not read as "nothing happened").
     pub(crate) fn upstream_started(&self) -> bool {
         self.upstream_started.load(Ordering::Acquire)
+    }
+
+    /// Marks that this request waits for the fetch `leader` leads.
+    pub(crate) fn wait_on(&self, leader: &Arc<RequestContext>) {
+        // Its own context is never its leader (a leader does not follow itself).
+        *self.waiting_on.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(leader));
+    }
+
+    /// Whether this request waits for another's upstream call that has been
+    /// sent (its deadline then passed because the upstream is slow).
+    pub(crate) fn waits_on_upstream(&self) -> bool {
+        self.waiting_on
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|leader| leader.upstream_started())
     }
 
     /// The request id as text (always ASCII: it was validated or generated).

@@ -320,6 +320,68 @@ async fn a_request_past_its_deadline_gets_504_and_its_fetch_still_fills_the_cach
     assert_eq!(w.sim.calls_total(), 1);
 }
 
+/// A coalesced follower whose deadline passes while the call it waits for
+/// is out is told what its leader is told (504 UPSTREAM_TIMEOUT: the
+/// upstream is slow), not 503 (the gateway overloaded); it is not charged.
+#[tokio::test]
+async fn a_follower_past_its_deadline_gets_504_like_its_leader_and_pays_nothing() {
+    let w = Arc::new(
+        World::start(WorldSpec {
+            tenants: vec![
+                TenantSpec::new("crm", &["*"]),
+                TenantSpec::new("ops", &["*"]),
+            ],
+            server_yaml: "  request_timeout_ms: 300\n",
+            ..WorldSpec::default()
+        })
+        .await,
+    );
+    w.sim.set_fault(Fault::latency(2_500));
+    let leader = {
+        let w = Arc::clone(&w);
+        tokio::spawn(async move { w.post(Some("crm"), &viewers("acc-1", 0, 10)).await })
+    };
+    // Wait (bounded) until the leader's call reached the upstream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.sim.calls_total() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the leader's call never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let follower = w.post(Some("ops"), &viewers("acc-1", 0, 10)).await;
+    assert_eq!(
+        (follower.status.as_u16(), follower.code().as_str()),
+        (504, "UPSTREAM_TIMEOUT"),
+        "{}",
+        follower.text()
+    );
+    assert_eq!(follower.meta()["credits_consumed"], 0);
+    assert!(
+        !follower.text().contains("outcome is unknown"),
+        "a follower sent nothing: {}",
+        follower.text()
+    );
+    let leader = leader.await.unwrap();
+    assert_eq!(
+        (leader.status.as_u16(), leader.code().as_str()),
+        (504, "UPSTREAM_TIMEOUT")
+    );
+    assert!(
+        leader.text().contains("outcome is unknown"),
+        "{}",
+        leader.text()
+    );
+    // One call; once it lands, the leader's tenant paid for it, the follower's nothing.
+    while w.used("crm").await < 1 {
+        assert!(Instant::now() < deadline, "the fetch never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(w.sim.calls_total(), 1);
+    assert_eq!(w.used("ops").await, 0);
+}
+
 #[tokio::test]
 async fn connections_past_the_cap_are_closed_at_once() {
     let w = World::start(WorldSpec {

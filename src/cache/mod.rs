@@ -184,6 +184,16 @@ const ENTRY_OVERHEAD: usize = 1_200;
 /// What a single-flight fetch publishes to the requests waiting on it.
 pub type Flight = Result<Arc<CachedPage>, crate::error::GatewayError>;
 
+/// A table of page fetches: each carries its leader's request context, so
+/// a follower can tell whether the call it waits for was sent.
+pub(crate) type Flights = SingleFlight<CacheKey, Flight, Arc<crate::context::RequestContext>>;
+/// A place in a [`Flights`] fetch.
+pub(crate) type FlightRole = Role<CacheKey, Flight, Arc<crate::context::RequestContext>>;
+/// The leader of a [`Flights`] fetch.
+pub(crate) type FlightLeader = Leader<CacheKey, Flight, Arc<crate::context::RequestContext>>;
+/// A follower of a [`Flights`] fetch.
+pub(crate) type FlightFollower = Follower<Flight, Arc<crate::context::RequestContext>>;
+
 /// The cache of pages, and the table of pages being fetched right now.
 ///
 /// Clones share both, and so do reconfigured copies ([`PageCache::retimed`]),
@@ -192,10 +202,10 @@ pub type Flight = Result<Arc<CachedPage>, crate::error::GatewayError>;
 pub struct PageCache {
     pages: moka::future::Cache<CacheKey, Arc<CachedPage>, foldhash::fast::RandomState>,
     /// Fetches in flight, by key: identical misses wait on one upstream call.
-    pub flights: SingleFlight<CacheKey, Flight>,
+    pub(crate) flights: Flights,
     /// Fetches of requests whose leaders in `flights` were refused for their
     /// own budgets, again and again; only a request that can pay leads one.
-    pub rescues: SingleFlight<CacheKey, Flight>,
+    pub(crate) rescues: Flights,
     clock: Clock,
     ttl: Duration,
     stale_if_error: Duration,

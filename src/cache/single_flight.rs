@@ -5,7 +5,10 @@
 //! its result. The leader's work runs in its own task, so a leader whose
 //! client hangs up still finishes the (paid) call and feeds the followers.
 //! If the leader disappears without a result, followers see `None` and try
-//! again themselves.
+//! again themselves. A flight may carry what its leader left for its
+//! followers to look at while they wait (`M`: the cache keeps the leader's
+//! request context there, so a follower whose deadline passes can tell
+//! whether the upstream call it waits for was sent).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -13,14 +16,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-type Waiters<K, V> = Arc<Mutex<HashMap<K, watch::Receiver<Option<V>>>>>;
+type Waiters<K, V, M> = Arc<Mutex<HashMap<K, (watch::Receiver<Option<V>>, M)>>>;
 
 /// The in-flight table.
-pub struct SingleFlight<K, V> {
-    inflight: Waiters<K, V>,
+pub struct SingleFlight<K, V, M = ()> {
+    inflight: Waiters<K, V, M>,
 }
 
-impl<K, V> Clone for SingleFlight<K, V> {
+impl<K, V, M> Clone for SingleFlight<K, V, M> {
     fn clone(&self) -> Self {
         Self {
             inflight: Arc::clone(&self.inflight),
@@ -28,7 +31,7 @@ impl<K, V> Clone for SingleFlight<K, V> {
     }
 }
 
-impl<K, V> Default for SingleFlight<K, V> {
+impl<K, V, M> Default for SingleFlight<K, V, M> {
     fn default() -> Self {
         Self {
             inflight: Arc::new(Mutex::new(HashMap::new())),
@@ -37,36 +40,47 @@ impl<K, V> Default for SingleFlight<K, V> {
 }
 
 /// What [`SingleFlight::join`] made of the caller.
-pub enum Role<K: Hash + Eq, V> {
+pub enum Role<K: Hash + Eq, V, M = ()> {
     /// Nobody was fetching: the caller must, then call [`Leader::complete`].
-    Leader(Leader<K, V>),
+    Leader(Leader<K, V, M>),
     /// Someone is fetching: wait on [`Follower::wait`].
-    Follower(Follower<V>),
+    Follower(Follower<V, M>),
 }
 
 /// The right (and duty) to fetch one key.
-pub struct Leader<K: Hash + Eq, V> {
+pub struct Leader<K: Hash + Eq, V, M = ()> {
     key: Option<K>,
     sender: watch::Sender<Option<V>>,
-    inflight: Waiters<K, V>,
+    inflight: Waiters<K, V, M>,
 }
 
 /// A waiter on someone else's fetch.
-pub struct Follower<V> {
+pub struct Follower<V, M = ()> {
     receiver: watch::Receiver<Option<V>>,
+    /// What the leader left for its followers.
+    leader: M,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     /// Becomes the leader for `key`, or a follower of the current one.
     pub fn join(&self, key: &K) -> Role<K, V> {
+        self.join_as(key, ())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone, M: Clone> SingleFlight<K, V, M> {
+    /// [`SingleFlight::join`], leaving `leader` for the followers should the
+    /// caller lead.
+    pub fn join_as(&self, key: &K, leader: M) -> Role<K, V, M> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(receiver) = inflight.get(key) {
+        if let Some((receiver, current)) = inflight.get(key) {
             return Role::Follower(Follower {
                 receiver: receiver.clone(),
+                leader: current.clone(),
             });
         }
         let (sender, receiver) = watch::channel(None);
-        inflight.insert(key.clone(), receiver);
+        inflight.insert(key.clone(), (receiver, leader));
         Role::Leader(Leader {
             key: Some(key.clone()),
             sender,
@@ -76,7 +90,7 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
 
     /// A leader of a fetch nobody can join (not in the table): for a
     /// request that must fetch for itself.
-    pub fn alone(&self) -> Leader<K, V> {
+    pub fn alone(&self) -> Leader<K, V, M> {
         let (sender, _) = watch::channel(None);
         Leader {
             key: None,
@@ -91,7 +105,7 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> Leader<K, V> {
+impl<K: Hash + Eq, V, M> Leader<K, V, M> {
     /// Publishes the result to every follower and frees the key.
     pub fn complete(mut self, value: V) {
         self.remove();
@@ -107,7 +121,7 @@ impl<K: Hash + Eq, V> Leader<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> Drop for Leader<K, V> {
+impl<K: Hash + Eq, V, M> Drop for Leader<K, V, M> {
     fn drop(&mut self) {
         // A leader dropped without completing frees the key; followers then
         // see the channel close and retry.
@@ -115,7 +129,12 @@ impl<K: Hash + Eq, V> Drop for Leader<K, V> {
     }
 }
 
-impl<V: Clone> Follower<V> {
+impl<V: Clone, M> Follower<V, M> {
+    /// What the leader of the flight left for its followers.
+    pub fn leader(&self) -> &M {
+        &self.leader
+    }
+
     /// The leader's result, or `None` if the leader vanished without one.
     pub async fn wait(mut self) -> Option<V> {
         match self.receiver.wait_for(|v| v.is_some()).await {

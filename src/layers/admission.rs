@@ -17,8 +17,10 @@
 //!    than queued, so an overload never turns into unbounded memory or
 //!    latency;
 //! 3. the deadline: a request not answered within
-//!    `server.request_timeout_ms` gets 503; a paid fetch it was waiting on
-//!    carries on in its own task and still fills the cache.
+//!    `server.request_timeout_ms` gets 504 `UPSTREAM_TIMEOUT` if its own
+//!    upstream call, or the one it waits for as a coalesced follower, was
+//!    sent (its own: the outcome is unknown), else 503; a paid fetch it was
+//!    waiting on carries on in its own task and still fills the cache.
 //!
 //! Both slots are held until the response is ready (or the request is
 //! dropped), whatever stage it is in: a request whose body never comes
@@ -135,10 +137,16 @@ where
             result.unwrap_or_else(|_| {
                 // A call already sent goes on in its own task: the client
                 // must not read this as "nothing happened" and send it again.
-                if context.is_some_and(|c| c.upstream_started()) {
+                if context.as_ref().is_some_and(|c| c.upstream_started()) {
                     return Err(GatewayError::DeadlinePassedInFlight {
                         after_ms: timeout.as_millis() as u64,
                     });
+                }
+                // A follower of a fetch whose call is out: the upstream is
+                // slow, as its leader is told (504), not the gateway
+                // overloaded (503). It was not charged.
+                if context.is_some_and(|c| c.waits_on_upstream()) {
+                    return Err(GatewayError::UpstreamTimeout);
                 }
                 Err(GatewayError::ServiceUnavailable {
                     detail: format!("request not answered within {} ms", timeout.as_millis()),

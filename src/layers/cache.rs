@@ -28,7 +28,9 @@ use tower::{Service, ServiceExt};
 
 use self::answer::Answer;
 use super::StageResult;
-use crate::cache::{CacheKey, CachedPage, Flight, Leader, PageCache, Role};
+use crate::cache::{
+    CacheKey, CachedPage, FlightFollower, FlightLeader, FlightRole, PageCache, Role,
+};
 use crate::call::ApiCall;
 use crate::clock::Clock;
 use crate::context::RequestContext;
@@ -195,14 +197,16 @@ impl Shared {
                 // Stale-while-revalidate: answer now with the expired page and
                 // refresh it in the background, once (single-flight), charged
                 // to this tenant. An in-flight refresh is simply not repeated.
-                if let Role::Leader(leader) = self.cache.flights.join(&key) {
+                if let Role::Leader(leader) =
+                    self.cache.flights.join_as(&key, Arc::clone(&asked.context))
+                {
                     drop(self.spawn_fetch(leader, &key, asked));
                 }
                 return self
                     .answer(asked, page, Answer::free(CacheStatus::Stale))
                     .await;
             }
-            let role = self.cache.flights.join(&key);
+            let role = self.cache.flights.join_as(&key, Arc::clone(&asked.context));
             match Box::pin(self.fly(role, &key, asked, refresh, stale.as_ref())).await {
                 Joined::Answered(answer) => return answer,
                 Joined::Again => continue,
@@ -242,7 +246,7 @@ impl Shared {
             };
             return self.fall_back(asked, stale, failure).await;
         }
-        let role = self.cache.rescues.join(&key);
+        let role = self.cache.rescues.join_as(&key, Arc::clone(&asked.context));
         let joined = match self.fly(role, &key, asked, refresh, stale.as_ref()).await {
             // Its leader's budget went between check and reserve: fetch
             // alone rather than wait on a third table.
@@ -270,7 +274,7 @@ impl Shared {
     /// follower, wait for the leader's page.
     async fn fly(
         self: &Arc<Self>,
-        role: Role<CacheKey, Flight>,
+        role: FlightRole,
         key: &CacheKey,
         asked: &Asked,
         refresh: bool,
@@ -294,7 +298,7 @@ impl Shared {
     /// As the flight's leader: fetch, store, publish, answer `miss`.
     async fn lead(
         self: &Arc<Self>,
-        leader: Leader<CacheKey, Flight>,
+        leader: FlightLeader,
         key: &CacheKey,
         asked: &Asked,
         refresh: bool,
@@ -334,10 +338,13 @@ impl Shared {
     /// As a follower: the leader's page at no charge, counted as coalesced.
     async fn follow(
         &self,
-        follower: crate::cache::Follower<Flight>,
+        follower: FlightFollower,
         asked: &Asked,
         stale: Option<&Arc<CachedPage>>,
     ) -> Joined {
+        // Should its deadline pass while the leader's call is out, the
+        // answer says the upstream was slow, as the leader's does.
+        asked.context.wait_on(follower.leader());
         match follower.wait().await {
             Some(Ok(page)) => {
                 // Counted apart from cache hits: what coalescing saved.
@@ -417,7 +424,7 @@ impl Shared {
     /// followers.
     fn spawn_fetch(
         self: &Arc<Self>,
-        leader: Leader<CacheKey, Flight>,
+        leader: FlightLeader,
         key: &CacheKey,
         asked: &Asked,
     ) -> JoinHandle<Result<(Charged, Arc<CachedPage>), GatewayError>> {
