@@ -257,7 +257,10 @@ impl GatewayError {
             | UpstreamTimeout
             | UpstreamAuthFailed
             | OutcomeUnknown { .. }
-            | UpstreamCircuitOpen { .. } => true,
+            | UpstreamCircuitOpen { .. }
+            // The key's plan used up: like an open breaker, viewgate's own
+            // refusal to call an upstream that would refuse (429) itself.
+            | UpstreamPaced { .. } => true,
             Upstream { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }

@@ -49,6 +49,38 @@ async fn an_upstream_key_is_never_called_faster_than_its_plan() {
     assert_eq!(w.sim.calls_total(), 6);
 }
 
+/// The key's plan used up stands in for the upstream's own 429: an expired
+/// page within `cache.stale_if_error_s` is served, as for an open breaker.
+#[tokio::test]
+async fn a_paced_out_read_gets_its_expired_page_as_an_open_breaker_would() {
+    let w = World::start(WorldSpec {
+        tenants: vec![TenantSpec::new("crm", &["*"]).budget(100, "day")],
+        ttl_s: 10,
+        key_yaml: "      rate_limit: { per_minute: 1, burst: 1 }\n",
+        upstream_yaml: "  max_pace_wait_ms: 0\n",
+        ..WorldSpec::default()
+    })
+    .await;
+    let cached = viewers("acc-1", 0, 10);
+    assert_eq!(w.post(Some("crm"), &cached).await.status, 200);
+    // The page expires; the plan's next call is 60 s away.
+    w.clock.advance(Duration::from_secs(20));
+    let r = w.post(Some("crm"), &cached).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.meta()["cache"], "stale");
+    assert_eq!(r.meta()["credits_consumed"], 0);
+    // A page never fetched has nothing to stand in: the pace's 429.
+    let other = w.post(Some("crm"), &viewers("acc-2", 0, 10)).await;
+    assert_eq!(
+        (other.status.as_u16(), other.code().as_str()),
+        (429, "RATE_LIMITED"),
+        "{}",
+        other.text()
+    );
+    assert_eq!(w.sim.calls_total(), 1, "the plan was never exceeded");
+    assert_eq!(w.used("crm").await, 1);
+}
+
 #[tokio::test]
 async fn the_breaker_opens_after_repeated_failures_and_recovers_after_a_probe() {
     let w = World::start(WorldSpec {
