@@ -245,6 +245,7 @@ fn listing_call(path: String, request_id: &HeaderValue) -> UpstreamCall {
         request_id: request_id.clone(),
         write: false,
         get: true,
+        context: None,
     }
 }
 

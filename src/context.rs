@@ -60,6 +60,9 @@ pub(crate) struct RequestContext {
     fields: Mutex<LogFields>,
     /// Whether a call for this request has gone to the upstream.
     upstream_started: AtomicBool,
+    /// Whether an attempt of that call is on the wire now (not waiting for
+    /// the key's pace or between retries).
+    on_wire: AtomicBool,
     /// The leader of the fetch this request waits for as a follower (the
     /// latest, if it followed more than one).
     waiting_on: Mutex<Option<Arc<RequestContext>>>,
@@ -76,6 +79,7 @@ impl RequestContext {
             started,
             fields: Mutex::new(LogFields::default()),
             upstream_started: AtomicBool::new(false),
+            on_wire: AtomicBool::new(false),
             waiting_on: Mutex::new(None),
             close: AtomicBool::new(false),
         })
@@ -144,18 +148,51 @@ impl RequestContext {
         *self.waiting_on.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(leader));
     }
 
-    /// Whether this request waits for another's upstream call that has been
-    /// sent (its deadline then passed because the upstream is slow).
+    /// Marks whether an attempt of this request's upstream call is on the
+    /// wire (set around each attempt by the upstream client).
+    pub(crate) fn set_on_wire(&self, on: bool) {
+        self.on_wire.store(on, Ordering::Release);
+    }
+
+    /// Whether this request waits for another's upstream call that is on the
+    /// wire (its deadline then passed because the upstream is slow, not the
+    /// key's pace or a retry's back-off).
     pub(crate) fn waits_on_upstream(&self) -> bool {
         self.waiting_on
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .is_some_and(|leader| leader.upstream_started())
+            .is_some_and(|leader| leader.on_wire.load(Ordering::Acquire))
     }
 
     /// The request id as text (always ASCII: it was validated or generated).
     pub(crate) fn request_id_str(&self) -> &str {
         self.request_id.to_str().unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> Arc<RequestContext> {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        RequestContext::new(HeaderValue::from_static("t"), now)
+    }
+
+    #[test]
+    fn a_follower_waits_on_the_upstream_only_while_its_leaders_call_is_on_the_wire() {
+        let (leader, follower) = (context(), context());
+        assert!(!follower.waits_on_upstream(), "it follows nobody yet");
+        follower.wait_on(&leader);
+        // Started (reserved, then waiting for the key's pace): not on the wire.
+        leader.mark_upstream_started();
+        assert!(!follower.waits_on_upstream());
+        leader.set_on_wire(true);
+        assert!(follower.waits_on_upstream());
+        // Between retries: waiting on the back-off, not on the upstream.
+        leader.set_on_wire(false);
+        assert!(!follower.waits_on_upstream());
     }
 }

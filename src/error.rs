@@ -164,6 +164,17 @@ pub enum GatewayError {
         /// The deadline, in milliseconds.
         after_ms: u64,
     },
+    /// The request's deadline passed while the upstream call it waited for,
+    /// another request's for the same page (coalesced), was out.
+    #[error(
+        "the request's deadline ({after_ms} ms) passed while the upstream call it was waiting for \
+         (another request's, for the same page) had not answered; this request was not charged, \
+         and that call goes on: its page is cached when it comes"
+    )]
+    DeadlinePassedWaiting {
+        /// The deadline, in milliseconds.
+        after_ms: u64,
+    },
     /// Any other V2 error, passed through.
     #[error("{message}")]
     Upstream {
@@ -210,7 +221,9 @@ impl GatewayError {
             }
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             UpstreamUnavailable { .. } | UpstreamAuthFailed => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout | DeadlinePassedInFlight { .. } => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamTimeout | DeadlinePassedInFlight { .. } | DeadlinePassedWaiting { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             UpstreamCircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Upstream { status, .. } => *status,
             ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -242,7 +255,9 @@ impl GatewayError {
             InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             UpstreamAuthFailed => "UPSTREAM_AUTH_FAILED",
-            UpstreamTimeout | DeadlinePassedInFlight { .. } => "UPSTREAM_TIMEOUT",
+            UpstreamTimeout | DeadlinePassedInFlight { .. } | DeadlinePassedWaiting { .. } => {
+                "UPSTREAM_TIMEOUT"
+            }
             UpstreamCircuitOpen { .. } => "SERVICE_UNAVAILABLE",
             Upstream { code, .. } => code,
             ServiceUnavailable { .. } => "SERVICE_UNAVAILABLE",
@@ -298,6 +313,7 @@ impl GatewayError {
             | OutcomeUnknown { .. }
             | IdempotencyOrphaned
             | DeadlinePassedInFlight { .. }
+            | DeadlinePassedWaiting { .. }
             | Upstream { .. } => ErrorSource::Upstream,
             ServiceUnavailable { .. } => ErrorSource::Internal,
         }

@@ -132,7 +132,7 @@ impl<U: Forward> MissPath<U> {
         &self,
         tenant: &Tenant,
         call: &ApiCall,
-        context: &RequestContext,
+        context: &Arc<RequestContext>,
     ) -> Result<Charged, GatewayError> {
         if let Some(capped) = call.above_cap() {
             return Err(capped);
@@ -156,6 +156,7 @@ impl<U: Forward> MissPath<U> {
             request_id: context.request_id.clone(),
             write: call.is_write(),
             get: false,
+            context: Some(Arc::clone(context)),
         };
         context.mark_upstream_started();
         match self.upstream.forward(&upstream_call).await {

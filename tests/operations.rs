@@ -363,6 +363,11 @@ async fn a_follower_past_its_deadline_gets_504_like_its_leader_and_pays_nothing(
         "a follower sent nothing: {}",
         follower.text()
     );
+    assert!(
+        follower.text().contains("was not charged"),
+        "{}",
+        follower.text()
+    );
     let leader = leader.await.unwrap();
     assert_eq!(
         (leader.status.as_u16(), leader.code().as_str()),

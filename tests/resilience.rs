@@ -81,6 +81,51 @@ async fn a_paced_out_read_gets_its_expired_page_as_an_open_breaker_would() {
     assert_eq!(w.used("crm").await, 1);
 }
 
+/// Two requests for one page while the key's pace holds its call back (not
+/// on the wire): at the deadline the leader is told its outcome is unknown
+/// (the call goes on), the follower 503, not an upstream timeout: the
+/// upstream was never slow. Whichever of the two leads.
+#[tokio::test]
+async fn a_follower_of_a_paced_call_is_not_told_the_upstream_timed_out() {
+    let w = World::start(WorldSpec {
+        tenants: vec![
+            TenantSpec::new("crm", &["*"]),
+            TenantSpec::new("ops", &["*"]),
+        ],
+        key_yaml: "      rate_limit: { per_minute: 6, burst: 1 }\n",
+        upstream_yaml: "  max_pace_wait_ms: 20000\n",
+        server_yaml: "  request_timeout_ms: 300\n",
+        ..WorldSpec::default()
+    })
+    .await;
+    // The key's one cell: the next call may go out 10 s from now.
+    assert_eq!(
+        w.post(Some("crm"), &viewers("acc-1", 0, 10)).await.status,
+        200
+    );
+    let page = viewers("acc-3", 0, 10);
+    let (a, b) = tokio::join!(w.post(Some("crm"), &page), w.post(Some("ops"), &page));
+    let mut answers = [a, b];
+    answers.sort_by_key(|r| r.status);
+    let [follower, leader] = answers;
+    assert_eq!(
+        (follower.status.as_u16(), follower.code().as_str()),
+        (503, "SERVICE_UNAVAILABLE"),
+        "{}",
+        follower.text()
+    );
+    assert_eq!(
+        (leader.status.as_u16(), leader.code().as_str()),
+        (504, "UPSTREAM_TIMEOUT")
+    );
+    assert!(
+        leader.text().contains("outcome is unknown"),
+        "{}",
+        leader.text()
+    );
+    assert_eq!(w.sim.calls_total(), 1, "the paced call has not gone out");
+}
+
 #[tokio::test]
 async fn the_breaker_opens_after_repeated_failures_and_recovers_after_a_probe() {
     let w = World::start(WorldSpec {

@@ -18,9 +18,10 @@
 //!    latency;
 //! 3. the deadline: a request not answered within
 //!    `server.request_timeout_ms` gets 504 `UPSTREAM_TIMEOUT` if its own
-//!    upstream call, or the one it waits for as a coalesced follower, was
-//!    sent (its own: the outcome is unknown), else 503; a paid fetch it was
-//!    waiting on carries on in its own task and still fills the cache.
+//!    upstream call was started (the outcome is unknown: it goes on), or
+//!    the one it waits for as a coalesced follower is on the wire (the
+//!    upstream is slow), else 503; a paid fetch it was waiting on carries
+//!    on in its own task and still fills the cache.
 //!
 //! Both slots are held until the response is ready (or the request is
 //! dropped), whatever stage it is in: a request whose body never comes
@@ -142,11 +143,13 @@ where
                         after_ms: timeout.as_millis() as u64,
                     });
                 }
-                // A follower of a fetch whose call is out: the upstream is
-                // slow, as its leader is told (504), not the gateway
-                // overloaded (503). It was not charged.
+                // A follower of a fetch whose call is on the wire: the
+                // upstream is slow (504), not the gateway overloaded (503).
+                // It was not charged.
                 if context.is_some_and(|c| c.waits_on_upstream()) {
-                    return Err(GatewayError::UpstreamTimeout);
+                    return Err(GatewayError::DeadlinePassedWaiting {
+                        after_ms: timeout.as_millis() as u64,
+                    });
                 }
                 Err(GatewayError::ServiceUnavailable {
                     detail: format!("request not answered within {} ms", timeout.as_millis()),

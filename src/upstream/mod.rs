@@ -42,6 +42,7 @@ use attempt::Attempt;
 
 use crate::clock::Clock;
 use crate::config::UpstreamConfig;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
@@ -64,6 +65,30 @@ pub(crate) struct UpstreamCall {
     pub write: bool,
     /// A `GET` (account listings) rather than a `POST` with a body.
     pub get: bool,
+    /// The request it is made for, told while an attempt is on the wire
+    /// (its coalesced followers look); none for the gateway's own calls.
+    pub context: Option<Arc<RequestContext>>,
+}
+
+/// Tells a request's context that an attempt of its call is on the wire,
+/// until dropped (the attempt ended, or its task was cancelled).
+struct OnWire<'a>(Option<&'a RequestContext>);
+
+impl<'a> OnWire<'a> {
+    fn new(context: Option<&'a RequestContext>) -> Self {
+        if let Some(context) = context {
+            context.set_on_wire(true);
+        }
+        OnWire(context)
+    }
+}
+
+impl Drop for OnWire<'_> {
+    fn drop(&mut self) {
+        if let Some(context) = self.0 {
+            context.set_on_wire(false);
+        }
+    }
 }
 
 /// Why a call produced no answer.
@@ -271,7 +296,9 @@ impl Upstream {
                 .timeout
                 .min(deadline.saturating_duration_since(attempt_started));
             let give_up = attempt_started + budget;
+            let on_wire = OnWire::new(call.context.as_deref());
             let (result, health) = self.attempt(call, key, started, give_up).await;
+            drop(on_wire);
             let outcome = match &result {
                 Attempt::Done(Ok(_)) => "ok",
                 Attempt::Done(Err(UpstreamError::Unknown { timeout: true, .. })) => "timeout",
