@@ -430,6 +430,13 @@ fn outcome_unknown_message(timeout: bool, credits: u64) -> String {
     } else {
         "the upstream connection failed after the request was sent"
     };
+    if credits == 0 {
+        // A coalesced follower of the call, or a call priced at nothing.
+        return format!(
+            "{what}: its outcome is unknown (it may have acted), so it was not retried; \
+             nothing was charged to this request for it"
+        );
+    }
     format!(
         "{what}: its outcome is unknown (it may have acted and billed), so it was not retried; \
          {credits} credits held for it are kept as spent"
@@ -485,6 +492,27 @@ struct ErrorMetadata<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_outcome_says_what_this_request_was_charged() {
+        let leader = GatewayError::OutcomeUnknown {
+            timeout: true,
+            credits: 3,
+            detail: String::new(),
+        };
+        assert!(
+            leader
+                .to_string()
+                .contains("3 credits held for it are kept as spent")
+        );
+        // What a coalesced follower of that call is told.
+        let follower = leader.without_charge().to_string();
+        assert!(
+            follower.contains("nothing was charged to this request"),
+            "{follower}"
+        );
+        assert!(!follower.contains("kept as spent"), "{follower}");
+    }
 
     #[test]
     fn errors_render_in_the_v2_format() {
