@@ -185,7 +185,7 @@ const ENTRY_OVERHEAD: usize = 1_200;
 pub type Flight = Result<Arc<CachedPage>, crate::error::GatewayError>;
 
 /// A table of page fetches: each carries its leader's request context, so
-/// a follower can tell whether the call it waits for was sent.
+/// a follower can tell whether the call it waits for is on the wire.
 pub(crate) type Flights = SingleFlight<CacheKey, Flight, Arc<crate::context::RequestContext>>;
 /// A place in a [`Flights`] fetch.
 pub(crate) type FlightRole = Role<CacheKey, Flight, Arc<crate::context::RequestContext>>;

@@ -8,7 +8,7 @@
 //! again themselves. A flight may carry what its leader left for its
 //! followers to look at while they wait (`M`: the cache keeps the leader's
 //! request context there, so a follower whose deadline passes can tell
-//! whether the upstream call it waits for was sent).
+//! whether the upstream call it waits for is on the wire).
 
 use std::collections::HashMap;
 use std::hash::Hash;
