@@ -430,16 +430,17 @@ fn outcome_unknown_message(timeout: bool, credits: u64) -> String {
     } else {
         "the upstream connection failed after the request was sent"
     };
-    if credits == 0 {
-        // A coalesced follower of the call, or a call priced at nothing.
-        return format!(
-            "{what}: its outcome is unknown (it may have acted), so it was not retried; \
-             nothing was charged to this request for it"
-        );
-    }
+    // Nothing held: a coalesced follower of the call, or a call priced at nothing.
+    let (billed, charge) = if credits == 0 {
+        ("", "nothing was charged to this request for it".to_string())
+    } else {
+        (
+            " and billed",
+            format!("{credits} credits held for it are kept as spent"),
+        )
+    };
     format!(
-        "{what}: its outcome is unknown (it may have acted and billed), so it was not retried; \
-         {credits} credits held for it are kept as spent"
+        "{what}: its outcome is unknown (it may have acted{billed}), so it was not retried; {charge}"
     )
 }
 
